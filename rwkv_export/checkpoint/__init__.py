@@ -1,0 +1,134 @@
+"""Stage 1, checkpoint: any on-disk RWKV checkpoint -> (ModelConfig, BlinkDL-named tensors).
+
+Formats, told apart by content rather than trusted suffixes:
+    .pth / .pt        BlinkDL state dict, loaded with torch.load(weights_only=True)
+    .safetensors      the same keys
+    directory         transformers RwkvForCausalLM (config.json + weights, HF key names)
+    rwkv.cpp file     `ggmf` header, versions 100 / 101, FP32 / FP16
+The version and hyper-parameters are read off the keys and shapes. RWKV v5/v6/v7 are recognised
+and refused with a message naming the version.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rwkv_export.checkpoint import hf, rwkvcpp
+from rwkv_export.checkpoint.config import ModelConfig
+from rwkv_export.checkpoint.versions import detect_version, infer_v4_config, require_supported
+from rwkv_export.errors import RwkvExportError
+from rwkv_export.fileio import atomic_output_path, atomic_write_json
+
+__all__ = ["Checkpoint", "ModelConfig", "load_checkpoint", "save_checkpoint", "read_tensor_file", "FORMATS"]
+
+FORMATS = ("pth", "safetensors", "hf", "rwkvcpp", "rwkvcpp-fp16")
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: config, tensors in BlinkDL naming and storage dtype, and provenance."""
+
+    config: ModelConfig
+    weights: dict[str, torch.Tensor]
+    format: str
+    path: Path
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(t.numel() for t in self.weights.values())
+
+
+def read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
+    """Load a .pth/.bin (weights_only) or .safetensors file into a dict of tensors."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise RwkvExportError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+    except Exception as exc:  # the unpickler raises anything (IndexError, KeyError...) on garbage
+        if isinstance(exc, (KeyboardInterrupt, MemoryError)):
+            raise
+        raise RwkvExportError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise RwkvExportError(f"{path}: expected a state dict of tensors, found {type(obj).__name__}")
+    return dict(obj)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Load any supported checkpoint; raise RwkvExportError with one line on any problem."""
+    path = Path(path)
+    if not path.exists():
+        raise RwkvExportError(f"checkpoint '{path}' does not exist")
+    if path.is_dir():
+        if not hf.is_hf_dir(path):
+            raise RwkvExportError(f"{path}: a directory but not a Hugging Face model (no config.json)")
+        weights, _ = hf.read_hf_dir(path)
+        fmt = "hf"
+    elif rwkvcpp.is_rwkvcpp(path):
+        raw, _ = rwkvcpp.read_rwkvcpp(path)
+        require_supported(detect_version(raw), str(path))
+        weights = rwkvcpp.v4_from_rwkvcpp(raw)
+        fmt = "rwkvcpp"
+    else:
+        weights = read_tensor_file(path)
+        fmt = "safetensors" if path.suffix == ".safetensors" else "pth"
+    require_supported(detect_version(weights), str(path))
+    config = infer_v4_config(weights, str(path))
+    return Checkpoint(config, weights, fmt, path)
+
+
+def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike[str], fmt: str | None = None) -> str:
+    """Write `ckpt` as .pth / .safetensors / HF directory / rwkv.cpp file (format from suffix or fmt)."""
+    path = Path(path)
+    fmt = fmt or _format_from_suffix(path)
+    weights = {k: v.contiguous() for k, v in ckpt.weights.items()}
+    cfg = ckpt.config
+    if fmt == "pth":
+        with atomic_output_path(path) as tmp:
+            torch.save(weights, tmp)
+    elif fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        with atomic_output_path(path) as tmp:
+            save_file(weights, str(tmp))
+    elif fmt == "hf":
+        from safetensors.torch import save_file
+
+        path.mkdir(parents=True, exist_ok=True)
+        with atomic_output_path(path / "model.safetensors") as tmp:
+            save_file({hf.blink_to_hf(k): v for k, v in weights.items()}, str(tmp), metadata={"format": "pt"})
+        atomic_write_json(path / "config.json", hf.hf_config(cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.ffn_size))
+    elif fmt in ("rwkvcpp", "rwkvcpp-fp16"):
+        rwkvcpp.write_rwkvcpp_v4(path, weights, cfg.n_layer, fp16=fmt == "rwkvcpp-fp16")
+    else:
+        raise RwkvExportError(f"unknown checkpoint format '{fmt}' (expected one of {', '.join(FORMATS)})")
+    return fmt
+
+
+def _format_from_suffix(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".pth", ".pt"):
+        return "pth"
+    if suffix == ".safetensors":
+        return "safetensors"
+    if suffix == ".bin":
+        return "rwkvcpp"
+    if suffix == "":
+        return "hf"
+    raise RwkvExportError(f"cannot tell the checkpoint format from '{path.name}': use .pth, .safetensors, .bin (rwkv.cpp) or a directory (HF)")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

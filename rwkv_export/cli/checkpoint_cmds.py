@@ -1,0 +1,96 @@
+"""Verbs on checkpoints: info, make-checkpoint, convert."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from rwkv_export.cli.options import checkpoint_arg, examples, force_flag, json_flag
+
+
+@click.command(epilog=examples("rwkv-export info model.pth", "rwkv-export info tiny-rwkv-4v0-660K-FP32.bin --json"))
+@checkpoint_arg
+@json_flag
+def info(checkpoint: str, as_json: bool) -> None:
+    """Describe CHECKPOINT: format, RWKV version, sizes, dtype, parameter count."""
+    from rwkv_export.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    cfg = ckpt.config
+    facts = {
+        "path": str(ckpt.path),
+        "format": ckpt.format,
+        "rwkv_version": cfg.version,
+        "n_layer": cfg.n_layer,
+        "n_embd": cfg.n_embd,
+        "vocab_size": cfg.vocab_size,
+        "ffn_size": cfg.ffn_size,
+        "dtype": cfg.dtype,
+        "parameters": ckpt.parameter_count,
+    }
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+        return
+    width = max(len(k) for k in facts)
+    for key, value in facts.items():
+        shown = f"{value:,}" if key == "parameters" else value
+        click.echo(f"{key:<{width}}  {shown}")
+
+
+@click.command("make-checkpoint", epilog=examples(
+    "rwkv-export make-checkpoint --layers 12 --embd 768 --vocab 50277 -o rwkv4-169m-random.pth",
+    "rwkv-export make-checkpoint --layers 2 --embd 64 --vocab 256 --seed 1 -o tiny.safetensors",
+))
+@click.option("--layers", type=click.IntRange(1, 1024), required=True, help="Number of layers (n_layer).")
+@click.option("--embd", type=click.IntRange(1, 65536), required=True, help="Embedding width (n_embd).")
+@click.option("--vocab", type=click.IntRange(1, 1 << 22), required=True, help="Vocabulary size.")
+@click.option("--ffn", type=click.IntRange(1, 1 << 20), default=None, help="Channel-mixing width (default 4 x embd).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same weights).")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True, help="Storage dtype.")
+@click.option("-o", "--output", type=click.Path(path_type=str), required=True, help="Output file: .pth or .safetensors.")
+@force_flag
+def make_checkpoint(layers: int, embd: int, vocab: int, ffn: int | None, seed: int, dtype: str, output: str, force: bool) -> None:
+    """Write a random RWKV-4 checkpoint with realistic scales (for tests and benchmarks)."""
+    from pathlib import Path
+
+    import torch
+
+    from rwkv_export.checkpoint import Checkpoint, save_checkpoint
+    from rwkv_export.checkpoint.random import random_v4_weights
+    from rwkv_export.errors import RwkvExportError
+    from rwkv_export.fileio import refuse_existing
+
+    path = Path(output)
+    if path.suffix.lower() not in (".pth", ".pt", ".safetensors"):
+        raise RwkvExportError(f"output '{output}' must end in .pth or .safetensors")
+    refuse_existing(path, force)
+    config, weights = random_v4_weights(layers, embd, vocab, ffn, seed, getattr(torch, dtype))
+    save_checkpoint(Checkpoint(config, weights, "random", path), path)
+    n = sum(t.numel() for t in weights.values())
+    click.echo(f"wrote {path} (RWKV-4, {layers} x {embd}, vocab {vocab}, {n:,} parameters, {dtype})", err=True)
+
+
+@click.command(epilog=examples(
+    "rwkv-export convert tiny-rwkv-4v0-660K-FP32.bin -o tiny.pth",
+    "rwkv-export convert model.pth -o hf-dir --format hf",
+))
+@checkpoint_arg
+@click.option("-o", "--output", type=click.Path(path_type=str), required=True, help="Output file or directory.")
+@click.option("--format", "fmt", type=click.Choice(["pth", "safetensors", "hf", "rwkvcpp", "rwkvcpp-fp16"]), default=None,
+              help="Output format (default: from the suffix; a path without suffix is an HF directory).")
+@force_flag
+def convert(checkpoint: str, output: str, fmt: str | None, force: bool) -> None:
+    """Convert CHECKPOINT between .pth, .safetensors, HF directory and rwkv.cpp formats."""
+    from pathlib import Path
+
+    from rwkv_export.checkpoint import load_checkpoint, save_checkpoint
+    from rwkv_export.fileio import refuse_existing
+
+    ckpt = load_checkpoint(checkpoint)
+    refuse_existing(Path(output), force)
+    written = save_checkpoint(ckpt, output, fmt)
+    click.echo(f"wrote {output} ({written}, RWKV-{ckpt.config.version})", err=True)
+
+
+COMMANDS = [info, make_checkpoint, convert]

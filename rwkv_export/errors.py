@@ -1,0 +1,14 @@
+"""The one exception type for user-facing problems.
+
+Anything the user can fix (a wrong path, key, shape, dtype, option) raises `RwkvExportError` with a
+message that says what failed, what was expected and what was found. The CLI prints it as one line
+and exits 2; it never shows a traceback for these.
+"""
+
+
+class RwkvExportError(Exception):
+    """A problem with the user's input: printed as one line, exit code 2."""
+
+
+class ParityError(RwkvExportError):
+    """A backend disagreed with the reference beyond tolerance (exit code 1 from `verify`)."""
