@@ -20,11 +20,23 @@ from typing import Any
 from rwkv_export.errors import RwkvExportError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _public(path: str | os.PathLike[str], directory: bool = False) -> None:
+    """mkstemp/mkdtemp create 0600/0700 entries; give them the permissions a plain open() would."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        _public(tmp)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -47,6 +59,7 @@ def atomic_output_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
     os.close(fd)
+    _public(tmp)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -67,6 +80,7 @@ def atomic_directory(path: str | os.PathLike[str], force: bool = False) -> Itera
     refuse_existing(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    _public(tmp, directory=True)
     try:
         yield tmp
         if path.exists():

@@ -1,0 +1,45 @@
+"""The `export` verb: checkpoint -> DIR with prefill.onnx, step.onnx and manifest.json."""
+
+from __future__ import annotations
+
+import click
+
+from rwkv_export.cli.options import checkpoint_arg, examples, force_flag, quiet_flag
+
+
+def progress_printer(quiet: bool):  # type: ignore[no-untyped-def]
+    def show(message: str) -> None:
+        if not quiet:
+            click.echo(f"[rwkv-export] {message}", err=True)
+
+    return show
+
+
+@click.command(epilog=examples(
+    "rwkv-export export model.pth -o out/",
+    "rwkv-export export tiny-rwkv-4v0-660K-FP16.bin -o out-fp16 --dtype float16 --all-logits",
+    "rwkv-export export RWKV-4-Pile-169M.pth -o out --tokenizer 20B_tokenizer.json --force",
+))
+@checkpoint_arg
+@click.option("-o", "--output", type=click.Path(path_type=str), required=True, help="Output directory (must not exist unless --force).")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Weights and activations dtype (WKV and the state stay float32).")
+@click.option("--opset", type=click.IntRange(18, 30), default=None, help="ONNX opset (default: the exporter's).")
+@click.option("--all-logits", is_flag=True, help="Prefill returns logits for every position, not only the last.")
+@click.option("--wkv-form", type=click.Choice(["scan", "chunked"]), default=None,
+              help="Body of the rwkv::WKV4 function that ONNX Runtime runs (default: the fastest measured).")
+@click.option("--tokenizer", type=click.Path(path_type=str), default=None, help="tokenizer.json to ship with the export.")
+@force_flag
+@quiet_flag
+def export(checkpoint: str, output: str, dtype: str, opset: int | None, all_logits: bool, wkv_form: str | None,
+           tokenizer: str | None, force: bool, quiet: bool) -> None:
+    """Export CHECKPOINT to ONNX: prefill and step graphs with rwkv::WKV4 custom nodes."""
+    from custom_ops.wkv4_onnx import DEFAULT_FORM
+    from rwkv_export.export import export_checkpoint
+
+    result = export_checkpoint(checkpoint, output, dtype=dtype, opset=opset, all_logits=all_logits, force=force,
+                               wkv_form=wkv_form or DEFAULT_FORM, tokenizer=tokenizer, progress=progress_printer(quiet))
+    click.echo(str(result.directory))
+
+
+COMMANDS = [export]

@@ -1,0 +1,74 @@
+"""Turn a traced graph into the shipped file: function attached, metadata set, checked, saved.
+
+- appends the model-local FunctionProto `rwkv::WKV4` (custom_ops/wkv4_onnx.py) in the requested
+  form, with the model's own default-domain opset, so bare onnxruntime runs the file;
+- writes the key facts into metadata_props (the manifest holds the full story);
+- runs onnx.checker with full_check (shape inference included);
+- saves atomically; models over the 2 GB protobuf limit keep their weights in external data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import onnx
+
+from custom_ops.wkv4 import DOMAIN, DOMAIN_VERSION, OP_TYPE
+from custom_ops.wkv4_onnx import wkv4_function
+from rwkv_export.errors import RwkvExportError
+
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of initializers; protobuf refuses messages over 2 GiB
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def attach_wkv_function(model: onnx.ModelProto, form: str) -> int:
+    """Add the rwkv::WKV4 function body; return the number of WKV4 nodes it serves."""
+    nodes = [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == OP_TYPE]
+    if not nodes:
+        raise RwkvExportError("the traced graph has no rwkv::WKV4 node (was the WKV function swapped?)")
+    del model.functions[:]
+    model.functions.append(wkv4_function(default_opset(model), form))
+    if not any(o.domain == DOMAIN for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    return len(nodes)
+
+
+def set_metadata(model: onnx.ModelProto, facts: dict[str, object]) -> None:
+    del model.metadata_props[:]
+    for key, value in facts.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=text))
+
+
+def initializer_bytes(model: onnx.ModelProto) -> int:
+    return sum(len(t.raw_data) for t in model.graph.initializer)
+
+
+def save_checked(model: onnx.ModelProto, path: Path, external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> list[Path]:
+    """Check and save `model` at `path` (a fresh directory's file); return the files written."""
+    external = initializer_bytes(model) > external_data_threshold
+    if not external:
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except onnx.checker.ValidationError as exc:
+            raise RwkvExportError(f"{path.name} failed onnx.checker: {str(exc).splitlines()[0]}") from exc
+    tmp = path.with_name(path.name + ".tmp")
+    files = [path]
+    if external:
+        data_name = path.name + ".data"
+        onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+        files.append(path.with_name(data_name))
+    else:
+        onnx.save_model(model, tmp)
+    os.replace(tmp, path)
+    if external:
+        try:
+            onnx.checker.check_model(str(path), full_check=True)
+        except onnx.checker.ValidationError as exc:
+            raise RwkvExportError(f"{path.name} failed onnx.checker: {str(exc).splitlines()[0]}") from exc
+    return files
