@@ -1,0 +1,150 @@
+"""The WKV4 CUDA kernels on a real GPU against the float64 numpy oracle (skips without CUDA).
+
+Run: python -m pytest -m gpu tests/test_kernels_gpu.py  (scripts/gpu_check.sh does this).
+Same bounds as the CPU proof (tests/test_kernels_cpu.py): no worse than 2x numpy's float32 run
+of the same formula + 1e-5, plus one fp16 rounding of y for float16 I/O.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from custom_ops.wkv4 import wkv4_numpy
+from tests._wkv4_cases import make_case, oracle, wkv4_errors
+
+HAVE_BINDINGS = importlib.util.find_spec("cuda") is not None and importlib.util.find_spec("cuda.bindings") is not None
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch"),
+    pytest.mark.skipif(not HAVE_BINDINGS, reason="cuda-bindings not installed: pip install 'cuda-bindings>=13.0,<14'"),
+]
+METRICS = ("y_abs", "y_rel", "pp_abs", "bb_rel", "aa_rel")
+F16_Y = 2.0**-11
+FORMS = ("seq", "seq4", "chunked", "auto")
+
+# (B, T, C, state, extreme): T to 8192, batch 1-64, channels to 4096, |k| ~ 60 on a quarter of them.
+CASES = [
+    (1, 1, 768, "warm", True),
+    (3, 5, 37, "zero", True),
+    (1, 8192, 768, "zero", True),
+    (1, 2048, 4096, "warm", True),
+    (8, 1000, 1027, "zero", True),
+    (4, 4096, 512, "warm", False),
+    (64, 128, 4096, "warm", True),
+    (64, 64, 4096, "zero", False),
+]
+_oracles: dict[tuple, tuple] = {}
+
+
+def _case(B, T, C, state, extreme, io):
+    """Inputs as the kernel reads them, the float64 oracle and numpy's float32 errors (cached)."""
+    key = (B, T, C, state, extreme, io)
+    if key not in _oracles:
+        case = make_case(B, T, C, seed=B * 7919 + T * 31 + C, state=state, extreme=extreme)
+        if io == "f16":
+            case = (*case[:2], *(x.astype(np.float16).astype(np.float32) for x in case[2:4]), *case[4:])
+        ref = oracle(*case)
+        base = wkv4_errors(wkv4_numpy(*case, dtype=np.float32), ref, case[3])
+        _oracles[key] = (case, ref, base)
+    return _oracles[key]
+
+
+def _to_cuda(case, io):
+    dt = torch.float32 if io == "f32" else torch.float16
+    td, tf, k, v, aa, bb, pp = (torch.from_numpy(np.ascontiguousarray(x)).cuda() for x in case)
+    return td, tf, k.to(dt), v.to(dt), aa, bb, pp
+
+
+def _numpy(out):
+    return [o.float().cpu().numpy() for o in out]
+
+
+def _assert_close_to_oracle(got, case, ref, base, io, label):
+    err = wkv4_errors(got, ref, case[3])
+    y_scale = max(1.0, float(np.abs(ref[0]).max(initial=0.0)))
+    f16_y = {"y_abs": F16_Y * y_scale, "y_rel": F16_Y} if io == "f16" else {}
+    assert err["finite"] == 1.0, f"{label}: non-finite output"
+    for m in METRICS:
+        bound = 2.0 * base[m] + 1e-5 + f16_y.get(m, 0.0)
+        assert err[m] <= bound, f"{label}: {m} = {err[m]:.3e} > {bound:.3e} (numpy float32 {base[m]:.3e})"
+    return err
+
+
+@pytest.mark.parametrize("io", ["f32", "f16"])
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("B,T,C,state,extreme", CASES)
+def test_kernel_matches_float64_oracle(form, io, B, T, C, state, extreme):
+    from plugins.launcher import wkv4_launch
+
+    case, ref, base = _case(B, T, C, state, extreme, io)
+    out = wkv4_launch(*_to_cuda(case, io), form=form)
+    torch.cuda.synchronize()
+    assert out[0].dtype == (torch.float32 if io == "f32" else torch.float16) and out[1].dtype == torch.float32
+    _assert_close_to_oracle(_numpy(out), case, ref, base, io, f"{form}/{io} B={B} T={T} C={C} {state} extreme={extreme}")
+
+
+@pytest.mark.parametrize("io", ["f32", "f16"])
+@pytest.mark.parametrize("form", ["seq", "chunked", "auto"])
+def test_prefill_then_step_equals_stepping(form, io):
+    from plugins.launcher import wkv4_launch
+
+    B, T0, steps, C = 2, 1500, 6, 768
+    case, ref, base = _case(B, T0 + steps, C, "warm", True, io)
+    td, tf, k, v, aa, bb, pp = _to_cuda(case, io)
+    y0, aa_s, bb_s, pp_s = wkv4_launch(td, tf, k[:, :T0], v[:, :T0], aa, bb, pp, form=form)
+    ys = [y0]
+    for t in range(T0, T0 + steps):
+        y_t, aa_s, bb_s, pp_s = wkv4_launch(td, tf, k[:, t : t + 1], v[:, t : t + 1], aa_s, bb_s, pp_s, form="step")
+        ys.append(y_t)
+    got = _numpy((torch.cat(ys, dim=1), aa_s, bb_s, pp_s))
+    _assert_close_to_oracle(got, case, ref, base, io, f"{form} prefill {T0} + {steps} steps ({io})")
+    if form == "seq":  # same per-token code in the same order as one prefill: equal to rounding
+        full = _numpy(wkv4_launch(td, tf, k, v, aa, bb, pp, form="seq"))
+        for name, g, f in zip(("y", "aa", "bb", "pp"), got, full):
+            np.testing.assert_allclose(g, f, rtol=1e-6, atol=1e-6, err_msg=f"seq prefill+step vs prefill: {name}")
+
+
+def test_state_in_place_and_side_stream():
+    # aa_out == aa (TensorRT may bind the same buffer) on a non-default stream.
+    from plugins.launcher import wkv4_launch_raw
+
+    case, ref, base = _case(8, 1000, 1027, "zero", True, "f32")
+    td, tf, k, v, aa, bb, pp = _to_cuda(case, "f32")
+    y = torch.empty_like(k)
+    stream = torch.cuda.Stream()
+    torch.cuda.synchronize()
+    for form in ("seq", "seq4", "chunked"):
+        aa_i, bb_i, pp_i = aa.clone(), bb.clone(), pp.clone()
+        with torch.cuda.stream(stream):
+            wkv4_launch_raw(*(t.data_ptr() for t in (td, tf, k, v, aa_i, bb_i, pp_i, y, aa_i, bb_i, pp_i)),
+                            B=8, T=1000, C=1027, io="f32", form=form, stream=stream.cuda_stream, device=k.device.index)
+        stream.synchronize()
+        _assert_close_to_oracle(_numpy((y, aa_i, bb_i, pp_i)), case, ref, base, "f32", f"{form} in-place state")
+
+
+def test_torch_op_cuda_matches_cpu():
+    import plugins.torch_cuda  # noqa: F401  (registers rwkv_export::wkv4)
+
+    case, ref, base = _case(4, 4096, 512, "warm", False, "f32")
+    cpu = [torch.from_numpy(np.ascontiguousarray(x)) for x in case]
+    got_gpu = _numpy(torch.ops.rwkv_export.wkv4(*(t.cuda() for t in cpu)))
+    got_cpu = _numpy(torch.ops.rwkv_export.wkv4(*cpu))
+    _assert_close_to_oracle(got_gpu, case, ref, base, "f32", "torch op cuda")
+    np.testing.assert_allclose(got_gpu[0], got_cpu[0], rtol=0, atol=4 * base["y_abs"] + 2e-5, err_msg="torch op y: CUDA vs CPU")
+
+
+def test_zero_length_and_cupy_pointer():
+    from plugins.launcher import device_pointer, wkv4_launch
+
+    case, _, _ = _case(3, 5, 37, "zero", True, "f32")
+    td, tf, k, v, aa, bb, pp = _to_cuda(case, "f32")
+    y, aa_o, _, pp_o = wkv4_launch(td, tf, k[:, :0], v[:, :0], aa, bb, pp)
+    assert y.shape == (3, 0, 37) and torch.equal(aa_o, aa) and torch.equal(pp_o, pp)
+    cupy = pytest.importorskip("cupy", reason="CuPy not installed: pointer check via __cuda_array_interface__ skipped")
+    arr = cupy.arange(10, dtype=cupy.float32)
+    assert device_pointer(arr) == arr.data.ptr
+    assert device_pointer(arr[2:]) == arr.data.ptr + 8
