@@ -135,8 +135,9 @@ def build_graph(onnx_path: Path, plan_path: Path, profile: dict[str, list[list[i
     compute = normalize_compute_capabilities(options.compute_capabilities, target)
     ptx_arch = options.ptx_arch or (f"sm_{min(int(c[2:]) for c in compute)}" if compute else "sm_75")
     with tempfile.TemporaryDirectory(prefix="rwkv-trt-build-") as tmp:
+        parsed = _inlinable_copy(onnx_path, Path(tmp)) if plugin == "none" else onnx_path
         job: dict[str, Any] = {
-            "target": target, "onnx": str(onnx_path), "plan": str(Path(tmp) / "engine.plan"),
+            "target": target, "onnx": str(parsed), "plan": str(Path(tmp) / "engine.plan"),
             "profile": profile, "workspace": options.workspace, "compute_capabilities": list(compute),
             "plugin": plugin, "ptx_arch": ptx_arch,
         }
@@ -156,6 +157,29 @@ def build_graph(onnx_path: Path, plan_path: Path, profile: dict[str, list[list[i
         atomic_write_bytes(plan_path, Path(job["plan"]).read_bytes())
     report["ptx_arch"] = ptx_arch
     return report
+
+
+def _inlinable_copy(onnx_path: Path, tmp: Path) -> Path:
+    """A copy whose rwkv::WKV4 function has no If(T == 1) shortcut, for parsers that inline it.
+
+    TensorRT-RTX 1.7 hits an internal assertion (graphScope.cpp) when it inlines a function body
+    holding that If; the same form without it builds. Only the function changes: same form, same
+    opset, so the engine computes what ONNX Runtime computes.
+    """
+    import onnx
+
+    from custom_ops.wkv4_onnx import wkv4_function
+
+    model = onnx.load(str(onnx_path))
+    meta = {p.key: p.value for p in model.metadata_props}
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    form = meta.get("wkv_form", "scan")
+    del model.functions[:]
+    model.functions.append(wkv4_function(opset, form, single_step=False))
+    out = tmp / onnx_path.name
+    large = model.ByteSize() > 1_800_000_000
+    onnx.save_model(model, str(out), save_as_external_data=large, location=out.name + ".data" if large else None)
+    return out
 
 
 def _child_env(target: str) -> dict[str, str]:

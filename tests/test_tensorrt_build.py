@@ -298,25 +298,17 @@ def _with_function(model_dir: Path, out_dir: Path, **form_options: Any) -> Path:
 @requires_rtx
 @pytest.mark.slow
 def test_inlined_function_fallback_builds(random_model: Path, tmp_path: Path) -> None:
-    """No plugin registered: the parser inlines the model-local function (here without its T == 1 If)."""
-    model_dir = _with_function(random_model, tmp_path / "noif", single_step=False)
+    """No plugin: the parser inlines the model-local function. The exported body's If(T == 1) trips
+    TensorRT-RTX 1.7 (graphScope.cpp assertion), so `build --plugin none` parses a copy without it."""
+    model_dir = _with_function(random_model, tmp_path / "asis")  # the exporter's default body, If included
     reports = build_all(model_dir, engine.BuildOptions(target=RTX, max_batch=2, max_seq=16, plugin="none"))
     manifest = json.loads((model_dir / "manifest.json").read_text())
     for graph, report in reports.items():
         types = {layer["type"] for layer in report["layers"]}
         assert not plugin_layers(report) and not report["plugin_events"], graph
         assert {"RECURRENCE", "ITERATOR"} & types or "LOOP_OUTPUT" in types, (graph, sorted(types))  # the Scan
+        assert "CONDITION" not in types and "CONDITIONAL_INPUT" not in types, (graph, sorted(types))
         assert manifest["engines"][graph]["plugin"] == "none" and (model_dir / f"{graph}.plan").stat().st_size > 0
-
-
-@requires_rtx
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=RwkvExportError,
-                   reason="TensorRT-RTX 1.7 fails (internal assertion in graphScope.cpp) on the function's "
-                          "If(T == 1) branch when it inlines it; the body without the If builds (test above)")
-def test_inlined_function_fallback_builds_as_exported(random_model: Path, tmp_path: Path) -> None:
-    model_dir = _with_function(random_model, tmp_path / "asis")  # the exporter's default body
-    build_all(model_dir, engine.BuildOptions(target=RTX, max_batch=2, max_seq=16, plugin="none"))
 
 
 @requires_rtx

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from custom_ops.wkv4_onnx import DEFAULT_FORM, FORMS as WKV_FORMS
 from rwkv_export.cli.options import checkpoint_arg, examples, force_flag, quiet_flag
 
 
@@ -26,19 +27,18 @@ def progress_printer(quiet: bool):  # type: ignore[no-untyped-def]
               help="Weights and activations dtype (WKV and the state stay float32).")
 @click.option("--opset", type=click.IntRange(18, 30), default=None, help="ONNX opset (default: the exporter's).")
 @click.option("--all-logits", is_flag=True, help="Prefill returns logits for every position, not only the last.")
-@click.option("--wkv-form", type=click.Choice(["scan", "chunked"]), default=None,
-              help="Body of the rwkv::WKV4 function that ONNX Runtime runs (default: the fastest measured).")
+@click.option("--wkv-form", type=click.Choice(WKV_FORMS), default=DEFAULT_FORM, show_default=True,
+              help="Body of the rwkv::WKV4 function that ONNX Runtime runs (default: the fastest measured here).")
 @click.option("--tokenizer", type=click.Path(path_type=str), default=None, help="tokenizer.json to ship with the export.")
 @force_flag
 @quiet_flag
-def export(checkpoint: str, output: str, dtype: str, opset: int | None, all_logits: bool, wkv_form: str | None,
+def export(checkpoint: str, output: str, dtype: str, opset: int | None, all_logits: bool, wkv_form: str,
            tokenizer: str | None, force: bool, quiet: bool) -> None:
     """Export CHECKPOINT to ONNX: prefill and step graphs with rwkv::WKV4 custom nodes."""
-    from custom_ops.wkv4_onnx import DEFAULT_FORM
     from rwkv_export.export import export_checkpoint
 
     result = export_checkpoint(checkpoint, output, dtype=dtype, opset=opset, all_logits=all_logits, force=force,
-                               wkv_form=wkv_form or DEFAULT_FORM, tokenizer=tokenizer, progress=progress_printer(quiet))
+                               wkv_form=wkv_form, tokenizer=tokenizer, progress=progress_printer(quiet))
     click.echo(str(result.directory))
 
 

@@ -1,0 +1,107 @@
+"""`rwkv-export run DIR --prompt TEXT`: generate text with an exported model, streamed to stdout.
+
+Prompts are tokenized with the tokenizer the manifest names (or --tokenizer FILE), or given as ids
+with --tokens. Several prompts run as one batch (prefilled per length, never padded). With one
+prompt the text streams as it is produced; with several, each prompt's text is printed when done.
+The throughput line goes to stderr.
+"""
+
+from __future__ import annotations
+
+import click
+import numpy as np
+
+from rwkv_export.cli.options import examples, quiet_flag
+from rwkv_export.errors import RwkvExportError
+
+
+@click.command("run", epilog=examples(
+    "rwkv-export run out/ --prompt 'The quick brown' --max-tokens 64",
+    "rwkv-export run out/ --prompt 'Hello' --prompt 'Once upon a time' --temperature 0",
+    "rwkv-export run out/ --tokens 34,105,110 --temperature 0.8 --top-p 0.9 --seed 1",
+    "rwkv-export run out-169m/ --tokenizer 20B_tokenizer.json --prompt 'RWKV is' --provider cuda",
+))
+@click.argument("model_dir", metavar="DIR", type=click.Path(path_type=str))
+@click.option("--prompt", "prompts", multiple=True, help="Prompt text (repeat for a batch).")
+@click.option("--tokens", "token_lists", multiple=True, metavar="IDS", help="Prompt as comma-separated token ids, e.g. 34,105,110 (repeatable).")
+@click.option("--max-tokens", type=click.IntRange(0, 1 << 20), default=100, show_default=True, help="Tokens to generate per prompt.")
+@click.option("--temperature", type=click.FloatRange(0), default=1.0, show_default=True, help="Sampling temperature; 0 is greedy.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True, help="Nucleus sampling: keep the smallest set of tokens with this much probability.")
+@click.option("--top-k", type=click.IntRange(0), default=0, show_default=True, help="Keep only the k most likely tokens (0: all).")
+@click.option("--seed", type=int, default=None, help="Random seed (same seed, same text).")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True,
+              help="Where to run: ONNX Runtime on CPU or CUDA, TensorRT (the built engines, else ORT's TensorRT provider), or the best available.")
+@click.option("--tokenizer", type=click.Path(path_type=str), default=None, help="tokenizer.json (or a world vocabulary .txt) to use instead of the manifest's.")
+@click.option("--threads", type=click.IntRange(0, 1024), default=0, show_default=True, help="ONNX Runtime threads (0: all cores).")
+@click.option("--ids", "print_ids", is_flag=True, help="Print generated token ids (one line per prompt) instead of text.")
+@quiet_flag
+def run(model_dir: str, prompts: tuple[str, ...], token_lists: tuple[str, ...], max_tokens: int, temperature: float, top_p: float,
+        top_k: int, seed: int | None, provider: str, tokenizer: str | None, threads: int, print_ids: bool, quiet: bool) -> None:
+    """Generate from the exported model in DIR: prefill the prompt, then step, sampling each token."""
+    from rwkv_export.generate import Sampling, Stats, generate
+    from rwkv_export.runtime import ExportedModel
+    from rwkv_export.tokenizer import StreamDecoder, describe, load_tokenizer
+
+    if bool(prompts) == bool(token_lists):
+        raise RwkvExportError("give the prompt as --prompt TEXT or as --tokens IDS (one of the two)")
+    model = ExportedModel(model_dir, provider, threads)
+    tok = None if print_ids and token_lists else _tokenizer(load_tokenizer, model_dir, tokenizer, model.vocab_size, bool(prompts))
+    batch = [_encode(tok, p) for p in prompts] if prompts else [_parse_ids(t) for t in token_lists]
+    for ids in batch:
+        model.check_tokens(np.asarray(ids, np.int64))
+    sampling = Sampling(temperature, top_p, top_k, seed)
+    if not quiet:
+        what = describe(tok) if tok is not None else "token ids"
+        click.echo(f"[run] {model.backend_name}, {len(batch)} prompt(s), {what}", err=True)
+    stats = Stats()
+    streaming = len(batch) == 1 and not print_ids and tok is not None
+    decoder = StreamDecoder(tok) if streaming and tok is not None else None
+    with model:
+        for tokens in generate(model, batch, max_tokens, sampling, stats):
+            if decoder is not None:
+                _write(decoder.push(int(tokens[0])))
+    if decoder is not None:
+        _write(decoder.flush() + "\n")
+    else:
+        for row in stats.generated:
+            click.echo(",".join(map(str, row)) if print_ids or tok is None else tok.decode(row))
+    if not quiet:
+        click.echo(f"[run] {stats.summary()}", err=True)
+
+
+def _tokenizer(load, model_dir: str, override: str | None, vocab: int, needed: bool):  # type: ignore[no-untyped-def]
+    """The tokenizer, or None when only ids are given and the manifest names none."""
+    try:
+        tok = load(model_dir, override)
+    except RwkvExportError:
+        if needed or override is not None:
+            raise
+        return None
+    if tok.vocab_size > vocab:
+        raise RwkvExportError(f"the {tok.kind} tokenizer has {tok.vocab_size} tokens but the model's vocab is {vocab}: wrong --tokenizer?")
+    return tok
+
+
+def _encode(tok, text: str) -> list[int]:  # type: ignore[no-untyped-def]
+    ids = tok.encode(text)
+    if not ids:
+        raise RwkvExportError(f"prompt {text!r} tokenizes to no tokens; give some text")
+    return ids
+
+
+def _parse_ids(text: str) -> list[int]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise RwkvExportError(f"--tokens {text!r} holds no ids; expected comma-separated integers like 34,105,110")
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise RwkvExportError(f"--tokens {text!r}: expected comma-separated integers like 34,105,110") from None
+
+
+def _write(text: str) -> None:
+    if text:
+        click.echo(text, nl=False)  # click.echo flushes: each piece shows as soon as it is final
+
+
+COMMANDS = [run]

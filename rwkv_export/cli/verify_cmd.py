@@ -1,0 +1,130 @@
+"""`rwkv-export verify SOURCE`: parity of every available backend against the float64 oracle.
+
+SOURCE is a checkpoint (float32 and float16 graphs are exported with --all-logits into --export-dir
+or a temporary directory) or an exported DIR (its checkpoint from --checkpoint or the manifest's
+source.path). Exit 0 when every backend passes, 1 when one fails, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rwkv_export.cli.options import examples, force_flag, quiet_flag
+from rwkv_export.errors import RwkvExportError
+from rwkv_export.parity.tolerances import help_text
+
+EXIT_PARITY_FAILED = 1
+
+
+def _tol_option(name: str, field: str, *aliases: str) -> Any:
+    return click.option(name, *aliases, field, multiple=True, metavar="DTYPE=VALUE",
+                        help=f"Override the {field.replace('_', ' ')} of one dtype, e.g. float16=3e-2 (repeatable).")
+
+
+@click.command("verify", epilog=examples(
+    "rwkv-export verify model.pth",
+    "rwkv-export verify out/ --checkpoint model.pth --backends ort --json parity.json",
+    "rwkv-export verify tiny-rwkv-4v0-660K-FP32.bin --seq 64 --steps 32 --tol float16=3e-2",
+    "rwkv-export verify model.pth --backends torch-float32,'ort-*-float16' --export-dir exported/",
+), help=f"""Check that every backend computes what SOURCE's checkpoint computes.
+
+SOURCE is a checkpoint or an exported directory. Scenario: prefill of --seq tokens, --steps steps fed
+the oracle's greedy tokens, and the prefill split in two chunks with the state carried. Compared per
+step against the torch float64 oracle: logits and every state tensor (max/mean/median/p99 abs and
+rel error), argmax and top-5 agreement, KL divergence, greedy-match length.
+
+Backends: torch-float32, torch-float16, ort-{{cpu,cuda}}-{{float32,float16}}, tensorrt-{{float32,float16}}
+(built engines); unavailable ones are reported as skipped.
+
+A tensor passes when max|got - ref| <= atol + rtol * max|ref| (state: per layer). Defaults:
+
+{help_text()}
+
+Exit codes: 0 every backend passes, 1 one fails, 2 bad input.""")
+@click.argument("source", type=click.Path(path_type=str))
+@click.option("--checkpoint", type=click.Path(path_type=str), default=None, help="The checkpoint of an exported SOURCE (default: the manifest's source.path).")
+@click.option("--export-dir", type=click.Path(path_type=str), default=None, help="Keep the graphs exported from a checkpoint SOURCE here (DIR/float32, DIR/float16).")
+@click.option("--backends", "backend_patterns", multiple=True, metavar="NAMES",
+              help="Backends to run: names, prefixes (ort, torch) or globs, comma-separated or repeated (default: all).")
+@click.option("--seq", type=click.IntRange(1, 65536), default=16, show_default=True, help="Prompt length T of the prefill.")
+@click.option("--steps", type=click.IntRange(0, 4096), default=8, show_default=True, help="Steps N after the prefill.")
+@click.option("--batch", type=click.IntRange(1, 1024), default=2, show_default=True, help="Sequences per call.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random prompt.")
+@click.option("--json", "json_file", type=click.Path(path_type=str), default=None, help="Also write the full report as JSON to this file.")
+@_tol_option("--rtol", "logits_rtol", "--tol")
+@_tol_option("--atol", "logits_atol")
+@_tol_option("--state-rtol", "state_rtol")
+@_tol_option("--state-atol", "state_atol")
+@click.option("--threads", type=click.IntRange(0, 1024), default=0, show_default=True, help="ONNX Runtime threads (0: all cores).")
+@force_flag
+@quiet_flag
+@click.pass_context
+def verify(ctx: click.Context, source: str, checkpoint: str | None, export_dir: str | None, backend_patterns: tuple[str, ...],
+           seq: int, steps: int, batch: int, seed: int, json_file: str | None, logits_rtol: tuple[str, ...],
+           logits_atol: tuple[str, ...], state_rtol: tuple[str, ...], state_atol: tuple[str, ...], threads: int,
+           force: bool, quiet: bool) -> None:
+    from rwkv_export.parity import backends, report, scenario, tolerances, verify_all
+
+    def progress(message: str) -> None:
+        if not quiet:
+            click.echo(f"[verify] {message}", err=True)
+
+    overrides = {"logits_rtol": ("--rtol", logits_rtol), "logits_atol": ("--atol", logits_atol),
+                 "state_rtol": ("--state-rtol", state_rtol), "state_atol": ("--state-atol", state_atol)}
+    tols = tolerances.tolerances_with({f: tolerances.parse_overrides(v, opt) for f, (opt, v) in overrides.items()})
+    names = backends.select([p.strip() for text in backend_patterns for p in text.split(",") if p.strip()])
+    with tempfile.TemporaryDirectory(prefix="rwkv-verify-") as tmp:
+        ckpt, exports = _resolve_source(source, checkpoint, export_dir or tmp, backends.needed_exports(names), force, progress)
+        cfg = ckpt.config
+        scen = scenario.Scenario.random(cfg.vocab_size, batch, seq, steps, seed)
+        progress(f"scenario: batch {batch}, prefill {seq} tokens, {steps} steps, chunked {scen.split}+{seq - scen.split}")
+        results = verify_all(ckpt, exports, names, scen, tols, threads, progress)
+    click.echo(report.table(results))
+    if json_file:
+        context = {"source": source, "checkpoint": str(ckpt.path), "scenario": {"batch": batch, "seq": seq, "steps": steps,
+                   "split": scen.split, "seed": seed}, "model": cfg.to_dict()}  # fmt: skip
+        Path(json_file).write_text(report.to_json(results, context) + "\n")
+        progress(f"wrote {json_file}")
+    if any(r.failed for r in results):
+        ctx.exit(EXIT_PARITY_FAILED)
+
+
+def _resolve_source(source: str, checkpoint: str | None, export_root: str, dtypes: list[str], force: bool,
+                    progress: Any) -> tuple[Any, dict[str, Path | str]]:
+    """(loaded checkpoint, dtype -> exported dir or the reason there is none)."""
+    from rwkv_export.checkpoint import load_checkpoint
+    from rwkv_export.export import MANIFEST, export_checkpoint, read_manifest
+
+    path = Path(source)
+    if path.is_dir() and (path / MANIFEST).is_file():
+        manifest = read_manifest(path)
+        ckpt_path = checkpoint or manifest.get("source", {}).get("path")
+        if not ckpt_path or not Path(ckpt_path).exists():
+            raise RwkvExportError(f"the checkpoint of '{source}' ('{ckpt_path}', from its manifest) does not exist; pass --checkpoint FILE")
+        ckpt = load_checkpoint(ckpt_path)
+        model = manifest["model"]
+        found = (model["n_layer"], model["n_embd"], model["vocab_size"])
+        expected = (ckpt.config.n_layer, ckpt.config.n_embd, ckpt.config.vocab_size)
+        if found != expected:
+            raise RwkvExportError(f"'{source}' is a {found[0]} x {found[1]} (vocab {found[2]}) export but checkpoint '{ckpt_path}' "
+                                  f"is {expected[0]} x {expected[1]} (vocab {expected[2]})")
+        dtype = manifest["dtype"]
+        other = {d: f"SOURCE is a {dtype} export (give the checkpoint to test {d} too)" for d in ("float32", "float16") if d != dtype}
+        return ckpt, {dtype: path, **other}
+    if checkpoint is not None:
+        raise RwkvExportError("--checkpoint is for an exported SOURCE directory; SOURCE here is already a checkpoint")
+    ckpt = load_checkpoint(source)
+    exports: dict[str, Path | str] = {}
+    for dtype in dtypes:
+        out = Path(export_root) / dtype
+        progress(f"exporting {dtype} graphs (all logits) to {out}")
+        exports[dtype] = export_checkpoint(ckpt, out, dtype=dtype, all_logits=True, force=force,
+                                           progress=lambda m: progress(f"  {m}")).directory
+    return ckpt, exports
+
+
+COMMANDS = [verify]
