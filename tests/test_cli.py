@@ -82,3 +82,15 @@ def test_export_cli_force_replaces_atomically(tmp_path: Path, random_ckpt: Path)
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(out) and result.stderr == ""
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "prefill.onnx", "step.onnx"]
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    """README's first command: export, ORT generation equal to the reference's, a passing parity table."""
+    result = _invoke("demo", "--out", str(tmp_path / "demo"), "--max-tokens", "8")
+    assert result.exit_code == 0, result.output
+    assert "greedy tokens equal to the float64 reference's: yes (8 tokens)" in result.stdout
+    assert "ort-cpu-float32  PASS" in result.stdout and "demo: OK" in result.stdout
+    assert (tmp_path / "demo" / "manifest.json").is_file()
+    again = _invoke("demo", "--out", str(tmp_path / "demo"))
+    assert again.exit_code == 2 and "already exists" in again.stderr
