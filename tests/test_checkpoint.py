@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from rwkv_export.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from rwkv_export.checkpoint.random import random_v4_weights
+from rwkv_export.checkpoint.random import random_v4_weights, random_weights
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.model import build_model, initial_state
 from tests.conftest import requires_shared, tiny_model
@@ -63,18 +64,120 @@ def test_rwkvcpp_tiny_v4_loads(precision: str) -> None:
 
 @requires_shared
 @pytest.mark.parametrize("stem,version", [("5v1-730K", "5.1"), ("5v2-730K", "5.2"), ("6v0-1m", "6"), ("7v0-834K", "7")])
-def test_later_versions_are_refused_by_name(stem: str, version: str) -> None:
-    with pytest.raises(RwkvExportError, match=rf"RWKV-{version} checkpoint"):
-        load_checkpoint(tiny_model(stem))
+def test_later_versions_are_refused_by_name(tmp_path: Path, stem: str, version: str) -> None:
+    """RWKV-5/6/7 files load (as references); export refuses them with one line naming the version."""
+    from rwkv_export.export import export_checkpoint
+
+    ckpt = load_checkpoint(tiny_model(stem))
+    assert ckpt.config.version == version and ckpt.parameter_count == TINY_PARAMETERS[stem]
+    with pytest.raises(RwkvExportError, match=rf"^export of RWKV-{re.escape(version)} is not supported yet; RWKV-4 only$"):
+        export_checkpoint(ckpt, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
-def test_v5_pth_is_refused_by_name(tmp_path: Path, random_ckpt: Path) -> None:
-    weights = dict(load_checkpoint(random_ckpt).weights)
-    weights["blocks.0.att.ln_x.weight"] = torch.ones(64)
-    weights["blocks.0.att.gate.weight"] = torch.ones(64, 64)
+def test_v5_pth_is_refused_by_name(tmp_path: Path) -> None:
+    """A 5.2 .pth loads; export names the version; a v4 dict with stray v5 keys fails naming RWKV-5.2."""
+    from rwkv_export.export import export_checkpoint
+
+    config, weights = random_weights("5.2", 2, 32, 50, seed=1)
     torch.save(weights, tmp_path / "v5.pth")
-    with pytest.raises(RwkvExportError, match=r"RWKV-5\.2 checkpoint"):
-        load_checkpoint(tmp_path / "v5.pth")
+    ckpt = load_checkpoint(tmp_path / "v5.pth")
+    assert ckpt.config == config and ckpt.config.extra["group_norm_eps"] == 64e-5
+    with pytest.raises(RwkvExportError, match=r"export of RWKV-5\.2 is not supported yet; RWKV-4 only"):
+        export_checkpoint(tmp_path / "v5.pth", tmp_path / "out")
+    mixed = dict(random_v4_weights(2, 32, 50)[1])
+    mixed["blocks.0.att.ln_x.weight"] = torch.ones(32)
+    mixed["blocks.0.att.gate.weight"] = torch.ones(32, 32)
+    torch.save(mixed, tmp_path / "mixed.pth")
+    with pytest.raises(RwkvExportError, match=r"RWKV-5\.2"):
+        load_checkpoint(tmp_path / "mixed.pth")
+
+
+TINY_PARAMETERS = {"5v1-730K": 680_640, "5v2-730K": 731_904, "6v0-1m": 1_028_352, "7v0-834K": 829_888}  # the README's counts
+
+
+@requires_shared
+@pytest.mark.parametrize("precision", ["FP32", "FP16"])
+def test_rwkvcpp_tiny_later_versions_config(precision: str) -> None:
+    """Shapes, heads and LoRA ranks of the README's table; rwkv.cpp's transforms undone."""
+    expect = {
+        "5v1-730K": ("5.1", 64, 256, {"n_head": 8, "head_size": 8, "group_norm_eps": 1e-5}),
+        "5v2-730K": ("5.2", 64, 256, {"n_head": 8, "head_size": 8, "group_norm_eps": 1e-5}),
+        "6v0-1m": ("6", 64, 224, {"n_head": 8, "head_size": 8, "lora_mix": 32, "lora_decay": 64, "group_norm_eps": 64e-5}),
+        "7v0-834K": ("7", 64, 256, {"n_head": 1, "head_size": 64, "lora_decay": 32, "lora_a": 32, "lora_v": 32,
+                                    "lora_gate": 32, "group_norm_eps": 64e-5}),
+    }  # fmt: skip
+    for stem, (version, embd, ffn, extra) in expect.items():
+        cfg = load_checkpoint(tiny_model(stem, precision)).config
+        assert (cfg.version, cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.ffn_size) == (version, 12, embd, 256, ffn), stem
+        assert {k: cfg.extra[k] for k in extra} == extra, stem
+        assert cfg.dtype == ("float16" if precision == "FP16" else "float32")
+    w = load_checkpoint(tiny_model("5v1-730K", precision)).weights
+    assert w["blocks.0.att.time_decay"].shape == (8,) and w["blocks.0.att.time_mix_k"].shape == (1, 1, 64)
+    w = load_checkpoint(tiny_model("6v0-1m", precision)).weights
+    assert w["blocks.0.att.time_maa_w1"].shape == (64, 160) and w["blocks.0.att.time_maa_w2"].shape == (5, 32, 64)
+    w = load_checkpoint(tiny_model("7v0-834K", precision)).weights
+    assert "blocks.0.att.x_rwkvag" not in w and w["blocks.0.att.x_g"].shape == (1, 1, 64) and w["blocks.0.att.w1"].shape == (64, 32)
+
+
+@pytest.mark.parametrize("version", ["5.1", "5.2", "6", "7"])
+@pytest.mark.parametrize("fmt", ["pth", "safetensors", "rwkvcpp", "rwkvcpp-fp16"])
+def test_later_versions_round_trip(tmp_path: Path, version: str, fmt: str) -> None:
+    config, weights = random_weights(version, 2, 32, 50, seed=4)
+    out = tmp_path / ("m.safetensors" if fmt == "safetensors" else "m.pth" if fmt == "pth" else "m.bin")
+    save_checkpoint(Checkpoint(config, weights, "random", out), out, fmt)
+    back = load_checkpoint(out)
+    assert set(back.weights) == set(weights)
+    eps = 1e-5 if fmt.startswith("rwkvcpp") and version.startswith("5") else config.extra["group_norm_eps"]  # rwkv.cpp runs v5 at 1e-5
+    assert back.config.extra == {**config.extra, "group_norm_eps": eps}
+    for key, tensor in weights.items():
+        found = back.weights[key].double()
+        if fmt == "pth" or fmt == "safetensors":
+            assert torch.equal(back.weights[key], tensor), f"{fmt}: {key} changed"
+        else:  # float32 exp/log of v5 decays: relative 1e-5; FP16 matrices: half an fp16 ulp
+            tol = 1e-3 if fmt == "rwkvcpp-fp16" and tensor.dim() >= 2 else 1e-5
+            assert torch.allclose(found, tensor.double(), rtol=tol, atol=tol), f"{fmt}: {key} differs by {(found - tensor.double()).abs().max():.2e}"
+
+
+def test_later_versions_refuse_hf_output(tmp_path: Path) -> None:
+    config, weights = random_weights("6", 1, 32, 50)
+    with pytest.raises(RwkvExportError, match="cannot write RWKV-6 as a Hugging Face directory"):
+        save_checkpoint(Checkpoint(config, weights, "random", tmp_path), tmp_path / "hf", "hf")
+
+
+@pytest.mark.parametrize("version,key,problem", [
+    ("6", "blocks.1.att.time_maa_w2", "missing"), ("7", "blocks.1.att.k_a", "missing"), ("5.2", "blocks.0.att.bogus", "unknown"),
+    ("7", "blocks.1.att.w1", "shape"), ("6", "blocks.0.att.time_faaaa", "shape"),
+])  # fmt: skip
+def test_later_versions_key_and_shape_errors(tmp_path: Path, version: str, key: str, problem: str) -> None:
+    weights = random_weights(version, 2, 32, 50)[1]
+    if problem == "missing":
+        del weights[key]
+        match = rf"RWKV-{re.escape(version)} key '{re.escape(key)}' is missing"
+    elif problem == "unknown":
+        weights[key] = torch.zeros(3)
+        match = rf"unknown key '{re.escape(key)}' for an RWKV-{re.escape(version)} checkpoint"
+    else:
+        weights[key] = weights[key][..., :-1].clone()
+        match = rf"'{re.escape(key)}' has shape .*(, expected|: heads x head size)"
+    torch.save(weights, tmp_path / "bad.pth")
+    with pytest.raises(RwkvExportError, match=match):
+        load_checkpoint(tmp_path / "bad.pth")
+
+
+def test_info_shows_later_versions(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from rwkv_export.cli import cli
+
+    config, weights = random_weights("7", 2, 32, 50)
+    save_checkpoint(Checkpoint(config, weights, "random", tmp_path / "v7.safetensors"), tmp_path / "v7.safetensors")
+    result = CliRunner().invoke(cli, ["info", str(tmp_path / "v7.safetensors"), "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.output)
+    assert facts["rwkv_version"] == "7" and facts["n_layer"] == 2 and facts["parameters"] == sum(t.numel() for t in weights.values())
 
 
 def test_missing_file() -> None:

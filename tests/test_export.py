@@ -1,7 +1,8 @@
 """Export: ONNX Runtime on the exported graphs against the float64 reference, and the graph contract.
 
 Tolerances (relative to the largest |logit| / |state| of the float64 reference):
-- float32: 1e-5 on logits and state (ORT fuses and reorders float32 ops: a few ulp per op);
+- float32: 1e-5 on logits (ORT fuses and reorders float32 ops: a few ulp per op), 1e-4 on the state
+  (the float32 WKV recurrence accumulates rounding over T tokens);
 - float16: 2e-2 on logits (11-bit mantissa accumulated over the layers, as the torch float16
   reference); the state stays float32 but is fed by float16 activations: 2e-2.
 """
@@ -27,6 +28,7 @@ from tests.conftest import requires_shared, tiny_model
 
 NAMES = State._fields
 TOL = {"float32": 1e-5, "float16": 2e-2}
+STATE_TOL_F32 = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +69,9 @@ def test_prefill_matches_reference(exports: dict[str, Path], random_ckpt: Path, 
     assert err < TOL[dtype], f"ORT {dtype} prefill T={T}: logits rel error {err:.2e}"
     for name, a, b in zip(NAMES, new_state, ref_state):
         err = _rel(a, b.numpy())
-        assert err < (TOL[dtype] if dtype == "float16" else 1e-4 if name == "pp" else TOL[dtype]), f"ORT {dtype} T={T}: {name} rel {err:.2e}"
+        # The state is the float32 recurrence run over T tokens: its rounding accumulates (the numpy
+        # float32 loop of custom_ops/wkv4.py shows the same), hence 1e-4 as `verify` uses for state.
+        assert err < (TOL[dtype] if dtype == "float16" else STATE_TOL_F32), f"ORT {dtype} T={T}: {name} rel {err:.2e}"
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])

@@ -5,8 +5,9 @@ Formats, told apart by content rather than trusted suffixes:
     .safetensors      the same keys
     directory         transformers RwkvForCausalLM (config.json + weights, HF key names)
     rwkv.cpp file     `ggmf` header, versions 100 / 101, FP32 / FP16
-The version and hyper-parameters are read off the keys and shapes. RWKV v5/v6/v7 are recognised
-and refused with a message naming the version.
+The version (4, 5.1, 5.2, 6, 7) and hyper-parameters are read off the keys and shapes; every key
+and shape is checked against the version's table (versions.py). Hugging Face directories exist only
+for RWKV-4 (transformers has no v5-v7 class); other model types are refused by name.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 from rwkv_export.checkpoint import hf, rwkvcpp
 from rwkv_export.checkpoint.config import ModelConfig
-from rwkv_export.checkpoint.versions import detect_version, infer_v4_config, require_supported
+from rwkv_export.checkpoint.versions import detect_version, infer_config
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.fileio import atomic_output_path, atomic_write_json
 
@@ -77,14 +78,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         fmt = "hf"
     elif rwkvcpp.is_rwkvcpp(path):
         raw, _ = rwkvcpp.read_rwkvcpp(path)
-        require_supported(detect_version(raw), str(path))
-        weights = rwkvcpp.v4_from_rwkvcpp(raw)
+        weights = rwkvcpp.from_rwkvcpp(raw, detect_version(raw))
         fmt = "rwkvcpp"
     else:
         weights = read_tensor_file(path)
         fmt = "safetensors" if path.suffix == ".safetensors" else "pth"
-    require_supported(detect_version(weights), str(path))
-    config = infer_v4_config(weights, str(path))
+    config = infer_config(weights, str(path), fmt)
     return Checkpoint(config, weights, fmt, path)
 
 
@@ -105,12 +104,15 @@ def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike[str], fmt: str | N
     elif fmt == "hf":
         from safetensors.torch import save_file
 
+        if cfg.version != "4":
+            raise RwkvExportError(f"cannot write RWKV-{cfg.version} as a Hugging Face directory: transformers has RwkvForCausalLM (RWKV-4) only")
+
         path.mkdir(parents=True, exist_ok=True)
         with atomic_output_path(path / "model.safetensors") as tmp:
             save_file({hf.blink_to_hf(k): v for k, v in weights.items()}, str(tmp), metadata={"format": "pt"})
         atomic_write_json(path / "config.json", hf.hf_config(cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.ffn_size))
     elif fmt in ("rwkvcpp", "rwkvcpp-fp16"):
-        rwkvcpp.write_rwkvcpp_v4(path, weights, cfg.n_layer, fp16=fmt == "rwkvcpp-fp16")
+        rwkvcpp.write_rwkvcpp(path, weights, cfg.version, cfg.n_layer, fp16=fmt == "rwkvcpp-fp16")
     else:
         raise RwkvExportError(f"unknown checkpoint format '{fmt}' (expected one of {', '.join(FORMATS)})")
     return fmt

@@ -57,9 +57,11 @@ def read_hf_dir(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, object]]
         raise RwkvExportError(f"{path / 'config.json'}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     model_type = str(config.get("model_type", ""))
     if model_type in _OTHER_MODEL_TYPES:
-        from rwkv_export.checkpoint.versions import require_supported
-
-        require_supported(_OTHER_MODEL_TYPES[model_type], str(path))
+        # RWKV/v5-v7 hub repositories need trust_remote_code and their own key names: not read here.
+        raise RwkvExportError(
+            f"{path}: this is an RWKV-{_OTHER_MODEL_TYPES[model_type]} checkpoint in a Hugging Face directory (model_type "
+            f"'{model_type}', remote code; transformers has no class for it): load the BlinkDL .pth or .safetensors instead"
+        )
     if model_type != "rwkv":
         raise RwkvExportError(f"{path}: config.json has model_type '{model_type}', expected 'rwkv' (RwkvForCausalLM)")
     files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))

@@ -3,12 +3,15 @@
 Layout (little-endian): header of six int32 (magic 0x67676d66, version, n_vocab, n_embed, n_layer,
 data type), then records to the end of the file: int32 n_dims, int32 key length, int32 dtype
 (0 FP32, 1 FP16), n_dims int32 dims in reversed PyTorch order, the UTF-8 key, the raw data.
-rwkv.cpp's converter squeezes `.time_*` tensors and stores RWKV-4's time_decay as -exp(d); reading
-undoes that (BlinkDL form out), writing applies it (so files round-trip through rwkv.cpp's tools).
+rwkv.cpp's converter squeezes `.time_*` tensors and changes some per version (the tiny models'
+README lists them): v4 time_decay as -exp(d); v5 time_decay as exp(-exp(d)) and 5.1's time_first as
+exp(u); v6 LoRA matrices transposed; v7 x_r..x_g packed into x_rwkvag and LoRAs transposed. Reading
+undoes them (BlinkDL form out), writing applies them (so files round-trip through rwkv.cpp's tools).
 """
 
 from __future__ import annotations
 
+import re
 import struct
 from pathlib import Path
 
@@ -74,6 +77,74 @@ def _read_record(data: bytes, offset: int, path: Path) -> tuple[int, str, torch.
     return offset + nbytes, key, torch.from_numpy(array.copy())
 
 
+def from_rwkvcpp(raw: dict[str, torch.Tensor], version: str) -> dict[str, torch.Tensor]:
+    """Undo rwkv.cpp's conversion of an RWKV-`version` state dict (BlinkDL names and shapes out)."""
+    if version == "4":
+        return v4_from_rwkvcpp(raw)
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in raw.items():
+        name = key.rsplit(".", 1)[-1]
+        if version in ("5.1", "5.2") and name == "time_decay":
+            stored = tensor.double()  # exp(-exp(d)) in (0, 1)
+            if not bool(((stored > 0) & (stored < 1)).all()):
+                raise RwkvExportError(f"'{key}' should hold exp(-exp(time_decay)) (in (0, 1)) in an rwkv.cpp RWKV-{version} file")
+            tensor = torch.log(-torch.log(stored)).to(tensor.dtype)
+        elif version in ("5.1", "5.2") and name == "time_first":
+            tensor = torch.log(tensor.double()).to(tensor.dtype)  # stored as exp(u)
+        if version in ("5.1", "5.2") and name in ("time_decay", "time_first", "time_faaaa"):
+            tensor = tensor.reshape(tensor.shape[0]) if version == "5.1" else tensor.reshape(tensor.shape[0], -1)
+        elif version == "6" and name in ("time_maa_w1", "time_decay_w1", "time_decay_w2"):
+            tensor = tensor.t()
+        elif version == "6" and name == "time_maa_w2":
+            tensor = tensor.transpose(1, 2)  # (5, C, D) -> (5, D, C)
+        elif version == "6" and name == "time_decay":
+            tensor = tensor.reshape(1, 1, -1)
+        elif version == "6" and name == "time_faaaa":
+            tensor = tensor.reshape(tensor.shape[0], -1)
+        elif version == "7" and name == "x_rwkvag":
+            for i, m in enumerate("rwkvag"):
+                out[key[: -len(name)] + f"x_{m}"] = tensor[i].reshape(1, 1, -1).contiguous()
+            continue
+        elif version == "7" and re.fullmatch(r"[wavg][12]", name):
+            tensor = tensor.t()
+        elif name.startswith(("time_mix_", "time_maa_")):
+            tensor = tensor.reshape(1, 1, -1)
+        out[key] = tensor.contiguous()
+    return out
+
+
+def to_rwkvcpp(weights: dict[str, torch.Tensor], version: str) -> dict[str, torch.Tensor]:
+    """Apply rwkv.cpp's conversion to a BlinkDL state dict (float64 out; the inverse of from_rwkvcpp)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in weights.items():
+        t = tensor.detach().to(torch.float64)
+        name = key.rsplit(".", 1)[-1]
+        if version == "4" and name == "time_decay":
+            t = -torch.exp(t)
+        elif version in ("5.1", "5.2") and name == "time_decay":
+            t = torch.exp(-torch.exp(t))
+        elif version in ("5.1", "5.2") and name == "time_first":
+            t = torch.exp(t)
+        if version == "7" and re.fullmatch(r"x_[rwkvag]", name) and ".att." in key:
+            if name == "x_r":
+                prefix = key[: -len(name)]
+                out[prefix + "x_rwkvag"] = torch.stack([weights[prefix + f"x_{m}"].double().reshape(1, -1) for m in "rwkvag"])
+            continue
+        if version == "7" and re.fullmatch(r"[wavg][12]", name):
+            t = t.t()
+        elif version == "6" and name in ("time_maa_w1", "time_decay_w1", "time_decay_w2"):
+            t = t.t()
+        elif version == "6" and name == "time_maa_w2":
+            t = t.transpose(1, 2)
+        elif ".time_" in key:
+            t = t.squeeze() if t.numel() > 1 else t.reshape(1)
+            if version in ("5.1", "5.2", "6") and name in ("time_decay", "time_first", "time_faaaa"):
+                n_head = weights[key.rsplit(".", 1)[0] + ".time_faaaa" if version == "6" else key].shape[0]
+                t = t.reshape(n_head, -1, 1) if version != "5.1" else t.reshape(-1, 1, 1)
+        out[key] = t.contiguous()
+    return out
+
+
 def v4_from_rwkvcpp(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Undo rwkv.cpp's RWKV-4 conversion: time_decay = log(-stored), time_mix_* back to [1, 1, C]."""
     out: dict[str, torch.Tensor] = {}
@@ -89,18 +160,14 @@ def v4_from_rwkvcpp(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def write_rwkvcpp_v4(path: Path, weights: dict[str, torch.Tensor], n_layer: int, fp16: bool = False) -> None:
-    """Write an RWKV-4 state dict (BlinkDL form) as an rwkv.cpp file, version 101."""
+def write_rwkvcpp(path: Path, weights: dict[str, torch.Tensor], version: str, n_layer: int, fp16: bool = False) -> None:
+    """Write a BlinkDL state dict of any version as an rwkv.cpp file, format version 101."""
     vocab, n_embd = weights["emb.weight"].shape
     chunks = [_HEADER.pack(MAGIC, 101, vocab, n_embd, n_layer, 1 if fp16 else 0)]
-    for key, tensor in weights.items():
-        t = tensor.detach().to(torch.float64)
-        if key.endswith("att.time_decay"):
-            t = -torch.exp(t)
-        if ".time_" in key:
-            t = t.reshape(-1)
-        # rwkv.cpp keeps 1-D tensors (norms, time_*) in FP32 even in FP16 files.
-        half = fp16 and t.dim() == 2
+    for key, t in to_rwkvcpp(weights, version).items():
+        # rwkv.cpp keeps vectors, `.time_*` tensors and r_k in FP32 even in FP16 files.
+        name = key.rsplit(".", 1)[-1]
+        half = fp16 and t.dim() == 2 and ".time_" not in key and (name == "weight" or bool(re.fullmatch(r"[wavg][12]", name)))
         array = t.numpy().astype(np.float16 if half else np.float32)
         dims = tuple(reversed(array.shape))
         encoded = key.encode("utf-8")
@@ -108,3 +175,8 @@ def write_rwkvcpp_v4(path: Path, weights: dict[str, torch.Tensor], n_layer: int,
         chunks.append(encoded)
         chunks.append(np.ascontiguousarray(array).tobytes())
     atomic_write_bytes(path, b"".join(chunks))
+
+
+def write_rwkvcpp_v4(path: Path, weights: dict[str, torch.Tensor], n_layer: int, fp16: bool = False) -> None:
+    """Write an RWKV-4 state dict (BlinkDL form) as an rwkv.cpp file, version 101."""
+    write_rwkvcpp(path, weights, "4", n_layer, fp16)

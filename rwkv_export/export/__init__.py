@@ -16,6 +16,7 @@ from typing import Any
 
 from custom_ops.wkv4_onnx import DEFAULT_FORM, FORMS, MIN_OPSET
 from rwkv_export.checkpoint import Checkpoint, load_checkpoint
+from rwkv_export.checkpoint.versions import EXPORT_VERSIONS
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.export.finalize import EXTERNAL_DATA_THRESHOLD, attach_wkv_function, default_opset, save_checked, set_metadata
 from rwkv_export.export.manifest import FORMAT, MANIFEST, package_versions, read_manifest
@@ -76,6 +77,8 @@ def export_checkpoint(
         raise RwkvExportError(f"output directory '{out_dir}' already exists; pass --force to replace it")
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     cfg = ckpt.config
+    if cfg.version not in EXPORT_VERSIONS:  # v5-v7 load and run as references; their graphs come later
+        raise RwkvExportError(f"export of RWKV-{cfg.version} is not supported yet; RWKV-{', '.join(EXPORT_VERSIONS)} only")
     progress(f"loaded {ckpt.path} (RWKV-{cfg.version}, {cfg.n_layer} x {cfg.n_embd}, vocab {cfg.vocab_size}, {ckpt.format})")
     model = build_model(ckpt, dtype)
     tok_info = tokenizer_info(cfg.vocab_size, tokenizer_path is not None)
