@@ -187,3 +187,17 @@ def test_external_data(tmp_path: Path, random_ckpt: Path) -> None:
     model = build_model(load_checkpoint(random_ckpt), "float64")
     ref, _ = model.forward_step(torch.tensor([1]), initial_state(3, 1, 64, torch.float64))
     assert _rel(logits, ref.numpy()) < 1e-5
+
+
+def test_chosen_opset_and_wkv_form(tmp_path: Path, random_ckpt: Path) -> None:
+    """--opset 18 (the function body's minimum) with the chunked body: checker passes, same numbers."""
+    out = export_checkpoint(random_ckpt, tmp_path / "o18", opset=18, wkv_form="chunked").directory
+    model = onnx.load(out / "step.onnx")
+    assert {(o.domain, o.version) for o in model.opset_import} == {("", 18), ("rwkv", 1)}
+    assert {o.domain: o.version for o in model.functions[0].opset_import}[""] == 18
+    assert json.loads((out / "manifest.json").read_text())["export"]["wkv_form"] == "chunked"
+    tokens = np.random.default_rng(3).integers(0, 97, (2, 33))
+    ref_model = build_model(load_checkpoint(random_ckpt), "float64")
+    ref, _ = ref_model.forward_sequence(torch.from_numpy(tokens), initial_state(3, 2, 64, torch.float64))
+    logits, _ = _run(_session(out, "prefill"), tokens, initial_state(3, 2, 64))
+    assert _rel(logits, ref.numpy()) < TOL["float32"], f"opset 18 chunked: rel {_rel(logits, ref.numpy()):.2e}"
