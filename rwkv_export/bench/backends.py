@@ -1,0 +1,241 @@
+"""Every way to run the same weights, behind one small interface the benchmark times.
+
+    backend = make_backend("ort-fp32", workspace, threads=2)   # or raises BackendUnavailable(reason)
+    backend.prefill(tokens)        # tokens [B, T] int64, from the initial state; returns logits [B, V]
+    backend.reset(batch)           # initial state for steps
+    backend.step(tokens)           # tokens [B]; carries the state; returns logits [B, V]
+
+Backends: the torch reference (sequence form for prefill, step form for steps), ONNX Runtime on the
+float32 and float16 exports (int8 once a quantized export exists), TensorRT engines where a GPU and
+TensorRT are present, and the peers a user would pick instead: the `rwkv` package (`cpu fp32`) and
+transformers' RwkvForCausalLM. All read the files of one `Workspace`, i.e. the same weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from rwkv_export.bench.workspace import Workspace
+
+# The rwkv package reads these at import time. Its TorchScript path is what ChatRWKV enables and
+# is its faster CPU path; no CUDA build on a CPU benchmark.
+os.environ.setdefault("RWKV_JIT_ON", "1")
+os.environ.setdefault("RWKV_CUDA_ON", "0")
+
+REFERENCE = "torch"
+ALL_BACKENDS = ("torch", "ort-fp32", "ort-fp16", "ort-int8", "tensorrt", "rwkv", "transformers")
+ONNX_DTYPES = {"ort-fp32": "float32", "ort-fp16": "float16"}
+
+
+class BackendUnavailable(Exception):
+    """This backend cannot run here; the message is the reason the report shows."""
+
+
+class Backend:
+    """One model loaded on one runtime. `max_batch` None: any batch."""
+
+    name = "backend"
+    max_batch: int | None = None
+
+    def prefill(self, tokens: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def reset(self, batch: int) -> None:
+        raise NotImplementedError
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class TorchReference(Backend):
+    def __init__(self, ws: Workspace, threads: int) -> None:
+        from rwkv_export.model import RWKV4, build_model, initial_state
+
+        ckpt = ws.checkpoint()
+        model = build_model(ckpt, "float32")
+        assert isinstance(model, RWKV4), "the workspace holds RWKV-4 checkpoints only"
+        self.model = model
+        self.cfg = ckpt.config
+        self._initial = initial_state
+        del ckpt
+
+    def prefill(self, tokens: np.ndarray) -> np.ndarray:
+        state = self._initial(self.cfg.n_layer, tokens.shape[0], self.cfg.n_embd)
+        with torch.inference_mode():
+            logits, _ = self.model.forward_sequence(torch.from_numpy(tokens), state)
+        return logits.numpy()
+
+    def reset(self, batch: int) -> None:
+        self.state = self._initial(self.cfg.n_layer, batch, self.cfg.n_embd)
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            logits, self.state = self.model.forward_step(torch.from_numpy(tokens), self.state)
+        return logits.numpy()
+
+
+class OrtBackend(Backend):
+    def __init__(self, ws: Workspace, threads: int, dtype: str) -> None:
+        from rwkv_export.errors import RwkvExportError
+        from rwkv_export.runtime import ExportedModel
+
+        try:
+            self.model = ExportedModel(ws.onnx_dir(dtype), "cpu", threads).__enter__()
+        except RwkvExportError as exc:
+            raise BackendUnavailable(str(exc)) from None
+
+    def prefill(self, tokens: np.ndarray) -> np.ndarray:
+        logits, _ = self.model.prefill(tokens)
+        return logits
+
+    def reset(self, batch: int) -> None:
+        self.state = self.model.initial_state(batch)
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        logits, self.state = self.model.step(tokens, self.state)
+        return logits
+
+    def close(self) -> None:
+        self.model.__exit__(None, None, None)
+
+
+class RwkvPackage(Backend):
+    """The `rwkv` PyPI package (ChatRWKV's model), strategy 'cpu fp32'; one sequence per call."""
+
+    max_batch = 1
+
+    def __init__(self, ws: Workspace, threads: int) -> None:
+        # it scripts its modules with torch.jit, which warns of deprecation on every class, and prints
+        # a line per tensor while loading
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore", DeprecationWarning)
+            try:
+                from rwkv.model import RWKV
+            except ImportError as exc:
+                raise BackendUnavailable(f"the `rwkv` package is not installed ({exc}); pip install 'rwkv-export[bench]'") from None
+            self.model = RWKV(model=str(ws.pth.with_suffix("")), strategy="cpu fp32")
+
+    def prefill(self, tokens: np.ndarray) -> np.ndarray:
+        logits, _ = self.model.forward(tokens[0].tolist(), None)
+        return logits.numpy()[None]
+
+    def reset(self, batch: int) -> None:
+        self.state = None
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        logits, self.state = self.model.forward([int(tokens[0])], self.state)
+        return logits.numpy()[None]
+
+
+class Transformers(Backend):
+    """transformers' RwkvForCausalLM on the same weights (HF directory), float32, eager."""
+
+    def __init__(self, ws: Workspace, threads: int) -> None:
+        try:
+            from transformers import RwkvForCausalLM
+            from transformers.utils import logging as hf_logging
+        except ImportError as exc:
+            raise BackendUnavailable(f"transformers is not installed ({exc}); pip install 'rwkv-export[bench]'") from None
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()  # its loading bar would break ours on stderr
+        self.model = RwkvForCausalLM.from_pretrained(str(ws.hf_dir), dtype=torch.float32).eval()
+
+    def prefill(self, tokens: np.ndarray) -> np.ndarray:
+        # logits_to_keep=1: the head on the last position only, as our prefill graph does
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.from_numpy(tokens), use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1].numpy()
+
+    def reset(self, batch: int) -> None:
+        self.state = None
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.from_numpy(tokens)[:, None], state=self.state, use_cache=True)
+        self.state = out.state
+        return out.logits[:, -1].numpy()
+
+
+class TensorRTBackend(Backend):
+    """Engines from `rwkv-export build` on the float32 export; host state in and out."""
+
+    def __init__(self, ws: Workspace, threads: int) -> None:
+        directory = ws.onnx_dir("float32")
+        if shutil.which("nvidia-smi") is None and not os.path.exists("/dev/nvidia0"):
+            raise BackendUnavailable("no NVIDIA GPU on this machine")
+        from rwkv_export.export import read_manifest
+
+        engines = read_manifest(directory).get("engines", {})
+        if not {"prefill", "step"} <= set(engines):
+            raise BackendUnavailable(f"no TensorRT engines in {directory}; run: rwkv-export build {directory}")
+        try:
+            from plugins.trt_compat import TensorRTUnavailable
+            from rwkv_export.runtime.tensorrt_runner import TensorRTRunner
+        except ImportError as exc:
+            raise BackendUnavailable(f"the TensorRT runner cannot be imported ({exc})") from None
+        try:
+            self.runners = {g: TensorRTRunner(directory, g).__enter__() for g in ("prefill", "step")}
+        except TensorRTUnavailable as exc:
+            raise BackendUnavailable(str(exc)) from None
+        from rwkv_export.runtime import ExportedModel
+
+        self.states = ExportedModel(directory, "cpu", threads)  # for the initial state only
+
+    def _run(self, graph: str, tokens: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
+        out = self.runners[graph].infer({"tokens": tokens, **state})
+        self.state = {name: out[name + "_out"] for name in state}
+        return out["logits"]
+
+    def prefill(self, tokens: np.ndarray) -> np.ndarray:
+        return self._run("prefill", tokens, self.states.initial_state(tokens.shape[0]))
+
+    def reset(self, batch: int) -> None:
+        self.state = self.states.initial_state(batch)
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        return self._run("step", tokens, self.state)
+
+    def close(self) -> None:
+        for runner in self.runners.values():
+            runner.__exit__(None, None, None)
+
+
+def _int8(ws: Workspace, threads: int) -> Backend:
+    raise BackendUnavailable("no quantized (int8) export exists yet: `rwkv-export export` offers float32 and float16 only")
+
+
+FACTORIES: dict[str, Callable[[Workspace, int], Backend]] = {
+    "torch": TorchReference,
+    "ort-fp32": lambda ws, threads: OrtBackend(ws, threads, "float32"),
+    "ort-fp16": lambda ws, threads: OrtBackend(ws, threads, "float16"),
+    "ort-int8": _int8,
+    "tensorrt": TensorRTBackend,
+    "rwkv": RwkvPackage,
+    "transformers": Transformers,
+}
+
+
+def make_backend(name: str, ws: Workspace, threads: int) -> Backend:
+    """Load `name` on the workspace's weights; BackendUnavailable(reason) where it cannot run."""
+    torch.set_num_threads(threads)  # every torch-based backend runs on the same thread count as ORT
+    backend = FACTORIES[name](ws, threads)
+    backend.name = name
+    return backend
+
+
+def needs(names: list[str]) -> dict[str, Any]:
+    """Which workspace files the chosen backends read."""
+    dtypes = sorted({ONNX_DTYPES[n] for n in names if n in ONNX_DTYPES} | ({"float32"} if "tensorrt" in names else set()))
+    return {"hf": "transformers" in names, "dtypes": dtypes}

@@ -1,0 +1,195 @@
+"""Turn raw timings into the benchmark's figures, targets, table and JSON.
+
+`finalize(raw)` derives every figure from the raw medians (so the unit tests can feed it numbers
+and check the arithmetic), adds the ratios and the target lines, and returns the JSON form;
+`format_table(result)` renders it for people. Ratios are the claim, absolute times the context:
+    x torch   speed relative to the torch reference timed in the same rounds (> 1: faster)
+    % ceil    prefill tok/s as a share of the matmul ceiling (limits.py)
+    x floor   step time over the bandwidth floor for the backend's weight dtype (1.0 is perfect)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+from rwkv_export.bench.backends import REFERENCE
+
+SCHEMA = "rwkv-export-bench/1"
+# The export issue's targets, on the float32 export.
+PREFILL_TARGET = ("ort-fp32", "rwkv", 1, 512, 1.3)  # ORT prefill(512) >= 1.3x the rwkv package
+STEP_TARGET = ("ort-fp32", 1, 1.1)  # ORT step at batch 1 <= 1.1x the bandwidth floor
+
+
+def cell_key(batch: int, seq: int) -> str:
+    return f"{batch}x{seq}"
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b or not math.isfinite(a) or not math.isfinite(b):
+        return None
+    return a / b
+
+
+def finalize(raw: dict[str, Any]) -> dict[str, Any]:
+    """Raw timings (seconds per call, as stats.Summary dicts) -> the full result with figures."""
+    result = copy.deepcopy(raw)
+    limits = result["limits"]
+    backends = result["backends"]
+    ref = backends.get(REFERENCE, {})
+    for b in backends.values():
+        if b.get("status") != "ok":
+            continue
+        for key, cell in b.get("prefill", {}).items():
+            if "seconds" not in cell:
+                continue
+            cell["tok_s"] = cell["batch"] * cell["seq"] / cell["seconds"]["median"]
+            ref_cell = ref.get("prefill", {}).get(key, {}) if ref.get("status") == "ok" else {}
+            ref_tok_s = ref_cell["batch"] * ref_cell["seq"] / ref_cell["seconds"]["median"] if "seconds" in ref_cell else None
+            cell["vs_torch"] = _ratio(cell["tok_s"], ref_tok_s)
+            cell["of_ceiling"] = _ratio(cell["tok_s"], limits["prefill_ceiling_tok_s"].get(key))
+        for key, cell in b.get("step", {}).items():
+            if "seconds" not in cell:
+                continue
+            median = cell["seconds"]["median"]
+            cell["ms"] = median * 1e3
+            cell["tok_s"] = cell["batch"] / median
+            ref_cell = ref.get("step", {}).get(key, {}) if ref.get("status") == "ok" else {}
+            cell["vs_torch"] = _ratio(ref_cell.get("seconds", {}).get("median"), median)
+            cell["x_floor"] = _ratio(cell["ms"], limits["step_floor_ms"].get(b.get("weight_dtype", "float32")))
+    result["schema"] = SCHEMA
+    result["targets"] = targets(result)
+    return result
+
+
+def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The met / missed lines; 'unknown' where the run did not measure what a target needs."""
+    backends = result["backends"]
+    ours, peer, batch, seq, goal = PREFILL_TARGET
+    name = f"ORT float32 prefill({seq}) >= {goal}x the rwkv package's tok/s"
+    a = backends.get(ours, {}).get("prefill", {}).get(cell_key(batch, seq), {}).get("tok_s")
+    b = backends.get(peer, {}).get("prefill", {}).get(cell_key(batch, seq), {}).get("tok_s")
+    value = _ratio(a, b)
+    lines = [_target(name, value, goal, value is not None and value >= goal,
+                     f"{ours} {a:.0f} tok/s vs {peer} {b:.0f} tok/s" if value is not None else
+                     f"needs --backends {ours},{peer} --seq {seq} --batch {batch}")]
+    ours, batch, goal = STEP_TARGET
+    name = f"ORT float32 step <= {goal}x the bandwidth floor"
+    ms = backends.get(ours, {}).get("step", {}).get(str(batch), {}).get("ms")
+    floor = result["limits"]["step_floor_ms"].get("float32")
+    value = _ratio(ms, floor)
+    lines.append(_target(name, value, goal, value is not None and value <= goal,
+                         f"{ours} {ms:.1f} ms vs floor {floor:.1f} ms" if value is not None else
+                         f"needs --backends {ours} --batch {batch}"))
+    return lines
+
+
+def _target(name: str, value: float | None, goal: float, met: bool, detail: str) -> dict[str, Any]:
+    status = "unknown" if value is None else ("met" if met else "missed")
+    return {"name": name, "status": status, "value": value, "goal": goal, "detail": detail}
+
+
+# --- the table -----------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, spec: str, none: str = "-") -> str:
+    return none if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def _spread(summary: dict[str, float]) -> str:
+    med = summary["median"]
+    return f"{100 * (summary['q3'] - summary['q1']) / med:4.1f}% [{100 * (summary['min'] / med - 1):+.0f}%,{100 * (summary['max'] / med - 1):+.0f}%]"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    m, lim, s = result["model"], result["limits"], result["settings"]
+    out = [
+        f"rwkv-export bench: {m['source']}: RWKV-{m['version']} {m['n_layer']} x {m['n_embd']}, vocab {m['vocab_size']}, "
+        f"{m['parameters'] / 1e6:.1f}M parameters; {s['threads']} threads; repetitions interleaved across backends",
+        f"machine: {result['machine']['cpu']} ({result['machine']['cores']} cores){_load(result['machine'])}",
+        f"limits: read bandwidth {lim['bandwidth_gbs']:.1f} GB/s -> step floor "
+        + ", ".join(f"{ms:.1f} ms ({d})" for d, ms in lim["step_floor_ms"].items())
+        + f"; sgemm {lim['matmul_gflops']:.1f} GFLOP/s -> prefill ceiling "
+        + ", ".join(f"{v:.0f} tok/s ({k})" for k, v in lim["prefill_ceiling_tok_s"].items()),
+        "",
+        f"Prefill, tokens/s (median of {s['reps']}; spread = IQR as % of median [min, max]; x torch = speed-up over the torch reference; % ceil = share of the matmul ceiling)",
+        f"  {'B x T':<9} {'backend':<13} {'tok/s':>9} {'spread':>20} {'x torch':>8} {'% ceil':>7}",
+    ]
+    names = [n for n, b in result["backends"].items() if b.get("status") == "ok"]
+    for batch in s["batch"]:
+        for seq in s["seq"]:
+            key = cell_key(batch, seq)
+            cells = [result["backends"][n]["prefill"].get(key) for n in names]
+            if cells and all(c is not None and "tok_s" not in c for c in cells):  # one line, not one per backend
+                reasons = sorted({str(c.get("skipped", "?")) for c in cells if c is not None})
+                out.append(f"  {key:<9} {'(all)':<13} skipped: {'; '.join(reasons)}")
+                continue
+            for n in names:
+                cell = result["backends"][n]["prefill"].get(key)
+                if cell is None:
+                    continue
+                if "tok_s" not in cell:
+                    out.append(f"  {key:<9} {n:<13} {'skipped: ' + cell.get('skipped', '?')}")
+                    continue
+                out.append(f"  {key:<9} {n:<13} {cell['tok_s']:9.1f} {_spread(cell['seconds']):>20} "
+                           f"{_fmt(cell['vs_torch'], '.2f'):>8} {_fmt(_pct(cell['of_ceiling']), '.0f'):>6}%")
+    out += ["", f"Step, ms per step (median of {s.get('step_reps', s['reps'])} repetitions of {s['steps']} consecutive steps; tok/s = B / step time; x floor = step time / bandwidth floor)",
+            f"  {'B':<4} {'backend':<13} {'ms':>8} {'spread':>20} {'tok/s':>8} {'x torch':>8} {'x floor':>8}"]
+    for batch in s["batch"]:
+        for n in names:
+            cell = result["backends"][n]["step"].get(str(batch))
+            if cell is None:
+                continue
+            if "ms" not in cell:
+                out.append(f"  {batch:<4} {n:<13} {'skipped: ' + cell.get('skipped', '?')}")
+                continue
+            out.append(f"  {batch:<4} {n:<13} {cell['ms']:8.2f} {_spread(cell['seconds']):>20} {cell['tok_s']:8.1f} "
+                       f"{_fmt(cell['vs_torch'], '.2f'):>8} {_fmt(cell['x_floor'], '.2f'):>8}")
+    out += _memory_lines(result, names) + _parity_lines(result, names)
+    skipped = [(n, b) for n, b in result["backends"].items() if b.get("status") != "ok"]
+    if skipped:
+        out += ["", "Not run:"] + [f"  {n}: {b['status']}: {b['reason']}" for n, b in skipped]
+    out += ["", "Targets:"] + [
+        f"  {t['status'].upper():<7} {t['name']}: {_fmt(t['value'], '.3f', 'n/a')}{'x' if t['value'] is not None else ''} ({t['detail']})"
+        for t in result["targets"]]
+    return "\n".join(out)
+
+
+def _load(machine: dict[str, Any]) -> str:
+    load = machine.get("load_average")
+    if not load:
+        return ""
+    busy = max(load["start"], load["end"]) > 0.5 * machine["cores"]
+    return (f"; 1-min load average {load['start']:.1f} at start, {load['end']:.1f} at end"
+            + (" (BUSY: other work shared the cores; absolute figures are pessimistic, ratios less so)" if busy else ""))
+
+
+def _pct(x: float | None) -> float | None:
+    return None if x is None else 100 * x
+
+
+def _memory_lines(result: dict[str, Any], names: list[str]) -> list[str]:
+    rows = [(n, result["backends"][n].get("memory")) for n in names]
+    rows = [(n, mem) for n, mem in rows if mem]
+    if not rows:
+        return []
+    first = next((mem for _, mem in rows if "peak_mb" in mem), None)
+    work = f"load + prefill {first['batch']} x {first['seq']} + {first['steps']} steps, " if first else ""
+    out = ["", f"Peak resident memory, MB (a fresh process per backend: {work}delta = above the interpreter with its libraries imported)",
+           f"  {'backend':<13} {'peak':>8} {'delta':>8} {'x torch':>8}"]
+    ref = result["backends"].get(REFERENCE, {}).get("memory", {}).get("delta_mb")
+    for n, mem in rows:
+        if "peak_mb" not in mem:
+            out.append(f"  {n:<13} error: {mem.get('error')}")
+            continue
+        out.append(f"  {n:<13} {mem['peak_mb']:8.0f} {mem['delta_mb']:8.0f} {_fmt(_ratio(mem['delta_mb'], ref), '.2f'):>8}")
+    return out
+
+
+def _parity_lines(result: dict[str, Any], names: list[str]) -> list[str]:
+    rows = [(n, result["backends"][n].get("parity")) for n in names if result["backends"][n].get("parity")]
+    if not rows:
+        return []
+    return ["", "Same weights check: max |logits - torch logits| after a 16-token prefill (relative to max |torch logits|)",
+            "  " + ", ".join(f"{n} {p['max_abs']:.1e} ({p['max_rel']:.1e})" for n, p in rows)]

@@ -1,0 +1,203 @@
+"""One benchmark run: load every backend, measure the limits, time them interleaved, measure memory.
+
+    raw = run(ws, config, Settings(...), progress)      # then report.finalize(raw)
+
+Order: load the backends (one that cannot run becomes a 'skipped' entry with its reason), check they
+agree on a short prompt (the same weights really are loaded), measure bandwidth and sgemm rates,
+time prefill per [B, T] and steps per B with every backend in the same rotated rounds, then measure
+each backend's peak memory in a fresh process (memory.py).
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rwkv_export.bench import limits as lim
+from rwkv_export.bench import memory
+from rwkv_export.bench.backends import REFERENCE, Backend, BackendUnavailable, make_backend
+from rwkv_export.bench.progress import Progress
+from rwkv_export.bench.report import cell_key
+from rwkv_export.bench.stats import interleaved, summarize
+from rwkv_export.bench.workspace import Workspace
+from rwkv_export.checkpoint import ModelConfig
+
+WEIGHT_DTYPES = {"ort-fp16": "float16"}  # every other backend holds float32 weights
+PARITY_TOKENS = 16
+SETTLE_S = 0.05  # idle time before each timed call: lets the previous backend's spinning threads sleep
+
+
+@dataclass
+class Settings:
+    backends: list[str]
+    seq: list[int] = field(default_factory=lambda: [128, 512, 2048])
+    batch: list[int] = field(default_factory=lambda: [1, 8])
+    steps: int = 16  # consecutive steps per timed repetition
+    reps: int = 3  # prefill repetitions: long calls, so few
+    threads: int = 2
+    max_prefill_tokens: int = 2048  # B * T above this is not timed (it would dominate the run)
+    memory: bool = True
+    quick_limits: bool = False
+    step_reps: int = 5  # step repetitions: short calls, so the spread needs more
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("rwkv-export", "torch", "onnxruntime", "numpy", "rwkv", "transformers"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def _blas() -> dict[str, Any]:
+    """Which BLAS kernels numpy runs (the sgemm probe uses it too), and the env vars that slow it."""
+    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return {"env": env, "numpy": "threadpoolctl not installed"}
+    return {"env": env, "numpy": [{k: i.get(k) for k in ("internal_api", "architecture", "num_threads", "version")}
+                                  for i in threadpool_info()]}
+
+
+def load_backends(names: list[str], ws: Workspace, threads: int, progress: Progress) -> tuple[dict[str, Backend], dict[str, dict[str, Any]]]:
+    loaded: dict[str, Backend] = {}
+    entries: dict[str, dict[str, Any]] = {}
+    for name in names:
+        progress.stage(f"loading {name}")
+        try:
+            loaded[name] = make_backend(name, ws, threads)
+            entries[name] = {"status": "ok", "reason": None, "weight_dtype": WEIGHT_DTYPES.get(name, "float32"),
+                             "prefill": {}, "step": {}}
+        except BackendUnavailable as exc:
+            entries[name] = {"status": "skipped", "reason": str(exc)}
+    return loaded, entries
+
+
+def parity(loaded: dict[str, Backend], vocab: int) -> dict[str, dict[str, float]]:
+    """Max |logits - reference logits| on one short prompt (the reference: torch, else the first)."""
+    tokens = np.random.default_rng(1).integers(0, vocab, (1, PARITY_TOKENS))
+    logits = {name: np.asarray(b.prefill(tokens), dtype=np.float64) for name, b in loaded.items()}
+    ref = logits.get(REFERENCE, next(iter(logits.values())))
+    scale = float(np.abs(ref).max()) or 1.0
+    return {n: {"max_abs": float(np.abs(v - ref).max()), "max_rel": float(np.abs(v - ref).max()) / scale} for n, v in logits.items()}
+
+
+def run(ws: Workspace, config: ModelConfig, parameters: int, settings: Settings, progress: Progress = Progress()) -> dict[str, Any]:
+    s = settings
+    load_start = os.getloadavg()[0]  # other work on the machine skews everything: say how much there was
+    cells = [(b, t) for b in s.batch for t in s.seq]
+    loaded, entries = load_backends(s.backends, ws, s.threads, progress)
+    if not loaded:
+        raise BackendUnavailable("none of the requested backends can run here: " +
+                                 "; ".join(f"{n}: {e['reason']}" for n, e in entries.items()))
+
+    def runnable(batch: int, seq: int | None) -> dict[str, Backend]:
+        return {n: b for n, b in loaded.items() if (b.max_batch is None or batch <= b.max_batch)
+                and (seq is None or batch * seq <= s.max_prefill_tokens)}
+
+    n_ticks = sum(len(runnable(b, t)) for b, t in cells) * s.reps + sum(len(runnable(b, None)) for b in s.batch) * s.step_reps
+    progress.total(n_ticks + (len(loaded) if s.memory else 0) + 2)
+
+    progress.stage("checking that all backends agree")
+    checks = parity(loaded, config.vocab_size)
+    for name, check in checks.items():
+        entries[name]["parity"] = check
+    progress.tick()
+
+    progress.stage("measuring memory bandwidth and sgemm throughput")
+    limits = lim.measure_limits(config, quick=s.quick_limits, threads=s.threads)
+    progress.tick()
+
+    rng = np.random.default_rng(0)
+    for batch, seq in cells:
+        key = cell_key(batch, seq)
+        todo = runnable(batch, seq)
+        for name in loaded:
+            if name not in todo:
+                entries[name]["prefill"][key] = {"batch": batch, "seq": seq, "skipped": _why_not(loaded[name], batch, seq, s)}
+        if not todo:
+            continue
+        progress.stage(f"prefill {batch} x {seq}")
+        tokens = rng.integers(0, config.vocab_size, (batch, seq))
+        # Small cells get a warm-up round (first-call allocations); large ones are long enough that
+        # the median of the repetitions absorbs a slow first call, and a warm-up would double them.
+        samples = interleaved({n: functools.partial(b.prefill, tokens) for n, b in todo.items()}, s.reps,
+                              warmup=1 if batch * seq <= 128 else 0, tick=progress.tick, settle=SETTLE_S)
+        for name, secs in samples.items():
+            entries[name]["prefill"][key] = {"batch": batch, "seq": seq, "seconds": summarize(secs).to_dict()}
+
+    for batch in s.batch:
+        todo = runnable(batch, None)
+        for name in loaded:
+            if name not in todo:
+                entries[name]["step"][str(batch)] = {"batch": batch, "skipped": _why_not(loaded[name], batch, None, s)}
+        progress.stage(f"steps at batch {batch}")
+        token_rows = rng.integers(0, config.vocab_size, (s.steps, batch))
+        for b in todo.values():
+            b.reset(batch)
+
+        def steps(b: Backend) -> None:
+            for row in token_rows:
+                b.step(row)
+
+        samples = interleaved({n: functools.partial(steps, b) for n, b in todo.items()}, s.step_reps, warmup=1, tick=progress.tick,
+                              settle=SETTLE_S)
+        for name, secs in samples.items():
+            per_step = summarize([x / s.steps for x in secs])
+            entries[name]["step"][str(batch)] = {"batch": batch, "steps": s.steps, "seconds": per_step.to_dict()}
+
+    for b in loaded.values():
+        b.close()
+    if s.memory:
+        # the largest timed prefill cell is the workload whose peak matters
+        timed = [(b, t) for b, t in cells if b * t <= s.max_prefill_tokens] or [(1, min(s.seq))]
+        mem_batch, mem_seq = max(timed, key=lambda c: c[0] * c[1])
+        for name in loaded:
+            progress.stage(f"peak memory of {name} (fresh process)")
+            entries[name]["memory"] = memory.measure(name, ws, s.threads, config.vocab_size, mem_batch, mem_seq, min(s.steps, 8))
+            progress.tick()
+
+    floors = {d: 1e3 * lim.step_floor_seconds(config, limits, nbytes) for d, nbytes in (("float32", 4), ("float16", 2))}
+    return {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(), "versions": _versions(), "blas": _blas(),
+                    "load_average": {"start": load_start, "end": os.getloadavg()[0]}},
+        "model": {"source": ws.source, "cache": str(ws.root), "version": config.version, "n_layer": config.n_layer,
+                  "n_embd": config.n_embd, "vocab_size": config.vocab_size, "ffn_size": config.ffn_size,
+                  "parameters": parameters,
+                  "step_weight_bytes": {"float32": lim.step_weight_bytes(config, 4), "float16": lim.step_weight_bytes(config, 2)}},
+        "settings": asdict(s),
+        "limits": {**limits.to_dict(), "step_floor_ms": floors,
+                   "prefill_ceiling_tok_s": {cell_key(b, t): lim.prefill_ceiling_tok_s(config, limits, b, t) for b, t in cells
+                                             if b * t <= s.max_prefill_tokens}},
+        "backends": entries,
+    }
+
+
+def _why_not(backend: Backend, batch: int, seq: int | None, s: Settings) -> str:
+    if backend.max_batch is not None and batch > backend.max_batch:
+        return f"runs one sequence per call (batch {backend.max_batch} only)"
+    return f"B x T = {batch * (seq or 1)} is over --max-prefill-tokens {s.max_prefill_tokens}"

@@ -1,0 +1,162 @@
+"""The `bench` verb: speed and memory of every backend side by side, against peers and limits."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rwkv_export.bench.progress import Progress
+from rwkv_export.cli.options import examples, quiet_flag
+from rwkv_export.errors import RwkvExportError
+
+
+def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        items = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got '{value}'") from None
+    if not items or min(items) < 1:
+        raise click.BadParameter(f"expected positive integers, got '{value}'")
+    return items
+
+
+class _Progress(Progress):
+    """A progress bar on stderr (stdout carries only the table); plain lines when -q is off and no tty."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar: Any = None
+        self.label = ""
+        self.done, self.length = 0, 0
+
+    def stage(self, message: str) -> None:
+        self.label = message
+        if self.quiet:
+            return
+        if self.bar is not None and sys.stderr.isatty():
+            self.bar.label = f"{message:<40}"
+            self.bar.render_progress()
+        else:
+            count = f" ({self.done}/{self.length} timed calls done)" if self.length else ""
+            click.echo(f"[bench] {message}{count}", err=True)
+
+    def total(self, n: int) -> None:
+        self.length = n
+        if not self.quiet and sys.stderr.isatty():
+            self.bar = click.progressbar(length=n, label=f"{self.label:<40}", file=sys.stderr, show_pos=True, show_eta=True)
+            self.bar.__enter__()
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+@click.command(epilog=examples(
+    "rwkv-export bench                                  # 169M-shaped random RWKV-4, every backend",
+    "rwkv-export bench model.pth --backends torch,ort-fp32,rwkv --seq 512 --batch 1 --json bench.json",
+    "rwkv-export bench --scaling --seq 128,1024,8192",
+    "rwkv-export bench --paper 1024 --plot paper.png",
+    "rwkv-export bench --profile --seq 512",
+))
+@click.argument("source", required=False, type=click.Path(path_type=str))
+@click.option("--backends", default=None, help="Comma-separated backends (default: all): torch, ort-fp32, ort-fp16, ort-int8, tensorrt, rwkv, transformers.")
+@click.option("--seq", callback=_int_list, default=None, help="Prefill lengths T  [default: 128,512,2048; --scaling: 128..8192]")
+@click.option("--batch", callback=_int_list, default="1,8", show_default=True, help="Batch sizes B.")
+@click.option("--steps", type=click.IntRange(1), default=16, show_default=True, help="Consecutive steps per timed repetition.")
+@click.option("--reps", type=click.IntRange(1), default=3, show_default=True, help="Repetitions of each prefill figure (the median is reported).")
+@click.option("--step-reps", type=click.IntRange(1), default=5, show_default=True, help="Repetitions of each step figure.")
+@click.option("--threads", type=click.IntRange(1), default=2, show_default=True, help="Threads for ONNX Runtime and torch alike.")
+@click.option("--max-prefill-tokens", type=click.IntRange(1), default=2048, show_default=True, help="Skip prefill cells with B x T above this (they would dominate the run).")
+@click.option("--no-memory", is_flag=True, help="Skip the per-backend peak-memory processes.")
+@click.option("--json", "json_file", type=click.Path(path_type=str), default=None, help="Also write the full result as JSON to this file.")
+@click.option("--scaling", is_flag=True, help="Instead: ORT prefill time and peak memory as T grows, whole vs chunked.")
+@click.option("--chunk", type=click.IntRange(1), default=512, show_default=True, help="--scaling: tokens per prefill call when chunking.")
+@click.option("--paper", type=click.IntRange(2), default=None, metavar="N", help="Instead: the paper's generation experiment over N tokens (RWKV vs GPT-NeoX).")
+@click.option("--profile", "profile_ops", is_flag=True, help="Instead: ORT's profiler on the float32 step and prefill (first --seq), time by op type.")
+@click.option("--plot", type=click.Path(path_type=str), default=None, help="--paper/--scaling: write a PNG plot here.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Where the model files are made and kept [default: ~/.cache/rwkv-export/bench].")
+@click.option("--shape", default=None, hidden=True, help="Random model shape LAYERSxEMBDxVOCAB in place of 12x768x50277 (tests).")
+@click.option("--quick-limits", is_flag=True, hidden=True, help="Small limit probes (tests).")
+@click.option("--fresh", is_flag=True, help="Remake the cached model files (checkpoint, HF directory, exports).")
+@quiet_flag
+def bench(source: str | None, backends: str | None, seq: list[int] | None, batch: list[int], steps: int, reps: int, step_reps: int,
+          threads: int, max_prefill_tokens: int, no_memory: bool, json_file: str | None, scaling: bool, chunk: int,
+          paper: int | None, profile_ops: bool, plot: str | None, cache_dir: Path | None, shape: str | None, quick_limits: bool, fresh: bool, quiet: bool) -> None:
+    """Benchmark SOURCE (a checkpoint; default: a 169M-shaped random RWKV-4) on every backend.
+
+    Prefill tokens/s per B x T, step ms per B, peak memory; each figure as a ratio to the torch
+    reference and to the machine's measured limits (bandwidth floor, sgemm ceiling). Table on
+    stdout, progress on stderr.
+    """
+    from rwkv_export.bench import report, suite, workspace
+    from rwkv_export.bench.backends import ALL_BACKENDS, BackendUnavailable, needs
+
+    names = [b.strip() for b in backends.split(",")] if backends else list(ALL_BACKENDS)
+    unknown = [n for n in names if n not in ALL_BACKENDS]
+    if unknown:
+        raise RwkvExportError(f"unknown backend '{unknown[0]}' (expected some of {', '.join(ALL_BACKENDS)})")
+    if plot and not (paper or scaling):
+        raise RwkvExportError("--plot goes with --paper N or --scaling")
+    progress = _Progress(quiet)
+    cache = cache_dir or workspace.default_cache_dir()
+    if source is None:
+        try:
+            n_layer, n_embd, vocab = workspace.DEFAULT_SHAPE if shape is None else (int(x) for x in shape.lower().split("x"))
+        except ValueError:
+            raise RwkvExportError(f"--shape takes LAYERSxEMBDxVOCAB, e.g. 2x64x97; got '{shape}'") from None
+        ws, make = workspace.random_workspace(cache, n_layer, n_embd, vocab)
+    else:
+        if not Path(source).exists():
+            raise RwkvExportError(f"checkpoint '{source}' does not exist")
+        ws, make = workspace.source_workspace(cache, source)
+    progress.stage(f"model files in {ws.root}")
+    need = needs(["ort-fp32"] if (scaling or paper or profile_ops) else names)
+    ckpt = workspace.ensure(ws, make, need["hf"], need["dtypes"], progress.stage, fresh)
+    try:
+        if profile_ops:
+            from rwkv_export.bench import profile as profile_mod
+
+            result = profile_mod.profile(ws, ckpt.config.vocab_size, (seq or [512])[0], threads)
+            text = profile_mod.format_table(result)
+        elif paper:
+            from rwkv_export.bench import paper as paper_mod
+
+            result = paper_mod.run(ws, ckpt.config, paper, threads, progress.stage)
+            text = paper_mod.format_table(result)
+            if plot:
+                paper_mod.plot(result, plot)
+        elif scaling:
+            from rwkv_export.bench import scaling as scaling_mod
+
+            result = scaling_mod.run(ws, ckpt.config, seq or scaling_mod.DEFAULT_SEQ, chunk, threads, reps, progress.stage)
+            text = scaling_mod.format_table(result)
+            if plot:
+                scaling_mod.plot(result, plot)
+        else:
+            settings = suite.Settings(names, seq or [128, 512, 2048], batch, steps=steps, reps=reps, step_reps=step_reps, threads=threads,
+                                      max_prefill_tokens=max_prefill_tokens, memory=not no_memory, quick_limits=quick_limits)
+            raw = suite.run(ws, ckpt.config, ckpt.parameter_count, settings, progress)
+            result = report.finalize(raw)
+            text = report.format_table(result)
+    except BackendUnavailable as exc:
+        raise RwkvExportError(str(exc)) from None
+    finally:
+        progress.close()
+    if json_file:
+        Path(json_file).write_text(json.dumps(result, indent=1) + "\n")
+    click.echo(text)
+
+
+COMMANDS = [bench]
