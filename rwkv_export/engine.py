@@ -174,8 +174,15 @@ def _inlinable_copy(onnx_path: Path, tmp: Path) -> Path:
     meta = {p.key: p.value for p in model.metadata_props}
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     form = meta.get("wkv_form", "scan")
-    del model.functions[:]
-    model.functions.append(wkv4_function(opset, form, single_step=False))
+    op = meta.get("wkv_op", "WKV4")
+    if op != "WKV4":  # the matrix ops' scan form has no If; their chunked form falls back to it
+        from custom_ops.wkv_matrix_onnx import wkv_matrix_function
+
+        del model.functions[:]
+        model.functions.append(wkv_matrix_function(op, opset, "scan"))
+    else:
+        del model.functions[:]
+        model.functions.append(wkv4_function(opset, form, single_step=False))
     out = tmp / onnx_path.name
     large = model.ByteSize() > 1_800_000_000
     onnx.save_model(model, str(out), save_as_external_data=large, location=out.name + ".data" if large else None)
@@ -199,6 +206,7 @@ def build(model_dir: str | os.PathLike[str], options: BuildOptions = BuildOption
     plugin = resolve_plugin(options.plugin, target)
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
+    _check_supported(manifest, plugin)
     bounds = options.dim_bounds()
     engines: dict[str, Any] = {}
     staged: dict[Path, Path] = {}  # final plan -> finished temp plan: nothing moves until all graphs built
@@ -212,6 +220,17 @@ def build(model_dir: str | os.PathLike[str], options: BuildOptions = BuildOption
                 tmp.unlink()
     _record_engines(model_dir, engines)
     return engines
+
+
+def _check_supported(manifest: dict[str, Any], plugin: str) -> None:
+    """Plugins exist for rwkv::WKV4 only; the engine runner feeds constant initial states only."""
+    op, version = manifest.get("export", {}).get("wkv_op", "WKV4"), manifest.get("model", {}).get("version", "?")
+    if op != "WKV4" and plugin != "none":
+        raise RwkvExportError(f"no TensorRT plugin for rwkv::{op} (RWKV-{version}) yet; pass --plugin none to inline its ONNX function")
+    files = [s["name"] for s in manifest.get("state", []) if s.get("initial_file")]
+    if files:
+        raise RwkvExportError(f"TensorRT engines do not support a non-constant initial state yet ({', '.join(files)}: a v6 time_state); "
+                              "run this export with ONNX Runtime")
 
 
 def _build_each(model_dir: Path, manifest: dict[str, Any], graphs: tuple[str, ...], options: BuildOptions, target: str,

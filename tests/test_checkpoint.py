@@ -11,6 +11,7 @@ import torch
 
 from rwkv_export.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from rwkv_export.checkpoint.random import random_v4_weights, random_weights
+from rwkv_export.checkpoint.versions import EXPORT_VERSIONS
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.model import build_model, initial_state
 from tests.conftest import requires_shared, tiny_model
@@ -64,27 +65,19 @@ def test_rwkvcpp_tiny_v4_loads(precision: str) -> None:
 
 @requires_shared
 @pytest.mark.parametrize("stem,version", [("5v1-730K", "5.1"), ("5v2-730K", "5.2"), ("6v0-1m", "6"), ("7v0-834K", "7")])
-def test_later_versions_are_refused_by_name(tmp_path: Path, stem: str, version: str) -> None:
-    """RWKV-5/6/7 files load (as references); export refuses them with one line naming the version."""
-    from rwkv_export.export import export_checkpoint
-
+def test_later_versions_load_with_their_version(stem: str, version: str) -> None:
+    """RWKV-5/6/7 files load with the right version and size (their export: tests/test_export_v5_v7.py)."""
     ckpt = load_checkpoint(tiny_model(stem))
     assert ckpt.config.version == version and ckpt.parameter_count == TINY_PARAMETERS[stem]
-    with pytest.raises(RwkvExportError, match=rf"^export of RWKV-{re.escape(version)} is not supported yet; RWKV-4 only$"):
-        export_checkpoint(ckpt, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    assert version in EXPORT_VERSIONS
 
 
-def test_v5_pth_is_refused_by_name(tmp_path: Path) -> None:
-    """A 5.2 .pth loads; export names the version; a v4 dict with stray v5 keys fails naming RWKV-5.2."""
-    from rwkv_export.export import export_checkpoint
-
+def test_v5_pth_loads_by_name(tmp_path: Path) -> None:
+    """A 5.2 .pth loads as 5.2; a v4 dict with stray v5 keys fails naming RWKV-5.2."""
     config, weights = random_weights("5.2", 2, 32, 50, seed=1)
     torch.save(weights, tmp_path / "v5.pth")
     ckpt = load_checkpoint(tmp_path / "v5.pth")
     assert ckpt.config == config and ckpt.config.extra["group_norm_eps"] == 64e-5
-    with pytest.raises(RwkvExportError, match=r"export of RWKV-5\.2 is not supported yet; RWKV-4 only"):
-        export_checkpoint(tmp_path / "v5.pth", tmp_path / "out")
     mixed = dict(random_v4_weights(2, 32, 50)[1])
     mixed["blocks.0.att.ln_x.weight"] = torch.ones(32)
     mixed["blocks.0.att.gate.weight"] = torch.ones(32, 32)

@@ -5,7 +5,7 @@ Detection reads BlinkDL key names (every loader maps its format to them first):
     att.time_maa_x                    -> 6
     att.ln_x                          -> 5.2 with att.gate, else 5.1
     otherwise                         -> 4
-Every version loads and runs as a torch reference (stage 2); only EXPORT_VERSIONS have graphs yet.
+Every version loads and runs as a torch reference (stage 2) and exports to ONNX (EXPORT_VERSIONS).
 Tables follow ../shared/spec/RWKV4.md .. RWKV7.md.
 """
 
@@ -20,7 +20,7 @@ from rwkv_export.checkpoint.config import ModelConfig
 from rwkv_export.errors import RwkvExportError
 
 KNOWN_VERSIONS = ("4", "5.1", "5.2", "6", "7")
-EXPORT_VERSIONS = ("4",)
+EXPORT_VERSIONS = KNOWN_VERSIONS  # WKV4 for 4; WKV5 for 5.1 / 5.2; WKV6; WKV7
 SUPPORTED_VERSIONS = EXPORT_VERSIONS  # kept for callers of the RWKV-4-only name
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64"}
 

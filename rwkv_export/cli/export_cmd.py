@@ -28,13 +28,13 @@ def progress_printer(quiet: bool):  # type: ignore[no-untyped-def]
 @click.option("--opset", type=click.IntRange(18, 30), default=None, help="ONNX opset (default: the exporter's).")
 @click.option("--all-logits", is_flag=True, help="Prefill returns logits for every position, not only the last.")
 @click.option("--wkv-form", type=click.Choice(WKV_FORMS), default=DEFAULT_FORM, show_default=True,
-              help="Body of the rwkv::WKV4 function that ONNX Runtime runs (default: the fastest measured here).")
+              help="Body of the rwkv::WKV4 function that ONNX Runtime runs (default: the fastest measured here); RWKV-5/6: scan or chunked, RWKV-7: scan.")
 @click.option("--tokenizer", type=click.Path(path_type=str), default=None, help="tokenizer.json to ship with the export.")
 @force_flag
 @quiet_flag
 def export(checkpoint: str, output: str, dtype: str, opset: int | None, all_logits: bool, wkv_form: str,
            tokenizer: str | None, force: bool, quiet: bool) -> None:
-    """Export CHECKPOINT to ONNX: prefill and step graphs with rwkv::WKV4 custom nodes."""
+    """Export CHECKPOINT to ONNX: prefill and step graphs with rwkv::WKV4 (RWKV-4) or WKV5/6/7 custom nodes."""
     from rwkv_export.export import export_checkpoint
 
     result = export_checkpoint(checkpoint, output, dtype=dtype, opset=opset, all_logits=all_logits, force=force,

@@ -1,8 +1,10 @@
 """Stage 3, export: a checkpoint -> DIR/{prefill.onnx, step.onnx, manifest.json}.
 
-Both graphs are traced from the reference model (trace.py), get the rwkv::WKV4 function and metadata
-(finalize.py), and are described in manifest.json (manifest.py). The directory is assembled in a
-temporary sibling and renamed into place only when everything succeeded.
+Both graphs are traced from the reference model (trace.py), get the WKV op's function (rwkv::WKV4 for
+RWKV-4, rwkv::WKV5 for 5.1/5.2, rwkv::WKV6, rwkv::WKV7) and metadata (finalize.py), and are described
+in manifest.json (manifest.py). A state whose initial value is not a constant (a v6 checkpoint's
+`time_state`) is written as DIR/initial_<name>.npy and named by the manifest (spec.py). The directory
+is assembled in a temporary sibling and renamed into place only when everything succeeded.
 """
 
 from __future__ import annotations
@@ -14,16 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from custom_ops.wkv4_onnx import DEFAULT_FORM, FORMS, MIN_OPSET
+from custom_ops.wkv_matrix_onnx import CHUNKED_OPS, FORMS as MATRIX_FORMS
 from rwkv_export.checkpoint import Checkpoint, load_checkpoint
 from rwkv_export.checkpoint.versions import EXPORT_VERSIONS
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.export.finalize import EXTERNAL_DATA_THRESHOLD, attach_wkv_function, default_opset, save_checked, set_metadata
 from rwkv_export.export.manifest import FORMAT, MANIFEST, package_versions, read_manifest
-from rwkv_export.export.spec import GRAPHS, graph_spec
-from rwkv_export.export.trace import trace_graph
+from rwkv_export.export.spec import GRAPHS, STATE_LAYOUTS, WKV_OPS, graph_spec
+from rwkv_export.export.trace import step_from_prefill, trace_graph
 from rwkv_export.fileio import atomic_directory, atomic_write_json, sha256_file
-from rwkv_export.model import build_model
+from rwkv_export.model import MATRIX_STATE_INITIAL, MatrixRWKV, build_model
 
 __all__ = ["EXPORT_DTYPES", "ExportResult", "export_checkpoint", "read_manifest", "MANIFEST", "tokenizer_info"]
 
@@ -77,18 +83,31 @@ def export_checkpoint(
         raise RwkvExportError(f"output directory '{out_dir}' already exists; pass --force to replace it")
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     cfg = ckpt.config
-    if cfg.version not in EXPORT_VERSIONS:  # v5-v7 load and run as references; their graphs come later
+    if cfg.version not in EXPORT_VERSIONS:  # every known version exports; kept for versions added to loading first
         raise RwkvExportError(f"export of RWKV-{cfg.version} is not supported yet; RWKV-{', '.join(EXPORT_VERSIONS)} only")
+    op = WKV_OPS[cfg.version]
+    forms = FORMS if op == "WKV4" else MATRIX_FORMS if op in CHUNKED_OPS else ("scan",)
+    if wkv_form not in forms:
+        raise RwkvExportError(f"WKV form '{wkv_form}' is not available for RWKV-{cfg.version} ({op}); its forms: {', '.join(forms)}")
     progress(f"loaded {ckpt.path} (RWKV-{cfg.version}, {cfg.n_layer} x {cfg.n_embd}, vocab {cfg.vocab_size}, {ckpt.format})")
     model = build_model(ckpt, dtype)
+    matrix_info = _matrix_info(model, op)
     tok_info = tokenizer_info(cfg.vocab_size, tokenizer_path is not None)
     graphs: dict[str, Any] = {}
     with atomic_directory(out_dir, force=force) as tmp:
+        initial_files = _write_initial_state(model, tmp)
+        derived_step = None  # RWKV-5/6/7: the step graph made from the prefill graph (trace.py)
         for graph in GRAPHS:
-            spec = graph_spec(graph, cfg, all_logits and graph == "prefill")
-            progress(f"tracing {graph} graph ({dtype})")
-            proto = trace_graph(model, spec, opset, all_logits and graph == "prefill")
-            n_wkv = attach_wkv_function(proto, wkv_form)
+            spec = graph_spec(graph, cfg, all_logits and graph == "prefill", initial_files)
+            if graph == "step" and derived_step is not None:
+                progress(f"step graph: the prefill graph at T = 1 ({dtype})")
+                proto = derived_step
+            else:
+                progress(f"tracing {graph} graph ({dtype})")
+                proto = trace_graph(model, spec, opset, all_logits and graph == "prefill")
+                if matrix_info and graph == "prefill":  # derive before saving: external data moves the weights out
+                    derived_step = step_from_prefill(proto)
+            n_wkv = attach_wkv_function(proto, wkv_form, op)
             set_metadata(proto, {
                 "rwkv_export.format": FORMAT, "rwkv_export.graph": graph, "rwkv.version": cfg.version,
                 "rwkv.n_layer": cfg.n_layer, "rwkv.n_embd": cfg.n_embd, "rwkv.vocab_size": cfg.vocab_size,
@@ -96,9 +115,12 @@ def export_checkpoint(
                 "state_inputs": [t.name for t in spec.inputs if t.role == "state"],
                 "state_map": {t.name: t.feeds for t in spec.outputs if t.feeds},
                 "state_initial": {t.name: t.initial for t in spec.inputs if t.role == "state"},
+                **({"state_initial_files": initial_files} if initial_files else {}),
+                **{f"rwkv.{k}": v for k, v in matrix_info.items()},
+                **({"wkv_op": op} if matrix_info else {}),
                 "tokenizer": tok_info["kind"],
             })  # fmt: skip
-            progress(f"checking and saving {graph}.onnx ({n_wkv} rwkv::WKV4 nodes)")
+            progress(f"checking and saving {graph}.onnx ({n_wkv} rwkv::{op} nodes)")
             files = save_checked(proto, tmp / f"{graph}.onnx", external_data_threshold)
             graphs[graph] = {
                 "file": f"{graph}.onnx",
@@ -112,18 +134,23 @@ def export_checkpoint(
         if tokenizer_path is not None:
             shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
             tok_info["sha256"] = sha256_file(tmp / TOKENIZER_FILE)
+        state = [{**t.to_dict(), "output": t.name + "_out"} for t in graph_spec("step", cfg, initial_files=initial_files).inputs
+                 if t.role == "state"]
+        for entry in state:
+            if "initial_file" in entry:
+                entry["initial_sha256"] = sha256_file(tmp / entry["initial_file"])
         manifest = {
             "format": FORMAT,
             "model": {"version": cfg.version, "n_layer": cfg.n_layer, "n_embd": cfg.n_embd,
-                      "vocab_size": cfg.vocab_size, "ffn_size": cfg.ffn_size, "parameters": ckpt.parameter_count},
+                      "vocab_size": cfg.vocab_size, "ffn_size": cfg.ffn_size, "parameters": ckpt.parameter_count, **matrix_info},
             "source": {"path": str(ckpt.path), "format": ckpt.format, "dtype": cfg.dtype},
             "dtype": dtype,
             "graphs": graphs,
-            "state": [{**t.to_dict(), "output": t.name + "_out"} for t in graph_spec("step", cfg).inputs if t.role == "state"],
+            "state": state,
             "dynamic_dims": ["batch", "seq"],
             "tokenizer": tok_info,
             "export": {"dtype": dtype, "opset": graphs["step"]["opset"], "all_logits": all_logits, "wkv_form": wkv_form,
-                       "rescale_every": model.rescale_every, "wkv_domain": "rwkv", "wkv_op": "WKV4",
+                       "rescale_every": model.rescale_every, "wkv_domain": "rwkv", "wkv_op": op,
                        "plugin_namespace": "rwkv", "plugin_version": "1"},
             "versions": package_versions(),
         }  # fmt: skip
@@ -131,6 +158,28 @@ def export_checkpoint(
     seconds = time.perf_counter() - start
     progress(f"wrote {out_dir} in {seconds:.1f} s")
     return ExportResult(out_dir, manifest, seconds)
+
+
+def _matrix_info(model: Any, op: str) -> dict[str, Any]:
+    """What a runtime of the matrix-state versions needs beyond RWKV-4's facts (empty for RWKV-4)."""
+    if not isinstance(model, MatrixRWKV):
+        return {}
+    return {"n_head": model.n_head, "head_size": model.head_size, "group_norm_eps": model.eps,
+            "wkv_state_layout": STATE_LAYOUTS[op]}
+
+
+def _write_initial_state(model: Any, directory: Path) -> dict[str, str]:
+    """Write each state tensor whose initial value is not the spec's constant (a v6 `time_state`) as
+    DIR/initial_<name>.npy, float32 with a batch axis of 1; return name -> file name."""
+    if not isinstance(model, MatrixRWKV):
+        return {}
+    files = {}
+    for name, tensor in model.initial_state(1)._asdict().items():
+        value = tensor.to(torch.float32).numpy()
+        if np.any(value != MATRIX_STATE_INITIAL[name]):
+            files[name] = f"initial_{name}.npy"
+            np.save(directory / files[name], value)
+    return files
 
 
 def _find_tokenizer(checkpoint: str | Path | Checkpoint, tokenizer: str | Path | None) -> Path | None:

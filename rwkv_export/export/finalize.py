@@ -1,7 +1,8 @@
 """Turn a traced graph into the shipped file: function attached, metadata set, checked, saved.
 
-- appends the model-local FunctionProto `rwkv::WKV4` (custom_ops/wkv4_onnx.py) in the requested
-  form, with the model's own default-domain opset, so bare onnxruntime runs the file;
+- appends the model-local FunctionProto of the graph's WKV op (`rwkv::WKV4`, custom_ops/wkv4_onnx.py,
+  in the requested form; `rwkv::WKV5|6|7`, custom_ops/wkv_matrix_onnx.py) with the model's own
+  default-domain opset, so bare onnxruntime runs the file;
 - writes the key facts into metadata_props (the manifest holds the full story);
 - runs onnx.checker with full_check (shape inference included);
 - saves atomically; models over the 2 GB protobuf limit keep their weights in external data.
@@ -17,6 +18,7 @@ import onnx
 
 from custom_ops.wkv4 import DOMAIN, DOMAIN_VERSION, OP_TYPE
 from custom_ops.wkv4_onnx import wkv4_function
+from custom_ops.wkv_matrix_onnx import wkv_matrix_function
 from rwkv_export.errors import RwkvExportError
 
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of initializers; protobuf refuses messages over 2 GiB
@@ -26,13 +28,17 @@ def default_opset(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def attach_wkv_function(model: onnx.ModelProto, form: str) -> int:
-    """Add the rwkv::WKV4 function body; return the number of WKV4 nodes it serves."""
-    nodes = [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == OP_TYPE]
+def attach_wkv_function(model: onnx.ModelProto, form: str, op: str = OP_TYPE) -> int:
+    """Add the rwkv::<op> function body (op: WKV4 .. WKV7); return the number of <op> nodes it serves."""
+    nodes = [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == op]
     if not nodes:
-        raise RwkvExportError("the traced graph has no rwkv::WKV4 node (was the WKV function swapped?)")
+        raise RwkvExportError(f"the traced graph has no rwkv::{op} node (was the WKV function swapped?)")
+    others = sorted({n.op_type for n in model.graph.node if n.domain == DOMAIN} - {op})
+    if others:
+        raise RwkvExportError(f"the traced graph mixes rwkv::{op} with {', '.join(others)}; expected one WKV op")
     del model.functions[:]
-    model.functions.append(wkv4_function(default_opset(model), form))
+    opset = default_opset(model)
+    model.functions.append(wkv4_function(opset, form) if op == OP_TYPE else wkv_matrix_function(op, opset, form))
     if not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
     return len(nodes)

@@ -4,8 +4,14 @@ The manifest, the exporter's names and dynamic axes, and every runtime's feeds c
 the state contract is written down once:
     prefill  tokens int64 [batch, seq] + state -> logits [batch, vocab] (or [batch, seq, vocab]) + state
     step     tokens int64 [batch]      + state -> logits [batch, vocab] + state
-State inputs are x_att, aa, bb, pp, x_ffn ([n_layer, batch, n_embd] float32); the matching outputs
-carry the `_out` suffix and feed the input of the same name on the next call.
+The state depends on the version (every tensor float32, `batch` symbolic):
+    RWKV-4      x_att, aa, bb, pp, x_ffn   [n_layer, batch, n_embd]   (pp starts at -1e38)
+    RWKV-5/6/7  x_att, x_ffn               [n_layer, batch, n_embd]
+                wkv                        [n_layer, batch, n_head, head_size, head_size]
+                                           (key-major S[i=k, j=v] for 5/6, value-major for 7)
+The matching outputs carry the `_out` suffix and feed the input of the same name on the next call.
+A state whose initial value is not one number (a v6 `time_state`) names an `initial_file`: a .npy
+in the export directory, [n_layer, 1, ...] (batch axis of size 1), broadcast over the batch.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from custom_ops import wkv5, wkv6, wkv7
 from rwkv_export.checkpoint.config import ModelConfig
+from rwkv_export.model.matrix import MATRIX_STATE_INITIAL
 from rwkv_export.model.state import OUTPUT_SUFFIX, STATE_INITIAL, STATE_NAMES
 
 GRAPHS = ("prefill", "step")
@@ -28,6 +36,7 @@ class TensorSpec:
     role: str  # "tokens" | "logits" | "state"
     feeds: str | None = None  # output state -> the input it feeds on the next call
     initial: float | None = None  # input state's initial value
+    initial_file: str | None = None  # ... or a .npy holding it (see the module docstring)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if v is not None}
@@ -48,15 +57,32 @@ class GraphSpec:
         return [t.name for t in self.outputs]
 
 
-def graph_spec(graph: str, config: ModelConfig, all_logits: bool = False) -> GraphSpec:
-    state_shape = (config.n_layer, "batch", config.n_embd)
+# The WKV op of each version (custom_ops/wkv4.py .. wkv7.py) and its state layout.
+WKV_OPS = {"4": "WKV4", "5.1": "WKV5", "5.2": "WKV5", "6": "WKV6", "7": "WKV7"}
+STATE_LAYOUTS = {"WKV5": wkv5.STATE_LAYOUT, "WKV6": wkv6.STATE_LAYOUT, "WKV7": wkv7.STATE_LAYOUT}
+
+
+def state_shapes(config: ModelConfig) -> dict[str, tuple[int | str, ...]]:
+    """Each state tensor's shape, `batch` symbolic, in the order of the graphs' inputs."""
+    row = (config.n_layer, "batch", config.n_embd)
+    if config.version == "4":
+        return dict.fromkeys(STATE_NAMES, row)
+    H, N = config.extra["n_head"], config.extra["head_size"]
+    return {"x_att": row, "wkv": (config.n_layer, "batch", H, N, N), "x_ffn": row}
+
+
+def graph_spec(graph: str, config: ModelConfig, all_logits: bool = False, initial_files: dict[str, str] | None = None) -> GraphSpec:
+    """The inputs and outputs of `graph`; initial_files: state name -> .npy of a non-constant initial value."""
+    shapes = state_shapes(config)
+    initial = STATE_INITIAL if config.version == "4" else MATRIX_STATE_INITIAL
+    files = initial_files or {}
     if graph == "prefill":
         tokens = TensorSpec("tokens", "int64", ("batch", "seq"), "tokens")
         logits_shape: tuple[int | str, ...] = ("batch", "seq", config.vocab_size) if all_logits else ("batch", config.vocab_size)
     else:
         tokens = TensorSpec("tokens", "int64", ("batch",), "tokens")
         logits_shape = ("batch", config.vocab_size)
-    states_in = tuple(TensorSpec(n, "float32", state_shape, "state", initial=STATE_INITIAL[n]) for n in STATE_NAMES)
-    states_out = tuple(TensorSpec(n + OUTPUT_SUFFIX, "float32", state_shape, "state", feeds=n) for n in STATE_NAMES)
+    states_in = tuple(TensorSpec(n, "float32", s, "state", initial=initial[n], initial_file=files.get(n)) for n, s in shapes.items())
+    states_out = tuple(TensorSpec(n + OUTPUT_SUFFIX, "float32", s, "state", feeds=n) for n, s in shapes.items())
     logits = TensorSpec("logits", "float32", logits_shape, "logits")
     return GraphSpec(graph, (tokens, *states_in), (logits, *states_out))

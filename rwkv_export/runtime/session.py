@@ -76,10 +76,16 @@ class ExportedModel:
         return self.runners["step"].name
 
     def initial_state(self, batch: int) -> StateDict:
+        """The manifest's initial values: a constant, or an `initial_file` (.npy, batch axis of 1) broadcast."""
         state = {}
         for spec in self.state_specs:
             shape = [batch if d == "batch" else int(d) for d in spec["shape"]]
-            state[spec["name"]] = np.full(shape, spec["initial"], dtype=np.dtype(spec["dtype"]))
+            dtype = np.dtype(spec["dtype"])
+            if spec.get("initial_file"):
+                value = np.load(self.directory / spec["initial_file"])
+                state[spec["name"]] = np.ascontiguousarray(np.broadcast_to(value.astype(dtype), shape))
+            else:
+                state[spec["name"]] = np.full(shape, spec["initial"], dtype=dtype)
         return state
 
     def check_tokens(self, tokens: np.ndarray) -> np.ndarray:
