@@ -44,12 +44,16 @@ counts are given:
   stable. In the quietest moments seen, scan took 7.8 ms at T = 512 (1 thread) and 8.6 / 15.4 ms
   at T = 512 / 1024 (2 threads): ~16 us a token, under the 10 ms-per-layer aim but not far under.
 
-DEFAULT_FORM = "scan": on this CPU it is the fastest or tied at every shape (3x ahead at B = 8),
-its rounding is the spec's own, and at T = 1 all forms take the same If branch (~30 us). The
-batched forms do fewer dispatches but not less arithmetic: ORT's elementwise ops cost ~0.5 ns per
-element on big tensors, about what the Scan's per-token dispatch costs per element at C = 768.
-`gemm` is kept for runtimes where big batched ops are cheap (GPU execution providers), `chunked`
-as the unconditionally stable batched reference (and the most accurate form).
+DEFAULT_FORM = "gemm", chosen on the whole model rather than the op alone: the 169M-shaped
+RWKV-4 prefill graph (2 threads, quiet machine, forms swapped in the same file, interleaved runs)
+gave at 1 x 512: scan 741 / 724 / 899 tok/s, gemm 870 / 766 / 1031 tok/s; at 1 x 1024: scan 853,
+gemm 981; ties (within 2%) at 8 x 128 and 1 x 128; scan 5% ahead at 2 x 512. Batch-1 prefill is the
+latency that matters most, so gemm it is. In the op alone (table above) the forms looked level:
+there ORT runs the op in isolation, while in the model the Scan's per-token dispatch competes with
+the MatMuls around it. At T = 1 all forms take the same If branch (~30 us), so the step graph is
+unaffected. `scan` (the spec's own rounding, no data-dependent branch) remains available with
+--wkv-form scan, and is what a TensorRT build inlines (rwkv_export/engine.py); `chunked` is the
+unconditionally stable batched reference (and the most accurate form).
 Tried and dropped, none faster than scan here: unrolling the Scan 2-16 tokens per iteration
 (bit-identical, no gain: the per-iteration cost is small beside the ops); a Scan carrying only the
 state with y computed batched afterwards (9 ops a token in the loop, slower overall); a fused body
@@ -79,7 +83,7 @@ from custom_ops.wkv4 import DOMAIN, INPUTS, OP_TYPE, OUTPUTS, PLUGIN_NAMESPACE, 
 from rwkv_export.errors import RwkvExportError
 
 FORMS = ("scan", "chunked", "gemm")
-DEFAULT_FORM = "scan"
+DEFAULT_FORM = "gemm"
 DEFAULT_CHUNK = 4  # L of chunked: its [L, L] work grows with L; L = 4 beat 8 and 16 at T = 64-1024
 DEFAULT_GEMM_CHUNK = 16  # L of gemm: the MatMul is cheap, the carry Scan shorter; 16 >= 8 and 32
 MIN_OPSET = 18  # Reduce* take axes as an input from 18 on; the body is written that way

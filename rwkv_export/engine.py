@@ -163,8 +163,8 @@ def _inlinable_copy(onnx_path: Path, tmp: Path) -> Path:
     """A copy whose rwkv::WKV4 function has no If(T == 1) shortcut, for parsers that inline it.
 
     TensorRT-RTX 1.7 hits an internal assertion (graphScope.cpp) when it inlines a function body
-    holding that If; the same form without it builds. Only the function changes: same form, same
-    opset, so the engine computes what ONNX Runtime computes.
+    holding that If; the scan form without it builds. Only the function body changes (same op, same
+    opset): every form computes the op, so the engine computes what ONNX Runtime computes.
     """
     import onnx
 
@@ -173,16 +173,16 @@ def _inlinable_copy(onnx_path: Path, tmp: Path) -> Path:
     model = onnx.load(str(onnx_path))
     meta = {p.key: p.value for p in model.metadata_props}
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    form = meta.get("wkv_form", "scan")
     op = meta.get("wkv_op", "WKV4")
-    if op != "WKV4":  # the matrix ops' scan form has no If; their chunked form falls back to it
+    del model.functions[:]
+    # The scan form, whatever the export chose: it has no data-dependent branch (the gemm form's
+    # range check is one), and TensorRT-RTX builds it. The matrix ops' scan form has no If at all.
+    if op == "WKV4":
+        model.functions.append(wkv4_function(opset, "scan", single_step=False))
+    else:
         from custom_ops.wkv_matrix_onnx import wkv_matrix_function
 
-        del model.functions[:]
         model.functions.append(wkv_matrix_function(op, opset, "scan"))
-    else:
-        del model.functions[:]
-        model.functions.append(wkv4_function(opset, form, single_step=False))
     out = tmp / onnx_path.name
     large = model.ByteSize() > 1_800_000_000
     onnx.save_model(model, str(out), save_as_external_data=large, location=out.name + ".data" if large else None)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
-from custom_ops.wkv4_onnx import DEFAULT_FORM, FORMS as WKV_FORMS
+from custom_ops.wkv4_onnx import DEFAULT_FORM
+from custom_ops.wkv_matrix_onnx import DEFAULT_FORM as MATRIX_DEFAULT_FORM
 from rwkv_export.cli.options import checkpoint_arg, examples, force_flag, quiet_flag
+from rwkv_export.export import ALL_FORMS
 
 
 def progress_printer(quiet: bool):  # type: ignore[no-untyped-def]
@@ -27,12 +29,13 @@ def progress_printer(quiet: bool):  # type: ignore[no-untyped-def]
               help="Weights and activations dtype (WKV and the state stay float32).")
 @click.option("--opset", type=click.IntRange(18, 30), default=None, help="ONNX opset (default: the exporter's).")
 @click.option("--all-logits", is_flag=True, help="Prefill returns logits for every position, not only the last.")
-@click.option("--wkv-form", type=click.Choice(WKV_FORMS), default=DEFAULT_FORM, show_default=True,
-              help="Body of the rwkv::WKV4 function that ONNX Runtime runs (default: the fastest measured here); RWKV-5/6: scan or chunked, RWKV-7: scan.")
+@click.option("--wkv-form", type=click.Choice(ALL_FORMS), default=None,
+              help=f"Body of the WKV op's ONNX function that ONNX Runtime runs (default: {DEFAULT_FORM} for RWKV-4, "
+                   f"the fastest measured for batch-1 prefill; {MATRIX_DEFAULT_FORM} for RWKV-5/6/7).")
 @click.option("--tokenizer", type=click.Path(path_type=str), default=None, help="tokenizer.json to ship with the export.")
 @force_flag
 @quiet_flag
-def export(checkpoint: str, output: str, dtype: str, opset: int | None, all_logits: bool, wkv_form: str,
+def export(checkpoint: str, output: str, dtype: str, opset: int | None, all_logits: bool, wkv_form: str | None,
            tokenizer: str | None, force: bool, quiet: bool) -> None:
     """Export CHECKPOINT to ONNX: prefill and step graphs with rwkv::WKV4 (RWKV-4) or WKV5/6/7 custom nodes."""
     from rwkv_export.export import export_checkpoint

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from custom_ops.wkv4_onnx import DEFAULT_FORM, FORMS, MIN_OPSET
-from custom_ops.wkv_matrix_onnx import CHUNKED_OPS, FORMS as MATRIX_FORMS
+from custom_ops.wkv_matrix_onnx import CHUNKED_OPS, DEFAULT_FORM as MATRIX_DEFAULT_FORM, FORMS as MATRIX_FORMS
 from rwkv_export.checkpoint import Checkpoint, load_checkpoint
 from rwkv_export.checkpoint.versions import EXPORT_VERSIONS
 from rwkv_export.errors import RwkvExportError
@@ -35,6 +35,7 @@ __all__ = ["EXPORT_DTYPES", "ExportResult", "export_checkpoint", "read_manifest"
 
 EXPORT_DTYPES = ("float32", "float16")
 TOKENIZER_FILE = "tokenizer.json"
+ALL_FORMS = tuple(dict.fromkeys((*FORMS, *MATRIX_FORMS)))
 
 
 @dataclass
@@ -64,7 +65,7 @@ def export_checkpoint(
     opset: int | None = None,
     all_logits: bool = False,
     force: bool = False,
-    wkv_form: str = DEFAULT_FORM,
+    wkv_form: str | None = None,
     tokenizer: str | Path | None = None,
     progress: Callable[[str], None] = lambda message: None,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
@@ -73,8 +74,8 @@ def export_checkpoint(
     start = time.perf_counter()
     if dtype not in EXPORT_DTYPES:
         raise RwkvExportError(f"unknown export dtype '{dtype}' (expected one of {', '.join(EXPORT_DTYPES)})")
-    if wkv_form not in FORMS:
-        raise RwkvExportError(f"unknown WKV form '{wkv_form}' (expected one of {', '.join(FORMS)})")
+    if wkv_form is not None and wkv_form not in ALL_FORMS:
+        raise RwkvExportError(f"unknown WKV form '{wkv_form}' (expected one of {', '.join(ALL_FORMS)})")
     if opset is not None and opset < MIN_OPSET:
         raise RwkvExportError(f"opset {opset} is too old: the WKV4 function body needs opset >= {MIN_OPSET}")
     tokenizer_path = _find_tokenizer(checkpoint, tokenizer)
@@ -87,6 +88,7 @@ def export_checkpoint(
         raise RwkvExportError(f"export of RWKV-{cfg.version} is not supported yet; RWKV-{', '.join(EXPORT_VERSIONS)} only")
     op = WKV_OPS[cfg.version]
     forms = FORMS if op == "WKV4" else MATRIX_FORMS if op in CHUNKED_OPS else ("scan",)
+    wkv_form = wkv_form or (DEFAULT_FORM if op == "WKV4" else MATRIX_DEFAULT_FORM)
     if wkv_form not in forms:
         raise RwkvExportError(f"WKV form '{wkv_form}' is not available for RWKV-{cfg.version} ({op}); its forms: {', '.join(forms)}")
     progress(f"loaded {ckpt.path} (RWKV-{cfg.version}, {cfg.n_layer} x {cfg.n_embd}, vocab {cfg.vocab_size}, {ckpt.format})")
