@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from plugins import trt_compat
+from rwkv_export.export.manifest import read_manifest
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.fileio import atomic_write_bytes, atomic_write_json, sha256_file
 
@@ -117,16 +118,6 @@ def profile_for(graph: dict[str, Any], bounds: dict[str, tuple[int, int, int]]) 
                 triple[j].append(bounds[dim][j] if isinstance(dim, str) else int(dim))
         profile[spec["name"]] = triple
     return profile
-
-
-def read_manifest(model_dir: Path) -> dict[str, Any]:
-    path = model_dir / "manifest.json"
-    if not path.is_file():
-        raise RwkvExportError(f"{model_dir} has no manifest.json; export the model first (rwkv-export export ...)")
-    manifest = json.loads(path.read_text())
-    if not str(manifest.get("format", "")).startswith("rwkv-export/"):
-        raise RwkvExportError(f"{path} is not an rwkv-export manifest (format {manifest.get('format')!r})")
-    return manifest
 
 
 def build_graph(onnx_path: Path, plan_path: Path, profile: dict[str, list[list[int]]], options: BuildOptions,
