@@ -9,6 +9,3 @@ and exits 2; it never shows a traceback for these.
 class RwkvExportError(Exception):
     """A problem with the user's input: printed as one line, exit code 2."""
 
-
-class ParityError(RwkvExportError):
-    """A backend disagreed with the reference beyond tolerance (exit code 1 from `verify`)."""

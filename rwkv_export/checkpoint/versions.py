@@ -21,7 +21,6 @@ from rwkv_export.errors import RwkvExportError
 
 KNOWN_VERSIONS = ("4", "5.1", "5.2", "6", "7")
 EXPORT_VERSIONS = KNOWN_VERSIONS  # WKV4 for 4; WKV5 for 5.1 / 5.2; WKV6; WKV7
-SUPPORTED_VERSIONS = EXPORT_VERSIONS  # kept for callers of the RWKV-4-only name
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64"}
 
 # GroupNorm eps of the attention output (ln_x), a property of the checkpoint (RWKV5.md "GroupNorm eps"):

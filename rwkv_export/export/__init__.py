@@ -22,7 +22,7 @@ import torch
 from custom_ops.wkv4_onnx import DEFAULT_FORM, FORMS, MIN_OPSET
 from custom_ops.wkv_matrix_onnx import CHUNKED_OPS, DEFAULT_FORM as MATRIX_DEFAULT_FORM, FORMS as MATRIX_FORMS
 from rwkv_export.checkpoint import Checkpoint, load_checkpoint
-from rwkv_export.checkpoint.versions import EXPORT_VERSIONS
+from rwkv_export.checkpoint.versions import require_supported
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.export.finalize import EXTERNAL_DATA_THRESHOLD, attach_wkv_function, default_opset, save_checked, set_metadata
 from rwkv_export.export.manifest import FORMAT, MANIFEST, package_versions, read_manifest
@@ -84,8 +84,7 @@ def export_checkpoint(
         raise RwkvExportError(f"output directory '{out_dir}' already exists; pass --force to replace it")
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     cfg = ckpt.config
-    if cfg.version not in EXPORT_VERSIONS:  # every known version exports; kept for versions added to loading first
-        raise RwkvExportError(f"export of RWKV-{cfg.version} is not supported yet; RWKV-{', '.join(EXPORT_VERSIONS)} only")
+    require_supported(cfg.version)  # every known version exports; kept for versions added to loading first
     op = WKV_OPS[cfg.version]
     forms = FORMS if op == "WKV4" else MATRIX_FORMS if op in CHUNKED_OPS else ("scan",)
     wkv_form = wkv_form or (DEFAULT_FORM if op == "WKV4" else MATRIX_DEFAULT_FORM)
