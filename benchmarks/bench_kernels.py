@@ -73,7 +73,7 @@ def time_ms(fn: Callable[[], object], inner: int = 10, min_total_ms: float = 50.
     fn()
     torch.cuda.synchronize()
     times: list[float] = []
-    while len(times) < max_reps and sum(times) * inner < min_total_ms:
+    while not times or (len(times) < max_reps and sum(times) * inner < min_total_ms):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(inner):

@@ -190,9 +190,10 @@ def _check(driver, result, what: str):
 
 
 class _Module:
-    """The compiled WKV4 module in one context, with its functions and the device's SM count."""
+    """One compiled kernel unit (nvrtc.UNITS: "wkv4", "matrix") in one context, with its functions
+    and the device's SM count."""
 
-    def __init__(self, driver, ctx, dev):
+    def __init__(self, driver, ctx, dev, unit: str = "wkv4"):
         from plugins.nvrtc import compile_cubin, compile_ptx
 
         attr = driver.CUdevice_attribute
@@ -205,9 +206,9 @@ class _Module:
         # SASS for this exact GPU first (no JIT; loads on any 13.x driver); PTX for sm_80 if
         # NVRTC does not know the arch (a newer GPU), which the driver JIT-compiles forward.
         try:
-            image, self.image_kind = compile_cubin(self.arch), "cubin"
+            image, self.image_kind = compile_cubin(self.arch, unit=unit), "cubin"
         except RwkvExportError:
-            image, self.image_kind = compile_ptx("sm_80").encode() + b"\0", "ptx sm_80"
+            image, self.image_kind = compile_ptx("sm_80", unit=unit).encode() + b"\0", "ptx sm_80"
         self.module = _check(driver, driver.cuModuleLoadData(image), f"cuModuleLoadData({self.image_kind})")
 
     def function(self, entry: str):
@@ -216,7 +217,7 @@ class _Module:
         return self.functions[entry]
 
 
-_modules: dict[int, _Module] = {}   # by context handle
+_modules: dict[tuple[int, str], _Module] = {}   # by (context handle, unit)
 _primary: dict[int, tuple] = {}     # device ordinal -> (CUcontext, CUdevice), retained once
 _lock = threading.Lock()
 
@@ -229,9 +230,9 @@ def _init(driver) -> None:
     _check(driver, result, "cuInit")
 
 
-def _module_for(device: int | None) -> _Module:
-    """Module in the current context (device None: what TensorRT's enqueue runs in), or in the
-    primary context of `device`, made current if it is not (the context torch uses)."""
+def _module_for(device: int | None, unit: str = "wkv4") -> _Module:
+    """Module of `unit` in the current context (device None: what TensorRT's enqueue runs in), or
+    in the primary context of `device`, made current if it is not (the context torch uses)."""
     driver = _driver()
     with _lock:
         if not _primary and not _modules:
@@ -247,11 +248,11 @@ def _module_for(device: int | None) -> _Module:
             if int(ctx) != int(primary):
                 _check(driver, driver.cuCtxSetCurrent(primary), "cuCtxSetCurrent")
             ctx = primary
-        elif int(ctx) not in _modules:
+        elif (int(ctx), unit) not in _modules:
             dev = _check(driver, driver.cuCtxGetDevice(), "cuCtxGetDevice")
-        if int(ctx) not in _modules:
-            _modules[int(ctx)] = _Module(driver, ctx, dev)
-        return _modules[int(ctx)]
+        if (int(ctx), unit) not in _modules:
+            _modules[(int(ctx), unit)] = _Module(driver, ctx, dev, unit)
+        return _modules[(int(ctx), unit)]
 
 
 def wkv4_launch_raw(

@@ -1,13 +1,16 @@
-"""Compile plugins/wkv4.cu to PTX with NVRTC (cuda-bindings), with an on-disk cache.
+"""Compile the WKV kernels (plugins/wkv4.cu, plugins/wkv_matrix.cu) to PTX or SASS with NVRTC, cached on disk.
 
 Needs no GPU and no CUDA toolkit: `cuda-bindings` provides the Python API, the
 `nvidia-cuda-nvrtc==13.0.*` wheel provides libnvrtc. NVRTC 13.0 writes PTX ISA 9.0, which every
 CUDA 13 driver loads (13.5 writes 9.5, which a 13.0 driver refuses), hence the pin.
 
-    ptx = compile_ptx("sm_80")          # str, `.target sm_80`
+    ptx = compile_ptx("sm_80")          # str, `.target sm_80` (unit "wkv4": plugins/wkv4.cu)
     ptx_entries(ptx)["wkv4_seq_f32"]    # ['u64', ... 'u32', ... 'u64']
     ptx_version(ptx), ptx_target(ptx)   # '9.0', 'sm_80'
     compile_cubin("sm_90")              # bytes: SASS for exactly that GPU (the launcher's choice)
+    compile_ptx("sm_80", unit="matrix") # plugins/wkv_matrix.cu: WKV5, WKV6, WKV7
+
+A unit is one .cu file; both include plugins/wkv_common.cuh, which NVRTC receives as a named header.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ from pathlib import Path
 
 from rwkv_export.errors import RwkvExportError
 
-SOURCE_PATH = Path(__file__).with_name("wkv4.cu")
+HERE = Path(__file__).parent
+UNITS = {"wkv4": HERE / "wkv4.cu", "matrix": HERE / "wkv_matrix.cu"}
+HEADERS = (HERE / "wkv_common.cuh",)
+SOURCE_PATH = UNITS["wkv4"]
 # -std=c++17 for the templates; no --use_fast_math: expf/division stay accurate (the op is checked
 # against a float64 oracle to ~1e-5 relative, and __expf loses ~|x|*6e-8 relative at large |x|).
 BASE_OPTIONS = ("-std=c++17", "--fmad=true")
@@ -29,9 +35,38 @@ IO_DTYPES = ("f32", "f16")
 _INSTALL_HINT = "install them with: pip install 'cuda-bindings>=13.0,<14' 'nvidia-cuda-nvrtc==13.0.*'"
 
 
-def entry_names() -> list[str]:
-    """Every extern "C" kernel the source defines, e.g. 'wkv4_chunked_f16'."""
+MATRIX_OPS = ("wkv5", "wkv6", "wkv7")
+HEAD_SIZES = (8, 16, 32, 64, 128)  # N of the matrix kernels: one template instance each
+
+
+def entry_names(unit: str = "wkv4") -> list[str]:
+    """Every extern "C" kernel a unit defines, e.g. 'wkv4_chunked_f16', 'wkv6_n64_f16'."""
+    if unit == "matrix":
+        return [f"{op}_n{n}_{io}" for op in MATRIX_OPS for n in HEAD_SIZES for io in IO_DTYPES]
     return [f"wkv4_{form}_{io}" for form in ENTRY_FORMS for io in IO_DTYPES]
+
+
+def _unit_path(unit: str) -> Path:
+    if unit not in UNITS:
+        raise RwkvExportError(f"unknown kernel unit {unit!r}: expected one of {', '.join(UNITS)}")
+    return UNITS[unit]
+
+
+def source_sha256(unit: str = "wkv4") -> str:
+    """sha256 over a unit's .cu and the shared header: what a TensorRT plan records of its kernels."""
+    h = hashlib.sha256()
+    for path in (_unit_path(unit), *HEADERS):
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _create_program(nvrtc, text: str, unit: str):
+    """nvrtcCreateProgram with the shared header passed by name (NVRTC reads no include paths here)."""
+    names = [p.name.encode() for p in HEADERS]
+    bodies = [p.read_bytes() for p in HEADERS]
+    err, prog = nvrtc.nvrtcCreateProgram(text.encode(), _unit_path(unit).name.encode(), len(HEADERS), bodies, names)
+    _check(nvrtc, err, "nvrtcCreateProgram")
+    return prog
 
 
 def _nvrtc():
@@ -78,37 +113,37 @@ def _check(nvrtc, result, what: str, prog=None) -> None:
         buf = b" " * size
         nvrtc.nvrtcGetProgramLog(prog, buf)
         log = buf.decode(errors="replace").rstrip("\x00").strip().replace("\n", " | ")
-    raise RwkvExportError(f"NVRTC {what} failed ({err.name}): {log or 'no log'}; fix plugins/wkv4.cu or the options")
+    raise RwkvExportError(f"NVRTC {what} failed ({err.name}): {log or 'no log'}; fix the plugins/*.cu source or the options")
 
 
-def compile_ptx(arch: str = "sm_80", source: str | None = None, options: tuple[str, ...] = ()) -> str:
-    """PTX text of `source` (default: plugins/wkv4.cu) for `arch`, from the cache when possible.
+def compile_ptx(arch: str = "sm_80", source: str | None = None, options: tuple[str, ...] = (), unit: str = "wkv4") -> str:
+    """PTX text of `source` (default: the unit's .cu file) for `arch`, from the cache when possible.
 
-    The cache key is sha256(source, options, NVRTC version), so an edit to the .cu or an NVRTC
+    The cache key is sha256(source, header, options, NVRTC version), so an edit to the .cu or an NVRTC
     upgrade recompiles. Writes are atomic (temp file + rename): concurrent compiles are safe.
     PTX is what TensorRT AOT plugins take; its ISA version must not exceed the driver's.
     """
-    return _compile(arch, source, options, cubin=False).decode()
+    return _compile(arch, source, options, cubin=False, unit=unit).decode()
 
 
-def compile_cubin(arch: str, source: str | None = None, options: tuple[str, ...] = ()) -> bytes:
+def compile_cubin(arch: str, source: str | None = None, options: tuple[str, ...] = (), unit: str = "wkv4") -> bytes:
     """SASS (cubin) for exactly `arch`: what the launcher loads when it knows the device, since a
     cubin from a newer 13.x NVRTC still loads on a 13.0 driver (minor-version compatibility)
     where that NVRTC's PTX would not, and it skips the driver's JIT."""
-    return _compile(arch, source, options, cubin=True)
+    return _compile(arch, source, options, cubin=True, unit=unit)
 
 
-def _compile(arch: str, source: str | None, options: tuple[str, ...], cubin: bool) -> bytes:
+def _compile(arch: str, source: str | None, options: tuple[str, ...], cubin: bool, unit: str = "wkv4") -> bytes:
     nvrtc, version = _nvrtc()
-    text = SOURCE_PATH.read_text() if source is None else source
+    text = _unit_path(unit).read_text() if source is None else source
     opts = (*BASE_OPTIONS, _arch_option(arch, real=cubin), *options)
-    key = hashlib.sha256("\0".join((text, *opts, f"nvrtc {version[0]}.{version[1]}")).encode()).hexdigest()
-    path = cache_dir() / f"wkv4-{arch}-{key[:32]}.{'cubin' if cubin else 'ptx'}"
+    headers = [p.read_text() for p in HEADERS]
+    key = hashlib.sha256("\0".join((text, *headers, *opts, f"nvrtc {version[0]}.{version[1]}")).encode()).hexdigest()
+    path = cache_dir() / f"{unit}-{arch}-{key[:32]}.{'cubin' if cubin else 'ptx'}"
     if path.is_file():
         return path.read_bytes()
 
-    err, prog = nvrtc.nvrtcCreateProgram(text.encode(), b"wkv4.cu", 0, [], [])
-    _check(nvrtc, err, "nvrtcCreateProgram")
+    prog = _create_program(nvrtc, text, unit)
     try:
         _check(nvrtc, nvrtc.nvrtcCompileProgram(prog, len(opts), [o.encode() for o in opts]), f"compile for {arch}", prog)
         get_size, get = (nvrtc.nvrtcGetCUBINSize, nvrtc.nvrtcGetCUBIN) if cubin else (nvrtc.nvrtcGetPTXSize, nvrtc.nvrtcGetPTX)
@@ -130,15 +165,14 @@ def _compile(arch: str, source: str | None, options: tuple[str, ...], cubin: boo
     return out
 
 
-def resource_usage(arch: str = "sm_90", source: str | None = None) -> dict[str, dict[str, int]]:
+def resource_usage(arch: str = "sm_90", source: str | None = None, unit: str = "wkv4") -> dict[str, dict[str, int]]:
     """ptxas's report per entry for a real `arch`: {'registers', 'spill_bytes', 'smem_bytes'}.
     Not cached (a check, not a build): the chunked kernel must fit 64 registers to launch 1024
     threads per block, and no kernel should spill to local memory."""
     nvrtc, _ = _nvrtc()
-    text = SOURCE_PATH.read_text() if source is None else source
+    text = _unit_path(unit).read_text() if source is None else source
     opts = (*BASE_OPTIONS, _arch_option(arch, real=True), "--ptxas-options=-v")
-    err, prog = nvrtc.nvrtcCreateProgram(text.encode(), b"wkv4.cu", 0, [], [])
-    _check(nvrtc, err, "nvrtcCreateProgram")
+    prog = _create_program(nvrtc, text, unit)
     try:
         _check(nvrtc, nvrtc.nvrtcCompileProgram(prog, len(opts), [o.encode() for o in opts]), f"compile for {arch}", prog)
         _, size = nvrtc.nvrtcGetProgramLogSize(prog)

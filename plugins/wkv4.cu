@@ -1,10 +1,10 @@
 // WKV4 kernels for rwkv::WKV4 (see custom_ops/wkv4.py for the op and its float64 reference).
 //
-// Compiled to PTX by NVRTC (plugins/nvrtc.py) and, with the host shims below, by g++ for the CPU
-// proof in tests/ (tests/wkv4_host.cpp runs these same bodies over an emulated grid). So: no
-// #include (NVRTC has no CUDA headers here), fp16 converted with inline PTX on the device and in
-// software on the host, and every kernel body is a __host__ __device__ function of explicit
-// thread/block indices; the extern "C" __global__ wrappers only read the builtins.
+// Compiled to PTX by NVRTC (plugins/nvrtc.py) and, with the host shims of wkv_common.cuh, by g++
+// for the CPU proof in tests/ (tests/wkv4_host.cpp runs these same bodies over an emulated grid).
+// So: no CUDA header (NVRTC has none here; fp16 conversion lives in wkv_common.cuh), and every
+// kernel body is a __host__ __device__ function of explicit thread/block indices; the extern "C"
+// __global__ wrappers only read the builtins.
 //
 // Entry points (AOT plugin order: inputs, then int32 scalars, then outputs), IO = f32 | f16:
 //   wkv4_seq_IO     (td, tf, k, v, aa, bb, pp, B, T, C, y, aa_out, bb_out, pp_out)
@@ -15,105 +15,10 @@
 // ([B, T, C], or [B, C] for step) are IO. Math is float32. aa_out may alias aa (likewise bb, pp):
 // each state element is read before it is written, by the thread (or block) that writes it.
 
-#ifdef __CUDACC__
-#define WKV_HD __host__ __device__ __forceinline__
-#else
-// g++: the CUDA qualifiers vanish and the builtin vector types get plain stand-ins.
-#include <cmath>
-#include <cstring>
-#define WKV_HD inline
-struct alignas(16) float4 { float x, y, z, w; };
-struct alignas(8) uint2 { unsigned int x, y; };
-#endif
+#include "wkv_common.cuh"
 
 #define WKV_PP_INIT (-1e38f)  // custom_ops.wkv4.PP_INIT: exp(PP_INIT - p) underflows to exactly 0
 #define WKV_MAX_THREADS 1024  // largest block; sizes the chunked form's shared arrays (2 x 12 KB)
-
-typedef unsigned short wkv_half;  // IEEE binary16 bits; no cuda_fp16.h under NVRTC here
-
-// --- fp16 <-> fp32 ------------------------------------------------------------------------------
-
-WKV_HD float wkv_half_to_float(wkv_half h) {
-#if defined(__CUDA_ARCH__)
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
-#else
-    unsigned int sign = (unsigned int)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
-    unsigned int bits;
-    if (exp == 0x1fu) {
-        bits = sign | 0x7f800000u | (man << 13);  // inf / nan
-    } else if (exp != 0) {
-        bits = sign | ((exp + 112u) << 23) | (man << 13);  // normal: rebias 15 -> 127
-    } else if (man == 0) {
-        bits = sign;  // signed zero
-    } else {  // subnormal half: normalise into a float
-        int e = -1;
-        do { man <<= 1; ++e; } while (!(man & 0x400u));
-        bits = sign | ((unsigned int)(112 - e) << 23) | ((man & 0x3ffu) << 13);
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-#endif
-}
-
-WKV_HD wkv_half wkv_float_to_half(float f) {
-#if defined(__CUDA_ARCH__)
-    wkv_half h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    return h;
-#else
-    // Round to nearest even, as cvt.rn does; overflow -> inf, underflow -> subnormal / zero.
-    unsigned int x;
-    memcpy(&x, &f, 4);
-    unsigned int sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
-    if (ax >= 0x7f800000u) return (wkv_half)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0u));
-    if (ax >= 0x477ff000u) return (wkv_half)(sign | 0x7c00u);  // >= 65520 rounds to inf
-    if (ax < 0x38800000u) {                                      // below the smallest normal half
-        if (ax < 0x33000000u) return (wkv_half)sign;             // < 2^-25: rounds to zero
-        unsigned int e = ax >> 23, man = (ax & 0x7fffffu) | 0x800000u, shift = 126u - e;
-        unsigned int r = man >> shift, rem = man & ((1u << shift) - 1u), halfway = 1u << (shift - 1u);
-        if (rem > halfway || (rem == halfway && (r & 1u))) ++r;
-        return (wkv_half)(sign | r);
-    }
-    unsigned int r = ax - 0x38000000u;  // rebias 127 -> 15 (still shifted by 13)
-    unsigned int rem = r & 0x1fffu, out = r >> 13;
-    if (rem > 0x1000u || (rem == 0x1000u && (out & 1u))) ++out;
-    return (wkv_half)(sign | out);
-#endif
-}
-
-template <typename IO> struct WkvIo;
-template <> struct WkvIo<float> {
-    WKV_HD static float load(const float* p) { return *p; }
-    WKV_HD static void store(float* p, float x) { *p = x; }
-    WKV_HD static void load4(const float* p, float* out) {  // p is 16-byte aligned
-        float4 q = *reinterpret_cast<const float4*>(p);
-        out[0] = q.x; out[1] = q.y; out[2] = q.z; out[3] = q.w;
-    }
-    WKV_HD static void store4(float* p, const float* x) {
-        float4 q; q.x = x[0]; q.y = x[1]; q.z = x[2]; q.w = x[3];
-        *reinterpret_cast<float4*>(p) = q;
-    }
-    static const unsigned int kAlign4 = 16;  // bytes of four elements
-};
-template <> struct WkvIo<wkv_half> {
-    WKV_HD static float load(const wkv_half* p) { return wkv_half_to_float(*p); }
-    WKV_HD static void store(wkv_half* p, float x) { *p = wkv_float_to_half(x); }
-    WKV_HD static void load4(const wkv_half* p, float* out) {  // p is 8-byte aligned
-        uint2 q = *reinterpret_cast<const uint2*>(p);
-        out[0] = wkv_half_to_float((wkv_half)(q.x & 0xffffu)); out[1] = wkv_half_to_float((wkv_half)(q.x >> 16));
-        out[2] = wkv_half_to_float((wkv_half)(q.y & 0xffffu)); out[3] = wkv_half_to_float((wkv_half)(q.y >> 16));
-    }
-    WKV_HD static void store4(wkv_half* p, const float* x) {
-        uint2 q;
-        q.x = (unsigned int)wkv_float_to_half(x[0]) | ((unsigned int)wkv_float_to_half(x[1]) << 16);
-        q.y = (unsigned int)wkv_float_to_half(x[2]) | ((unsigned int)wkv_float_to_half(x[3]) << 16);
-        *reinterpret_cast<uint2*>(p) = q;
-    }
-    static const unsigned int kAlign4 = 8;
-};
 
 // --- per-token math (the numerically stable form; state scaled by exp(-pp)) -------------------
 
