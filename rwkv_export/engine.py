@@ -197,7 +197,7 @@ def build(model_dir: str | os.PathLike[str], options: BuildOptions = BuildOption
     plugin = resolve_plugin(options.plugin, target)
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
-    _check_supported(manifest, plugin)
+    plugin = _check_supported(manifest, plugin)
     bounds = options.dim_bounds()
     engines: dict[str, Any] = {}
     staged: dict[Path, Path] = {}  # final plan -> finished temp plan: nothing moves until all graphs built
@@ -213,15 +213,21 @@ def build(model_dir: str | os.PathLike[str], options: BuildOptions = BuildOption
     return engines
 
 
-def _check_supported(manifest: dict[str, Any], plugin: str) -> None:
-    """Plugins exist for rwkv::WKV4 only; the engine runner feeds constant initial states only."""
+def _check_supported(manifest: dict[str, Any], plugin: str) -> str:
+    """The plugin front for this model's op (the Python front serves every op; the AOT front only
+    rwkv::WKV4, so "auto" means "python" for RWKV-5 and later). The engine runner feeds constant
+    initial states only."""
     op, version = manifest.get("export", {}).get("wkv_op", "WKV4"), manifest.get("model", {}).get("version", "?")
-    if op != "WKV4" and plugin != "none":
-        raise RwkvExportError(f"no TensorRT plugin for rwkv::{op} (RWKV-{version}) yet; pass --plugin none to inline its ONNX function")
+    if op != "WKV4" and plugin == "aot":
+        raise RwkvExportError(f"the AOT plugin front implements rwkv::WKV4 only, not rwkv::{op} (RWKV-{version}); "
+                              "use --plugin python (or none to inline its ONNX function)")
+    if op != "WKV4" and plugin == "auto":
+        plugin = "python"
     files = [s["name"] for s in manifest.get("state", []) if s.get("initial_file")]
     if files:
         raise RwkvExportError(f"TensorRT engines do not support a non-constant initial state yet ({', '.join(files)}: a v6 time_state); "
                               "run this export with ONNX Runtime")
+    return plugin
 
 
 def _build_each(model_dir: Path, manifest: dict[str, Any], graphs: tuple[str, ...], options: BuildOptions, target: str,

@@ -339,18 +339,20 @@ def test_forms_a_version_lacks_are_refused(tmp_path: Path) -> None:
         wkv_matrix_function("WKV7", 18, "chunked")
 
 
-def test_tensorrt_build_refuses_what_it_cannot_run_yet() -> None:
-    """No TensorRT plugin for WKV5/6/7 (--plugin none inlines the function); no engine for a time_state."""
+def test_tensorrt_build_front_per_op() -> None:
+    """WKV5/6/7 build through the Python plugin front ("auto" resolves to it), not the WKV4-only AOT
+    front; no engine for a non-constant initial state (a v6 time_state)."""
     from rwkv_export.engine import _check_supported
 
     manifest = {"model": {"version": "6"}, "export": {"wkv_op": "WKV6"}, "state": [{"name": "wkv", "initial": 0.0}]}
-    with pytest.raises(RwkvExportError, match=r"no TensorRT plugin for rwkv::WKV6 \(RWKV-6\) yet; pass --plugin none"):
-        _check_supported(manifest, "auto")
-    _check_supported(manifest, "none")
+    assert _check_supported(manifest, "auto") == "python"
+    assert _check_supported(manifest, "python") == "python" and _check_supported(manifest, "none") == "none"
+    with pytest.raises(RwkvExportError, match=r"AOT plugin front implements rwkv::WKV4 only, not rwkv::WKV6 \(RWKV-6\)"):
+        _check_supported(manifest, "aot")
     manifest["state"][0]["initial_file"] = "initial_wkv.npy"
     with pytest.raises(RwkvExportError, match=r"non-constant initial state yet \(wkv"):
         _check_supported(manifest, "none")
-    _check_supported({"model": {"version": "4"}, "export": {"wkv_op": "WKV4"}, "state": []}, "python")
+    assert _check_supported({"model": {"version": "4"}, "export": {"wkv_op": "WKV4"}, "state": []}, "auto") == "auto"
 
 
 def test_external_data_and_derived_step(tmp_path: Path) -> None:
