@@ -88,11 +88,40 @@ template <int OP, int N> WKV_HD void mat_store(MatToken<N>& tok, const MatLoad& 
 
 // Phase 0 (before the first barrier): read this thread's state line, stage the head's constants
 // (u, and WKV5's decay, into both buffers' slots), load and stage token 0.
+// WKV7 threads own rows, and a warp reading 32 rows element by element touches 32 cache lines per
+// load (measured 3x slower decode steps than WKV5/6 at batch 16). So for N <= 64 the state passes
+// through a padded shared tile: read and written row-wise by all threads together (coalesced),
+// moved between tile and registers line-wise (no bank conflicts with the +1 padding). WKV5/6
+// columns are already coalesced, and N = 128 would need a 66 KB tile: those read global directly.
+template <int OP, int N> struct MatTiled {
+    static const bool value = OP == WKV7 && N <= 64;
+};
+template <int N> struct MatTile {
+    float s[N][N + 1];
+};
+
+// Phase -1 (before the first barrier): the tiled ops copy the head's state into the tile, row m's
+// element n by thread n.
+template <int OP, int N, typename IO> WKV_HD void mat_tile_in(const MatArgs<IO>& a, int bh, int n, MatTile<N>& tile) {
+    if (!MatTiled<OP, N>::value) return;
+    const long long base = (long long)bh * N * N;
+    for (int m = 0; m < N; ++m) tile.s[m][n] = a.state_in[base + (long long)m * N + n];
+}
+
+// After the last phase and a barrier: the tile back to state_out, row-wise.
+template <int OP, int N, typename IO> WKV_HD void mat_tile_out(const MatArgs<IO>& a, int bh, int n, const MatTile<N>& tile) {
+    if (!MatTiled<OP, N>::value) return;
+    const long long base = (long long)bh * N * N;
+    for (int m = 0; m < N; ++m) a.state_out[base + (long long)m * N + n] = tile.s[m][n];
+}
+
 template <int OP, int N, typename IO>
-WKV_HD void mat_begin(const MatArgs<IO>& a, int bh, int n, MatThread<N>& th, MatToken<N>* buf, float* u) {
+WKV_HD void mat_begin(const MatArgs<IO>& a, int bh, int n, MatThread<N>& th, MatToken<N>* buf, float* u, const MatTile<N>& tile) {
     const long long base = (long long)bh * N * N;
     for (int m = 0; m < N; ++m)  // WKV5/6: column n (S[m][n]); WKV7: row n (S[n][m])
-        th.s[m] = OP == WKV7 ? a.state_in[base + (long long)n * N + m] : a.state_in[base + (long long)m * N + n];
+        th.s[m] = MatTiled<OP, N>::value ? tile.s[n][m]
+                  : OP == WKV7           ? a.state_in[base + (long long)n * N + m]
+                                         : a.state_in[base + (long long)m * N + n];
     const int h = bh % a.H;
     if (OP != WKV7) u[n] = a.u[h * N + n];
     if (OP == WKV5) buf[0].w[n] = buf[1].w[n] = mat_decay(a.w_raw[h * N + n]);
@@ -137,10 +166,14 @@ WKV_HD void mat_phase(const MatArgs<IO>& a, int bh, int n, int t, MatThread<N>& 
     }
 }
 
-template <int OP, int N, typename IO> WKV_HD void mat_end(const MatArgs<IO>& a, int bh, int n, const MatThread<N>& th) {
+// After the last phase: this thread's line to state_out (or to the tile, which mat_tile_out then
+// writes after a barrier).
+template <int OP, int N, typename IO>
+WKV_HD void mat_end(const MatArgs<IO>& a, int bh, int n, const MatThread<N>& th, MatTile<N>& tile) {
     const long long base = (long long)bh * N * N;
     for (int m = 0; m < N; ++m) {
-        if (OP == WKV7) a.state_out[base + (long long)n * N + m] = th.s[m];
+        if (MatTiled<OP, N>::value) tile.s[n][m] = th.s[m];
+        else if (OP == WKV7) a.state_out[base + (long long)n * N + m] = th.s[m];
         else a.state_out[base + (long long)m * N + n] = th.s[m];
     }
 }
@@ -152,16 +185,26 @@ template <int OP, int N, typename IO> WKV_HD void mat_end(const MatArgs<IO>& a, 
 template <int OP, int N, typename IO> __device__ __forceinline__ void mat_kernel(const MatArgs<IO>& a) {
     __shared__ MatToken<N> buf[2];
     __shared__ float u[N];
+    __shared__ MatTile<MatTiled<OP, N>::value ? N : 1> tile_store;  // 1x2 floats where unused
+    MatTile<N>& tile = *reinterpret_cast<MatTile<N>*>(&tile_store);  // only touched when tiled
     const int bh = blockIdx.x, n = threadIdx.x;
     if (bh >= a.B * a.H || n >= N) return;  // whole blocks only: no barrier is split
     MatThread<N> th;
-    mat_begin<OP, N, IO>(a, bh, n, th, buf, u);
+    if (MatTiled<OP, N>::value) {
+        mat_tile_in<OP, N, IO>(a, bh, n, tile);
+        __syncthreads();
+    }
+    mat_begin<OP, N, IO>(a, bh, n, th, buf, u, tile);
     __syncthreads();
     for (int t = 0; t < a.T; ++t) {
         mat_phase<OP, N, IO>(a, bh, n, t, th, buf, u);
         __syncthreads();
     }
-    mat_end<OP, N, IO>(a, bh, n, th);
+    mat_end<OP, N, IO>(a, bh, n, th, tile);
+    if (MatTiled<OP, N>::value) {
+        __syncthreads();
+        mat_tile_out<OP, N, IO>(a, bh, n, tile);
+    }
 }
 
 #define MAT_DEFINE_56(OPN, OP, N, SUFFIX, IO)                                                        \

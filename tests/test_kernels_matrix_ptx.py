@@ -46,7 +46,8 @@ def test_sass_registers_fit_one_block_per_head() -> None:
         n = int(name.split("_")[1][1:])
         assert u["spill_bytes"] == 0, f"{name} spills {u['spill_bytes']} bytes"
         assert u["registers"] <= 255 and u["registers"] >= n, f"{name}: the state line of {n} floats is not in registers: {u}"
-        assert u["smem_bytes"] <= 2 * 5 * n * 4 + n * 4 + 64, f"{name}: {u}"
+        tile = n * (n + 1) * 4 if name.startswith("wkv7") and n <= 64 else 0  # WKV7's coalescing tile
+        assert u["smem_bytes"] <= 2 * 5 * n * 4 + n * 4 + tile + 64, f"{name}: {u}"
 
 
 def test_wkv4_unit_unchanged_by_the_shared_header(cache) -> None:

@@ -47,12 +47,14 @@ static int run(int B, int T, int H, int flags, const char* in, const char* out) 
                      w_raw.data(), OP == WKV7 ? nullptr : u.data(), state.data(), B, T, H, y.data(), st_out};
 
     std::vector<MatThread<N>> th(N);
+    std::vector<MatTile<N>> tile(1);  // heap: 16 KB at N = 64
     for (int bh = 0; bh < B * H; ++bh) {
         MatToken<N> buf[2];
         float ush[N];
+        for (int i = 0; i < N; ++i) mat_tile_in<OP, N, IO>(a, bh, inplace ? N - 1 - i : i, tile[0]);
         for (int i = 0; i < N; ++i) {
             const int n = inplace ? N - 1 - i : i;
-            mat_begin<OP, N, IO>(a, bh, n, th[n], buf, ush);
+            mat_begin<OP, N, IO>(a, bh, n, th[n], buf, ush, tile[0]);
         }
         for (int t = 0; t < T; ++t)
             for (int i = 0; i < N; ++i) {
@@ -61,8 +63,9 @@ static int run(int B, int T, int H, int flags, const char* in, const char* out) 
             }
         for (int i = 0; i < N; ++i) {
             const int n = inplace ? N - 1 - i : i;
-            mat_end<OP, N, IO>(a, bh, n, th[n]);
+            mat_end<OP, N, IO>(a, bh, n, th[n], tile[0]);
         }
+        for (int i = 0; i < N; ++i) mat_tile_out<OP, N, IO>(a, bh, inplace ? N - 1 - i : i, tile[0]);
     }
     FILE* fo = fopen(out, "wb");
     if (!fo) return 2;

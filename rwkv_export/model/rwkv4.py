@@ -21,7 +21,7 @@ from torch import nn
 from custom_ops.wkv4 import wkv4
 from rwkv_export.checkpoint.config import ModelConfig
 from rwkv_export.errors import RwkvExportError
-from rwkv_export.model.state import State
+from rwkv_export.model.state import State, initial_state
 
 LN_EPS = 1e-5
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -76,6 +76,10 @@ class RWKV4(nn.Module):
 
     def _scale(self, layer: int) -> float:
         return float(2 ** (layer // self.rescale_every)) if self.rescale_every else 1.0
+
+    def initial_state(self, batch: int) -> State:
+        """The state a fresh sequence starts from, in the state dtype (the RWKV-5+ models' method too)."""
+        return initial_state(self.config.n_layer, batch, self.config.n_embd, self.state_dtype)
 
     def _ln(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, (x.shape[-1],), weight, bias, LN_EPS)
