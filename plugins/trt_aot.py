@@ -27,7 +27,8 @@ _registered_arch: Optional[str] = None
 
 
 def register(ptx_arch: str = "sm_75") -> None:
-    """Define rwkv::WKV4 with `tensorrt.plugin` (register + autotune + aot_impl), once per process."""
+    """Define rwkv::WKV4 (and WKV5/6/7, plugins/trt_aot_matrix.py) with `tensorrt.plugin` (register +
+    autotune + aot_impl), once per process."""
     global _registered_arch
     if _registered_arch is not None:
         if _registered_arch != ptx_arch:
@@ -39,6 +40,9 @@ def register(ptx_arch: str = "sm_75") -> None:
     if not hasattr(trt, "QuickPluginCreationRequest"):
         raise ImportError(f"TensorRT {trt.__version__} has no AOT plugins; need >= 10.9 (or build with --plugin python)")
     _define(trtp, trt, ptx_arch)
+    from plugins import trt_aot_matrix
+
+    trt_aot_matrix.define(trtp, trt, ptx_arch)  # rwkv::WKV5, WKV6, WKV7
     _registered_arch = ptx_arch
 
 

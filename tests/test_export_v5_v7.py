@@ -340,15 +340,14 @@ def test_forms_a_version_lacks_are_refused(tmp_path: Path) -> None:
 
 
 def test_tensorrt_build_front_per_op() -> None:
-    """WKV5/6/7 build through the Python plugin front ("auto" resolves to it), not the WKV4-only AOT
-    front; no engine for a non-constant initial state (a v6 time_state)."""
+    """WKV5/6/7 build through the Python plugin front by default ("auto" resolves to it; the AOT one
+    only when asked for); no engine for a non-constant initial state (a v6 time_state)."""
     from rwkv_export.engine import _check_supported
 
     manifest = {"model": {"version": "6"}, "export": {"wkv_op": "WKV6"}, "state": [{"name": "wkv", "initial": 0.0}]}
     assert _check_supported(manifest, "auto") == "python"
     assert _check_supported(manifest, "python") == "python" and _check_supported(manifest, "none") == "none"
-    with pytest.raises(RwkvExportError, match=r"AOT plugin front implements rwkv::WKV4 only, not rwkv::WKV6 \(RWKV-6\)"):
-        _check_supported(manifest, "aot")
+    assert _check_supported(manifest, "aot") == "aot"
     manifest["state"][0]["initial_file"] = "initial_wkv.npy"
     with pytest.raises(RwkvExportError, match=r"non-constant initial state yet \(wkv"):
         _check_supported(manifest, "none")

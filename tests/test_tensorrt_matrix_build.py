@@ -114,3 +114,95 @@ def test_tiny_trained_model_engines_map_every_wkv_node(tmp_path: Path, stem: str
         assert entry["plugin"] == "python" and entry["plugin_layers"] == n_layer
         assert entry["sha256"] == sha256_file(model_dir / entry["file"])
         assert trt_plugin.kernel_sha256(op).encode() in (model_dir / entry["file"]).read_bytes()
+
+
+# --- the AOT front's own logic (tensorrt.plugin itself is not installable here) --------------------
+
+
+class _Expr:
+    """A shape expression: a known int, or symbolic (value None)."""
+
+    def __init__(self, value: int | None) -> None:
+        self.value = value
+
+    def __mul__(self, other: "_Expr") -> "_Expr":
+        return _Expr(None if self.value is None or other.value is None else self.value * other.value)
+
+    @property
+    def is_constant(self) -> bool:
+        return self.value is not None
+
+    def constant_value(self) -> int:
+        assert self.value is not None
+        return self.value
+
+
+class _Combination(tuple):
+    def __new__(cls, types: str, fmt: str) -> "_Combination":
+        return super().__new__(cls, (types, fmt))
+
+
+class _Recorder:
+    """Stands in for `tensorrt.plugin`'s decorators and value classes: records what is registered."""
+
+    def __init__(self) -> None:
+        self.fns: dict[tuple[str, str], Any] = {}
+        self.KernelLaunchParams = type("KernelLaunchParams", (), {})
+        self.SymIntExprs = type("SymIntExprs", (), {"from_tuple": staticmethod(list)})
+        self.SymInt32 = lambda e: e  # noqa: E731
+        self.AutoTuneCombination = _Combination
+        self.SymExprs = type("SymExprs", (), {})
+        self.from_shape_expr = lambda shape, dtype: ("from_shape_expr", shape, dtype)  # noqa: E731
+        self.TensorDesc = object
+
+    def _deco(self, kind: str, pid: str) -> Any:
+        def wrap(fn: Any) -> Any:
+            self.fns[(kind, pid)] = fn
+            return fn
+        return wrap
+
+    def register(self, pid: str) -> Any:
+        return self._deco("register", pid)
+
+    def autotune(self, pid: str) -> Any:
+        return self._deco("autotune", pid)
+
+    def aot_impl(self, pid: str) -> Any:
+        return self._deco("aot_impl", pid)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_aot_front_signatures_entries_and_geometry(op: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import inspect
+
+    pytest.importorskip("cuda.bindings", reason="NVRTC (cuda-bindings) compiles the PTX the AOT plugin embeds")
+    from plugins import trt_aot_matrix
+    from plugins.nvrtc import ptx_entries
+
+    monkeypatch.setenv("RWKV_EXPORT_CACHE", str(tmp_path))
+    rec = _Recorder()
+    trt_aot_matrix.define(rec, type("trt", (), {"float32": "FP32"}), "sm_80")
+    pid = f"rwkv::{op}"
+    names = PLUGIN_OPS[op].inputs
+    for kind in ("register", "autotune", "aot_impl"):  # TensorRT binds inputs by position: names must be the op's
+        assert tuple(inspect.signature(rec.fns[(kind, pid)]).parameters)[:len(names)] == names, kind
+    (combo, fmt), = rec.fns[("autotune", pid)](*[None] * (len(names) + 1))
+    assert combo.split(", ") == ["FP32"] * (len(names) + 2) and fmt == "LINEAR"
+
+    B, T, H = _Expr(None), _Expr(None), _Expr(12)
+    k = type("Desc", (), {"shape_expr": [B, T, H, _Expr(64)]})()
+    descs = [k if n == "k" else None for n in names]
+    entry, ptx, params, scalars = rec.fns[("aot_impl", pid)](*descs, (), 0)
+    assert entry == f"{op.lower()}_n64_f32".encode() and entry.decode() in ptx_entries(ptx.decode())
+    assert params.block_x == 64 and params.shared_mem == 0 and scalars == [B, T, H]
+    assert params.grid_x.value is None  # B * H, resolved at run time
+    k.shape_expr = [_Expr(2), _Expr(3), _Expr(12), _Expr(64)]
+    assert rec.fns[("aot_impl", pid)](*descs, (), 0)[2].grid_x.value == 24
+    k.shape_expr = [B, T, H, _Expr(None)]
+    with pytest.raises(ValueError, match="head size .* must be static"):
+        rec.fns[("aot_impl", pid)](*descs, (), 0)
+    k.shape_expr = [B, T, H, _Expr(48)]
+    with pytest.raises(ValueError, match="no kernel for head size 48"):
+        rec.fns[("aot_impl", pid)](*descs, (), 0)
+    y, state = rec.fns[("register", pid)](*[k if n == "k" else (type("S", (), {"like": lambda self: "like-state"})() if n == "state_in" else None) for n in names])
+    assert y == ("from_shape_expr", k.shape_expr, "FP32") and state == "like-state"
