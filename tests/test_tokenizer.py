@@ -114,3 +114,40 @@ def test_bytes_on_tiny_model() -> None:
     out = [int(t[0]) for t in generate(backend, [ids], 24, Sampling(temperature=0.0))]
     text = "".join(_stream(tok, out))
     assert text == tok.decode(out) and len(text) > 0
+
+
+def _greedy_world_oracle(text: str) -> list[int]:
+    """Independent of the rwkv package's trie: the vocabulary file read line by line, then greedy
+    longest match over the UTF-8 bytes (how the world tokenizer is defined)."""
+    import ast
+
+    import rwkv
+
+    table: dict[bytes, int] = {}
+    for line in (Path(rwkv.__file__).parent / "rwkv_vocab_v20230424.txt").read_text(encoding="utf-8").splitlines():
+        idx, rest = line.split(" ", 1)
+        token_repr, length = rest.rsplit(" ", 1)
+        token = ast.literal_eval(token_repr)
+        raw = token.encode("utf-8") if isinstance(token, str) else token
+        assert len(raw) == int(length), line
+        table[raw] = int(idx)
+    longest = max(map(len, table))
+    data, out, i = text.encode("utf-8"), [], 0
+    while i < len(data):
+        for n in range(min(longest, len(data) - i), 0, -1):
+            if data[i:i + n] in table:
+                out.append(table[data[i:i + n]])
+                i += n
+                break
+        else:
+            raise AssertionError(f"byte {data[i]} not in the vocabulary")
+    return out
+
+
+@requires_rwkv
+@pytest.mark.parametrize("text", ["Hello world", "你好，世界", "\n\nUser: what is 2+2?\n\nAssistant:", "emoji 🦀 and tabs\t\tx", "  leading spaces"])
+def test_world_tokenizer_is_greedy_longest_match_of_the_vocab_file(text: str) -> None:
+    tok = WorldTokenizer()
+    ids = tok.encode(text)
+    assert ids == _greedy_world_oracle(text)
+    assert tok.decode(ids) == text
