@@ -18,6 +18,7 @@ and time_state cases use 2-layer random checkpoints.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -373,3 +374,28 @@ def test_external_data_and_derived_step(tmp_path: Path) -> None:
         ref, ref_state = _ref_run(model, tokens, exported.initial_state(2))
     assert logits.shape == (2, 61) and _rel(logits, ref[:, -1]) < TOL["float32"], f"external-data step: rel {_rel(logits, ref[:, -1]):.2e}"
     assert _rel(state["wkv"], ref_state["wkv"]) < STATE_TOL_F32
+
+
+@pytest.mark.skipif(importlib.util.find_spec("rwkv") is None, reason="needs the `rwkv` package (world vocabulary)")
+def test_world_vocabulary_model_runs_with_the_world_tokenizer(tmp_path: Path) -> None:
+    """A v6 checkpoint with the 65536-token world vocabulary: the manifest names the world tokenizer,
+    and `run --prompt` feeds its ids: greedy ids equal the float64 reference's on those ids."""
+    from rwkv_export.cli import cli
+    from rwkv_export.tokenizer import WorldTokenizer
+
+    config, weights = random_weights("6", 2, 32, 65536, seed=4)
+    ckpt = Checkpoint(config, weights, "random", tmp_path / "world.pth")
+    directory = export_checkpoint(ckpt, tmp_path / "out").directory
+    assert json.loads((directory / "manifest.json").read_text())["tokenizer"]["kind"] == "world"
+    result = CliRunner().invoke(cli, ["run", str(directory), "--prompt", "Hello world", "--max-tokens", "4", "--temperature", "0", "--ids", "-q"])
+    assert result.exit_code == 0, result.output
+    got = [int(i) for i in result.stdout.replace(",", " ").split()]
+
+    model = build_model(ckpt, "float64")
+    ids = WorldTokenizer().encode("Hello world")
+    logits, state = model.forward_sequence(torch.tensor([ids]), model.initial_state(1))
+    want = []
+    for _ in range(4):
+        want.append(int(logits[0].argmax()))
+        logits, state = model.forward_step(torch.tensor([want[-1]]), state)
+    assert got == want, f"run gave {got}, the reference on the world ids {ids} gives {want}"
