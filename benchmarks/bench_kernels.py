@@ -129,22 +129,28 @@ def print_table(rows: list[dict], peak: float, source: str) -> None:
               f"{fmt(r['pct_peak'], '6.1f'):>6} {fmt(r['vs_seq'], '6.2f'):>6} {fmt(r['vs_torch_loop'], '8.1f'):>8}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_cli(argv: list[str] | None, doc: str, name: str, bench_fn: Callable[..., list[dict]], quick: Sequence, full: Sequence,
+            print_fn: Callable[[list[dict], float, str], None]) -> int:
+    """The command line both kernel benchmarks share: --quick, --io, --json, --peak-gbs."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer shapes (for scripts/gpu_check.sh)")
     parser.add_argument("--io", default="f32,f16", help="comma-separated I/O dtypes: f32, f16")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
     parser.add_argument("--peak-gbs", type=float, help="card's DRAM bandwidth, if the driver does not say")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        print("bench_kernels: no CUDA GPU visible to torch; nothing to time", file=sys.stderr)
+        print(f"{name}: no CUDA GPU visible to torch; nothing to time", file=sys.stderr)
         return 2
     peak, source = peak_bandwidth(args.peak_gbs)
-    rows = bench(QUICK if args.quick else SHAPES, args.io.split(","), peak)
-    print_table(rows, peak, source)
+    rows = bench_fn(quick if args.quick else full, args.io.split(","), peak)
+    print_fn(rows, peak, source)
     if args.json:
         args.json.write_text(json.dumps({"device": torch.cuda.get_device_name(), "peak_gb_s": peak, "rows": rows}, indent=1))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(argv, __doc__, "bench_kernels", bench, QUICK, SHAPES, print_table)
 
 
 if __name__ == "__main__":

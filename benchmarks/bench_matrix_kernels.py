@@ -11,15 +11,13 @@ GPU; exits 2 without.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_kernels import peak_bandwidth, time_ms  # noqa: E402
+from benchmarks.bench_kernels import run_cli, time_ms  # noqa: E402
 from custom_ops import wkv5, wkv6, wkv7  # noqa: E402
 from plugins.matrix_launcher import io_inputs, matrix_launch_raw, plan_matrix_launch  # noqa: E402
 from tests._wkv_matrix_cases import make_case  # noqa: E402
@@ -73,21 +71,7 @@ def print_table(rows: list[dict], peak: float, source: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer shapes (for scripts/gpu_check.sh)")
-    parser.add_argument("--io", default="f32,f16", help="comma-separated I/O dtypes: f32, f16")
-    parser.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
-    parser.add_argument("--peak-gbs", type=float, help="card's DRAM bandwidth, if the driver does not say")
-    args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("bench_matrix_kernels: no CUDA GPU visible to torch; nothing to time", file=sys.stderr)
-        return 2
-    peak, source = peak_bandwidth(args.peak_gbs)
-    rows = bench(QUICK if args.quick else SHAPES, args.io.split(","), peak)
-    print_table(rows, peak, source)
-    if args.json:
-        args.json.write_text(json.dumps({"device": torch.cuda.get_device_name(), "peak_gb_s": peak, "rows": rows}, indent=1))
-    return 0
+    return run_cli(argv, __doc__, "bench_matrix_kernels", bench, QUICK, SHAPES, print_table)
 
 
 if __name__ == "__main__":

@@ -268,13 +268,17 @@ def wkv4_launch_raw(
     if B * C == 0:
         return launch  # nothing to compute (T == 0 still launches: the kernels copy the state)
     scalars = (B, C) if launch.entry.startswith("wkv4_step") else (B, T, C)
-    args = pack_args((time_decay, time_first, k, v, aa, bb, pp), scalars, (y, aa_out, bb_out, pp_out))
+    enqueue(mod, launch, pack_args((time_decay, time_first, k, v, aa, bb, pp), scalars, (y, aa_out, bb_out, pp_out)), stream)
+    return launch
+
+
+def enqueue(mod: _Module, launch: Launch, args: PackedArgs, stream: int) -> None:
+    """cuLaunchKernel of `launch` from `mod` with packed `args` on `stream` (the one launch call)."""
     driver = mod.driver
     _check(driver, driver.cuLaunchKernel(
         mod.function(launch.entry), *launch.grid, *launch.block, launch.shared_mem,
         driver.CUstream(int(stream)), args.address, 0,
     ), f"cuLaunchKernel({launch.entry})")
-    return launch
 
 
 def wkv4_launch(time_decay, time_first, k, v, aa, bb, pp, *, form: str = "auto", stream: int | None = None):

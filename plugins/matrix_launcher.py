@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from custom_ops import wkv5, wkv6, wkv7
-from plugins.launcher import Launch, _check, _module_for, pack_args
+from plugins.launcher import Launch, _module_for, enqueue, pack_args
 from plugins.nvrtc import HEAD_SIZES
 from rwkv_export.errors import RwkvExportError
 
@@ -57,13 +57,7 @@ def matrix_launch_raw(
     launch = plan_matrix_launch(op, io, B, T, H, N)
     if B * H == 0:
         return launch
-    mod = _module_for(device, unit="matrix")
-    args = pack_args(list(inputs), (B, T, H), list(outputs))
-    driver = mod.driver
-    _check(driver, driver.cuLaunchKernel(
-        mod.function(launch.entry), *launch.grid, *launch.block, launch.shared_mem,
-        driver.CUstream(int(stream)), args.address, 0,
-    ), f"cuLaunchKernel({launch.entry})")
+    enqueue(_module_for(device, unit="matrix"), launch, pack_args(list(inputs), (B, T, H), list(outputs)), stream)
     return launch
 
 
