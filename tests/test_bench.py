@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from rwkv_export.bench.report import finalize, format_table
+from rwkv_export.bench.workspace import random_workspace
 from rwkv_export.bench.stats import interleaved, quantile, round_robin_order, summarize
 from rwkv_export.cli import cli
 
@@ -186,3 +187,157 @@ def test_bench_end_to_end_on_a_tiny_model(tmp_path) -> None:  # type: ignore[no-
         assert b["memory"]["peak_mb"] > b["memory"]["delta_mb"] > 0, (name, b["memory"])
         assert b["parity"]["max_rel"] < 1e-4, (name, b["parity"])  # float32 everywhere: the same weights
     assert [t["status"] for t in data["targets"]] == ["unknown", data["targets"][1]["status"]]
+
+
+# --- RWKV-5.2, 6, 7 -------------------------------------------------------------------------------
+
+
+def test_summary_puts_ort_beside_torch_and_rwkv() -> None:
+    r = finalize(_raw())
+    prefill, step = r["summary"]
+    assert prefill["values"] == pytest.approx({"ort-fp32": 320.0, "torch": 256.0, "rwkv": 512 / 1.92})
+    assert prefill["speedup"] == pytest.approx({"torch": 1.25, "rwkv": 1.2})  # 320 / 256, 320 / 266.7
+    assert step["values"] == pytest.approx({"ort-fp32": 60.0, "torch": 80.0, "rwkv": 100.0})
+    assert step["speedup"] == pytest.approx({"torch": 80 / 60, "rwkv": 100 / 60})  # ms ratios: > 1 is ORT faster
+    text = format_table(r)
+    assert "prefill 512, tok/s        320.0      256.0      266.7      1.25      1.20" in text
+    assert "step, ms/token            60.00      80.00     100.00      1.33      1.67" in text
+    raw = _raw()
+    del raw["backends"]["rwkv"]
+    prefill, step = finalize(raw)["summary"]
+    assert prefill["values"]["rwkv"] is None and prefill["speedup"]["rwkv"] is None
+    assert "prefill 512, tok/s        320.0      256.0          -      1.25         -" in format_table(finalize(raw))
+
+
+@pytest.mark.parametrize("version", ["4", "5.1", "5.2", "6", "7"])
+def test_limits_count_each_versions_own_weights(version: str) -> None:
+    """Step bytes = every weight but the embedding table (one row of it); prefill FLOP = 2 x the block
+    matrices per token: checked against the tensors of a random checkpoint and, per version, by hand."""
+    from rwkv_export.bench.limits import block_matrix_params, prefill_flop, step_weight_bytes
+    from rwkv_export.checkpoint.random import random_weights
+
+    L, C, V, N, R = 3, 64, 97, 16, 8
+    config, weights = random_weights(version, L, C, V, head_size=N, lora=R)
+    F = config.ffn_size
+    assert step_weight_bytes(config, 4) == 4 * (sum(t.numel() for t in weights.values()) - V * C + C)
+    assert step_weight_bytes(config, 2) * 2 == step_weight_bytes(config, 4)
+    by_hand = {
+        "4": L * (4 * C * C + C * C + 2 * C * F),  # k v r o; ffn r; ffn k v
+        "5.1": L * (4 * C * C + C * C + 2 * C * F),
+        "5.2": L * (5 * C * C + C * C + 2 * C * F),  # + gate
+        "6": L * (5 * C * C + C * C + 2 * C * F + C * 5 * R + 5 * R * C + 2 * C * R),  # + mix LoRA (5 ways) + decay LoRA
+        "7": L * (4 * C * C + 2 * C * F + 4 * 2 * C * R) - 2 * C * R,  # no ffn r; w a v g LoRAs; block 0 has no v LoRA
+    }[version]
+    assert block_matrix_params(config) == by_hand
+    assert prefill_flop(config, 2, 10) == 2 * (10 * 2.0 * by_hand + 2.0 * V * C)
+
+
+def _bench(tmp_path, version: str, backends: list[str], *extra: str) -> tuple[dict, str]:  # type: ignore[no-untyped-def]
+    out = tmp_path / f"bench-{version}.json"
+    args = ["bench", "--version", version, "--shape", "2x64x97", "--head-size", "16", "--cache-dir", str(tmp_path / "cache"),
+            "--backends", ",".join(backends), "--seq", "8", "--batch", "1,2", "--reps", "2", "--step-reps", "2", "--steps", "2",
+            "--quick-limits", "--no-memory", "--json", str(out), "-q", *extra]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(out.read_text()), result.stdout
+
+
+def _check_figures(data: dict, name: str, batches: tuple[int, ...] = (1, 2)) -> None:
+    b = data["backends"][name]
+    assert b["status"] == "ok", (name, b.get("reason"))
+    for batch in batches:
+        for figure in ("tok_s", "vs_torch", "of_ceiling"):
+            assert math.isfinite(b["prefill"][f"{batch}x8"][figure]), (name, batch, figure)
+        for figure in ("ms", "tok_s", "vs_torch", "x_floor"):
+            assert math.isfinite(b["step"][str(batch)][figure]), (name, batch, figure)
+    assert b["parity"]["max_rel"] < 1e-5, (name, b["parity"])  # float32 everywhere: the same weights, the same model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", ["5.2", "6", "7"])
+def test_bench_later_versions(tmp_path, version: str) -> None:  # type: ignore[no-untyped-def]
+    """torch and ORT float32 on every later version, plus the `rwkv` package (an independent
+    implementation) where it runs in this process (4/5/6: the family the tests import); transformers
+    says why it cannot."""
+    peer = ["rwkv"] if version != "7" else []
+    data, text = _bench(tmp_path, version, ["torch", "ort-fp32", *peer, "transformers"])
+    m = data["model"]
+    assert (m["version"], m["n_layer"], m["n_embd"], m["vocab_size"], m["n_head"], m["head_size"]) == (version, 2, 64, 97, 4, 16)
+    assert f"RWKV-{version} 2 x 64 (4 heads of 16)" in text
+    for name in ("torch", "ort-fp32"):
+        _check_figures(data, name)
+    if peer:
+        _check_figures(data, "rwkv", batches=(1,))
+    t = data["backends"]["transformers"]
+    assert t["status"] == "skipped" and f"RWKV-4 only; this is RWKV-{version}" in t["reason"]
+    prefill, step = data["summary"]
+    assert math.isfinite(prefill["speedup"]["torch"]) and math.isfinite(step["speedup"]["torch"])
+    assert (prefill["speedup"]["rwkv"] is not None) == bool(peer)
+    assert data["limits"]["step_floor_ms"]["float32"] > 0
+    ws, _ = random_workspace(tmp_path / "cache", 2, 64, 97, version=version, head_size=16)
+    assert ws.version() == version and ws.config_file.is_file()  # backends learn the version without loading weights
+
+
+@pytest.mark.slow
+def test_bench_rwkv7_with_the_rwkv_package_in_a_fresh_process(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The package runs RWKV-7 only when imported with RWKV_V7_ON=1, once per process: a fresh bench
+    process imports it so; its logits agree with the torch reference's."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("rwkv", reason="the `rwkv` package (bench extra) is not installed")
+    out = tmp_path / "bench.json"
+    args = ["bench", "--version", "7", "--shape", "2x64x97", "--head-size", "16", "--cache-dir", str(tmp_path / "cache"),
+            "--backends", "torch,ort-fp32,rwkv", "--seq", "8", "--batch", "1", "--reps", "2", "--step-reps", "2", "--steps", "2",
+            "--quick-limits", "--no-memory", "--json", str(out), "-q"]
+    env = {k: v for k, v in os.environ.items() if k != "RWKV_V7_ON"}  # the bench must set it itself
+    proc = subprocess.run([sys.executable, "-c", "from rwkv_export.cli import main; main()", *args], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    for name in ("torch", "ort-fp32", "rwkv"):
+        _check_figures(data, name, batches=(1,))
+    step = data["summary"][-1]
+    assert step["figure"] == "step, ms/token" and all(math.isfinite(v) for v in step["values"].values())
+
+
+def test_rwkv_package_family_is_fixed_per_process() -> None:
+    """In-process (the test session imports the RWKV-4/5/6 family), RWKV-7 is unavailable with the reason."""
+    pytest.importorskip("rwkv", reason="the `rwkv` package (bench extra) is not installed")
+    from rwkv_export.bench.backends import BackendUnavailable, rwkv_package_class
+
+    cls = rwkv_package_class("5.2")
+    assert rwkv_package_class("6") is cls and rwkv_package_class("4") is cls
+    with pytest.raises(BackendUnavailable, match="RWKV-4/5/6 only .*RWKV-7 needs a fresh process"):
+        rwkv_package_class("7")
+
+
+def test_bench_bad_version_input_exits_2(tmp_path, random_ckpt) -> None:  # type: ignore[no-untyped-def]
+    cache = ["--cache-dir", str(tmp_path / "cache"), "--backends", "torch"]
+    for args, needle in (
+        (["--version", "6", "--shape", "2x60x97"], "n_embd) 60 is not a multiple of the head size 64"),
+        (["--version", "7", "--shape", "2x64x97", "--head-size", "24"], "not a multiple of the head size 24"),
+        (["--shape", "2x64x97", "--head-size", "16"], "--head-size applies to RWKV-5/6/7"),
+        ([str(random_ckpt), "--version", "6"], "--version and --head-size describe the random model"),
+    ):
+        result = CliRunner().invoke(cli, ["bench", *args, *cache], catch_exceptions=False)
+        assert result.exit_code == 2, (args, result.output)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and needle in lines[0], (args, lines)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir()), "nothing made for refused input"
+
+
+def test_workspace_keeps_the_sources_group_norm_eps(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An rwkv.cpp 5.2 file (GroupNorm eps 1e-5) benched through the workspace's model.pth, which a
+    bare .pth load would read with the 5.2 release default (64e-5): the workspace keeps 1e-5."""
+    from rwkv_export.bench.workspace import ensure, source_workspace
+    from rwkv_export.checkpoint import load_checkpoint
+    from tests.conftest import TINY, tiny_model
+
+    if not TINY.is_dir():
+        pytest.skip(f"needs the tiny trained models in {TINY}")
+    ws, make = source_workspace(tmp_path, str(tiny_model("5v2-730K")))
+    ckpt = ensure(ws, make, need_hf=False, dtypes=[], progress=lambda _: None)
+    assert load_checkpoint(ws.pth).config.extra["group_norm_eps"] == pytest.approx(64e-5)  # why the workspace must say it
+    assert ckpt.config.extra["group_norm_eps"] == pytest.approx(1e-5) == ws.checkpoint().config.extra["group_norm_eps"]

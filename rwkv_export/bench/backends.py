@@ -9,14 +9,19 @@ Backends: the torch reference (sequence form for prefill, step form for steps), 
 float32 and float16 exports (int8 once a quantized export exists), TensorRT engines where a GPU and
 TensorRT are present, and the peers a user would pick instead: the `rwkv` package (`cpu fp32`) and
 transformers' RwkvForCausalLM. All read the files of one `Workspace`, i.e. the same weights.
+
+Every RWKV version runs on the torch reference, ORT and the `rwkv` package (which picks RWKV-7 or
+RWKV-4/5/6 once per process, see `rwkv_package_class`); transformers has RWKV-4 only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import os
 import shutil
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -60,25 +65,33 @@ class Backend:
 
 
 class TorchReference(Backend):
+    """The stage-2 reference of the checkpoint's version, float32, in its own state type."""
+
     def __init__(self, ws: Workspace, threads: int) -> None:
-        from rwkv_export.model import RWKV4, build_model, initial_state
+        from rwkv_export.model import build_model
 
         ckpt = ws.checkpoint()
-        model = build_model(ckpt, "float32")
-        assert isinstance(model, RWKV4), "the workspace holds RWKV-4 checkpoints only"
-        self.model = model
+        self.model = build_model(ckpt, "float32")
         self.cfg = ckpt.config
-        self._initial = initial_state
         del ckpt
 
+    def _initial(self, batch: int) -> Any:
+        """The model's own initial state: MatrixRWKV has `initial_state` (v6 may start from its
+        time_state); RWKV-4's five-tensor State comes from the model package's function."""
+        own = getattr(self.model, "initial_state", None)
+        if callable(own):
+            return own(batch)
+        from rwkv_export.model import initial_state
+
+        return initial_state(self.cfg.n_layer, batch, self.cfg.n_embd)
+
     def prefill(self, tokens: np.ndarray) -> np.ndarray:
-        state = self._initial(self.cfg.n_layer, tokens.shape[0], self.cfg.n_embd)
         with torch.inference_mode():
-            logits, _ = self.model.forward_sequence(torch.from_numpy(tokens), state)
+            logits, _ = self.model.forward_sequence(torch.from_numpy(tokens), self._initial(tokens.shape[0]))
         return logits.numpy()
 
     def reset(self, batch: int) -> None:
-        self.state = self._initial(self.cfg.n_layer, batch, self.cfg.n_embd)
+        self.state = self._initial(batch)
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -111,21 +124,55 @@ class OrtBackend(Backend):
         self.model.__exit__(None, None, None)
 
 
+def rwkv_package_class(version: str) -> Any:
+    """The `rwkv` package's model class for an RWKV-`version` checkpoint, importing the package if needed.
+
+    The package picks its model family once, at import: with RWKV_V7_ON=1 its `RWKV` is the RWKV-7
+    class (RWKV_x070) and RWKV-4/5/6 are gone; without it, RWKV-4/5/6 only. Not imported yet: import
+    it for this version's family (RWKV_V7_ON set for the import only, the user's environment is
+    restored). Already imported for the other family: unavailable, with the reason; one process
+    cannot hold both, and re-importing under another name would not be the package a user runs.
+    """
+    want_v7 = version == "7"
+    module = sys.modules.get("rwkv.model")
+    if module is None:
+        saved = os.environ.get("RWKV_V7_ON")
+        os.environ["RWKV_V7_ON"] = "1" if want_v7 else "0"
+        # it scripts its modules with torch.jit, which warns of deprecation on every class; v7 prints a banner
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = importlib.import_module("rwkv.model")
+        except ImportError as exc:
+            raise BackendUnavailable(f"the `rwkv` package is not installed ({exc}); pip install 'rwkv-export[bench]'") from None
+        finally:
+            if saved is None:
+                os.environ.pop("RWKV_V7_ON", None)
+            else:
+                os.environ["RWKV_V7_ON"] = saved
+    has_v7 = hasattr(module, "RWKV_x070")
+    if has_v7 != want_v7:
+        family = "RWKV-7 only (RWKV_V7_ON=1)" if has_v7 else "RWKV-4/5/6 only (RWKV_V7_ON unset)"
+        raise BackendUnavailable(f"the `rwkv` package was already imported in this process for {family}; it picks its model "
+                                 f"family once per process, at import, so RWKV-{version} needs a fresh process")
+    return module.RWKV
+
+
 class RwkvPackage(Backend):
-    """The `rwkv` PyPI package (ChatRWKV's model), strategy 'cpu fp32'; one sequence per call."""
+    """The `rwkv` PyPI package (ChatRWKV's model), strategy 'cpu fp32'; one sequence per call.
+
+    It normalises ln_x with eps 64e-5 for every version; an RWKV-5.1 .pth declares 1e-5, so on 5.1
+    the parity line shows that difference, not a loading fault.
+    """
 
     max_batch = 1
 
     def __init__(self, ws: Workspace, threads: int) -> None:
-        # it scripts its modules with torch.jit, which warns of deprecation on every class, and prints
-        # a line per tensor while loading
+        rwkv_class = rwkv_package_class(ws.version())
+        # it prints a line per tensor while loading (and warns of TorchScript deprecation)
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore", DeprecationWarning)
-            try:
-                from rwkv.model import RWKV
-            except ImportError as exc:
-                raise BackendUnavailable(f"the `rwkv` package is not installed ({exc}); pip install 'rwkv-export[bench]'") from None
-            self.model = RWKV(model=str(ws.pth.with_suffix("")), strategy="cpu fp32")
+            self.model = rwkv_class(model=str(ws.pth.with_suffix("")), strategy="cpu fp32")
 
     def prefill(self, tokens: np.ndarray) -> np.ndarray:
         logits, _ = self.model.forward(tokens[0].tolist(), None)
@@ -143,6 +190,9 @@ class Transformers(Backend):
     """transformers' RwkvForCausalLM on the same weights (HF directory), float32, eager."""
 
     def __init__(self, ws: Workspace, threads: int) -> None:
+        version = ws.version()
+        if version != "4":
+            raise BackendUnavailable(f"transformers has RwkvForCausalLM for RWKV-4 only; this is RWKV-{version}")
         try:
             from transformers import RwkvForCausalLM
             from transformers.utils import logging as hf_logging
@@ -236,6 +286,6 @@ def make_backend(name: str, ws: Workspace, threads: int) -> Backend:
 
 
 def needs(names: list[str]) -> dict[str, Any]:
-    """Which workspace files the chosen backends read."""
+    """Which workspace files the chosen backends read (the HF directory only exists for RWKV-4)."""
     dtypes = sorted({ONNX_DTYPES[n] for n in names if n in ONNX_DTYPES} | ({"float32"} if "tensorrt" in names else set()))
     return {"hf": "transformers" in names, "dtypes": dtypes}

@@ -1,19 +1,22 @@
 """The machine's limits, measured in the same run as the backends, and what they bound.
 
-- Memory bandwidth: a step at batch 1 reads every weight matrix once per token (plus one embedding
+- Memory bandwidth: a step at batch 1 reads every weight once per token (of the embedding, one
   row), so `weight bytes per token / bandwidth` is the lowest possible step time. The probe sums a
   buffer far larger than the caches with torch on the benchmark's threads (a read stream, as a
   matrix-vector product is) and copies one with numpy; the best rate seen is the bandwidth, which
   makes the floor a true lower bound.
 - Matmul throughput: prefill is matrix-matrix products, 2 FLOP per weight per token (the head runs
   once per sequence: the prefill graph returns the last position's logits), so
-  `sgemm FLOP/s / FLOP per token` is the highest possible prefill tok/s. The probe runs float32
+  `sgemm FLOP/s / FLOP per token` is the highest possible prefill tok/s (the WKV recurrence is
+  left out: O(C) per token for RWKV-4, O(C x head size) for 5/6/7, a few % of the matrices at
+  head size 64; so the ceiling is slightly optimistic for 5/6/7). The probe runs float32
   GEMMs on the model's own shapes and on 1024^3 with torch, numpy and ONNX Runtime (MLAS) on the
   benchmark's threads; the best rate is the ceiling.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -21,6 +24,7 @@ import numpy as np
 import torch
 
 from rwkv_export.checkpoint import ModelConfig
+from rwkv_export.checkpoint.versions import expected_shapes
 
 
 @dataclass
@@ -109,25 +113,36 @@ def measure_limits(config: ModelConfig, quick: bool = False, threads: int | None
 
 
 # --- what the limits bound ---------------------------------------------------------------------
+# Counted from the version's key/shape table (versions.expected_shapes), so every version is priced
+# by its own weights: RWKV-5.2/6 add a gate matrix, 6/7 LoRA pairs, 7 drops the FFN receptance.
+
+# Per-layer tensors multiplied by activations (matrix products), besides every 2-D `*.weight`:
+# the LoRA pairs of v6 (mix, decay) and v7 (decay w, in-context rate a, value residual v, gate g).
+LORA_NAMES = frozenset({"time_maa_w1", "time_maa_w2", "time_decay_w1", "time_decay_w2",
+                        "w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2"})
 
 
-def layer_matrix_params(config: ModelConfig) -> int:
-    """Weights of one layer's matrices: key/value/receptance/output (4 C^2) and the FFN (C^2 + 2 C F)."""
-    c, f = config.n_embd, config.ffn_size
-    return 4 * c * c + c * c + 2 * c * f
+def _is_matrix(key: str, shape: tuple[int, ...]) -> bool:
+    name = key.rsplit(".", 1)[-1]
+    return (key.endswith(".weight") and len(shape) == 2) or name in LORA_NAMES
+
+
+def block_matrix_params(config: ModelConfig) -> int:
+    """Weights of every layer's matrices (RWKV-4: 4 C^2 attention + C^2 + 2 C F channel mixing per layer)."""
+    required, _ = expected_shapes(config)
+    return sum(math.prod(shape) for key, shape in required.items() if key.startswith("blocks.") and _is_matrix(key, shape))
 
 
 def step_weight_bytes(config: ModelConfig, bytes_per_weight: int) -> int:
-    """Bytes a batch-1 step must read: every layer's weights, the head, and one embedding row."""
-    c, v, n_layer = config.n_embd, config.vocab_size, config.n_layer
-    per_layer_vectors = 4 * c + 5 * c + 2 * c  # ln1/ln2 weight+bias, 5 time-mix vectors, decay, first
-    total = n_layer * (layer_matrix_params(config) + per_layer_vectors) + v * c + 4 * c + c
-    return total * bytes_per_weight
+    """Bytes a batch-1 step must read: every weight of the checkpoint but the embedding table, of which one row."""
+    required, _ = expected_shapes(config)
+    total = sum(math.prod(shape) for shape in required.values())
+    return (total - config.vocab_size * config.n_embd + config.n_embd) * bytes_per_weight
 
 
 def prefill_flop(config: ModelConfig, batch: int, seq: int) -> float:
     """Matrix FLOP of one prefill call (last-position logits only); elementwise work and WKV excluded."""
-    per_token = 2.0 * config.n_layer * layer_matrix_params(config)
+    per_token = 2.0 * block_matrix_params(config)
     head = 2.0 * config.vocab_size * config.n_embd
     return batch * (seq * per_token + head)
 

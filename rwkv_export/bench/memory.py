@@ -21,13 +21,14 @@ from typing import Any
 
 from rwkv_export.bench.workspace import Workspace
 
-# Libraries a backend imports, loaded before the baseline so delta_mb is the model and its work.
+# Libraries a backend imports, loaded before the baseline so delta_mb is the model and its work. The
+# `rwkv` package is imported by backends.rwkv_package_class instead: its model family (RWKV-7 or
+# 4/5/6) is fixed at import, so the import must know the checkpoint's version.
 PREIMPORTS = {
     "torch": ["torch"],
     "ort-fp32": ["onnxruntime"],
     "ort-fp16": ["onnxruntime"],
     "tensorrt": ["onnxruntime"],
-    "rwkv": ["rwkv.model"],
     "transformers": ["transformers.models.rwkv.modeling_rwkv"],
 }
 
@@ -68,12 +69,15 @@ def child(spec: dict[str, Any]) -> dict[str, float]:
 
     import numpy as np
 
-    from rwkv_export.bench.backends import make_backend
+    from rwkv_export.bench.backends import make_backend, rwkv_package_class
 
+    ws = Workspace.from_dict(spec["workspace"])
     for module in PREIMPORTS.get(spec["backend"], []):
         importlib.import_module(module)
+    if spec["backend"] == "rwkv":
+        rwkv_package_class(ws.version())
     baseline = _rss_mb()
-    backend = make_backend(spec["backend"], Workspace.from_dict(spec["workspace"]), spec["threads"])
+    backend = make_backend(spec["backend"], ws, spec["threads"])
     loaded = _rss_mb()
     rng = np.random.default_rng(0)
     batch = min(spec["batch"], backend.max_batch or spec["batch"])

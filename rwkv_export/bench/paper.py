@@ -19,6 +19,7 @@ from typing import Any
 
 from rwkv_export.bench.workspace import Workspace
 from rwkv_export.checkpoint import ModelConfig
+from rwkv_export.runtime import initial_state
 
 MODELS = ("rwkv-onnx", "gpt-neox")
 
@@ -62,8 +63,7 @@ def _rwkv(ws: Workspace, threads: int):  # type: ignore[no-untyped-def]
     directory = ws.onnx_dir("float32")
     manifest = read_manifest(directory)
     runner = OrtRunner(directory / manifest["graphs"]["step"]["file"], "cpu", threads).__enter__()
-    state = {s["name"]: np.full([1 if d == "batch" else int(d) for d in s["shape"]], s["initial"], np.dtype(s["dtype"]))
-             for s in manifest["state"]}
+    state = initial_state(directory, manifest, 1)
     outputs = {s["name"]: s["output"] for s in manifest["state"]}
 
     def step(token: int) -> int:
@@ -112,7 +112,8 @@ def run(ws: Workspace, config: ModelConfig, n_tokens: int, threads: int,
         else:
             series[model] = json.loads(lines[-1])
     return {"kind": "paper", "tokens": n_tokens, "threads": threads,
-            "model": {"source": ws.source, "n_layer": config.n_layer, "n_embd": config.n_embd, "vocab_size": config.vocab_size},
+            "model": {"source": ws.source, "version": config.version, "n_layer": config.n_layer, "n_embd": config.n_embd,
+                      "vocab_size": config.vocab_size},
             "series": series}
 
 
@@ -130,7 +131,7 @@ def format_table(result: dict[str, Any]) -> str:
     ok = [name for name in MODELS if "error" not in series[name]]
     head = ", ".join(f"{n} {series[n]['parameters'] / 1e6:.1f}M parameters" for n in ok)
     out = [f"Generation, tokens 1..{result['tokens']} greedy from one token, {result['threads']} threads, "
-           f"{m['n_layer']} x {m['n_embd']}, vocab {m['vocab_size']} ({head})",
+           f"RWKV-{m.get('version', '4')} {m['n_layer']} x {m['n_embd']}, vocab {m['vocab_size']} ({head})",
            "  cumulative seconds, ms for the last token (mean over the rows since the previous one), peak resident MB",
            "  " + f"{'tokens':>7} | " + " | ".join(f"{n + ' s':>12} {'ms/tok':>7} {'MB':>6}" for n in ok)]
     prev = 0
@@ -168,7 +169,7 @@ def plot(result: dict[str, Any], path: str) -> None:
         ax.grid(True, alpha=0.3)
         ax.legend()
     m = result["model"]
-    fig.suptitle(f"Generation on this CPU: RWKV (ONNX Runtime) vs GPT-NeoX, {m['n_layer']} x {m['n_embd']}")
+    fig.suptitle(f"Generation on this CPU: RWKV-{m.get('version', '4')} (ONNX Runtime) vs GPT-NeoX, {m['n_layer']} x {m['n_embd']}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -3,9 +3,10 @@
 ORT's own profiler (SessionOptions.enable_profiling) records every kernel's duration; summing them
 by op type says what bounds a graph: MatMul/Gemm near the bandwidth floor means the step is
 memory-bound as it should be, while time in the WKV function body, or in elementwise ops, is work
-the floor does not count. ORT inlines the rwkv::WKV4 function and profiles both a control-flow node
-(If, Scan) and every node of its body; body nodes are told apart by running inside a control-flow
-node's time span and counted once, within one 'rwkv::WKV4' row.
+the floor does not count. ORT inlines the WKV function (rwkv::WKV4, or WKV5/6/7 for the later
+versions: the manifest names it) and profiles both a control-flow node (If, Scan, Loop) and every
+node of its body; body nodes are told apart by running inside a control-flow node's time span and
+counted once, within one 'rwkv::WKV<n>' row.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from rwkv_export.bench.workspace import Workspace
+from rwkv_export.runtime import initial_state
 
 CONTROL_FLOW = ("If", "Scan", "Loop")
 
@@ -36,14 +38,20 @@ def _session(path: Path, threads: int, prefix: str | None) -> Any:
         options.enable_profiling = True
         options.profile_file_prefix = prefix
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-WKV_ROW = "rwkv::WKV4 If/Scan (with body)"
 
 
-def summarize_profile(events: list[dict[str, Any]], runs: int) -> list[dict[str, Any]]:
+def wkv_row(op: str) -> str:
+    return f"rwkv::{op} If/Scan (with body)"
+
+
+WKV_ROW = wkv_row("WKV4")
+
+
+def summarize_profile(events: list[dict[str, Any]], runs: int, wkv_op: str = "WKV4") -> list[dict[str, Any]]:
     """Kernel events -> [{op, ms_per_run, share, nodes}] by op type, largest first.
 
     ORT profiles a control-flow node and, separately, every node its subgraphs run, during it. The
-    exported graphs have control flow only inside the rwkv::WKV4 function body (torch's trace has
+    exported graphs have control flow only inside the rwkv::WKV<n> function body (torch's trace has
     none), so outermost If/Scan/Loop events make one WKV row and the events that run within them
     (same thread, inside their time span) are skipped: each microsecond is counted once.
     """
@@ -66,7 +74,7 @@ def summarize_profile(events: list[dict[str, Any]], runs: int) -> list[dict[str,
         if nested(e):
             continue
         op = e.get("args", {}).get("op_name", "?")
-        key = WKV_ROW if op in CONTROL_FLOW else op
+        key = wkv_row(wkv_op) if op in CONTROL_FLOW else op
         totals[key] += float(e.get("dur", 0)) / 1e3
         nodes[key].add(str(e["name"]))
     total = sum(totals.values()) or 1.0
@@ -80,13 +88,11 @@ def profile(ws: Workspace, vocab: int, seq: int, threads: int, runs: int = 5) ->
 
     directory = ws.onnx_dir("float32")
     manifest = read_manifest(directory)
+    wkv_op = manifest["export"].get("wkv_op", "WKV4")
     rng = np.random.default_rng(0)
     out: dict[str, Any] = {}
     for graph, tokens in (("step", rng.integers(0, vocab, (1,))), ("prefill", rng.integers(0, vocab, (1, seq)))):
-        feeds: dict[str, np.ndarray] = {"tokens": tokens.astype(np.int64)}
-        for spec in manifest["state"]:
-            shape = [1 if d == "batch" else int(d) for d in spec["shape"]]
-            feeds[spec["name"]] = np.full(shape, spec["initial"], dtype=np.dtype(spec["dtype"]))
+        feeds: dict[str, np.ndarray] = {"tokens": tokens.astype(np.int64), **initial_state(directory, manifest, 1)}
         path = directory / manifest["graphs"][graph]["file"]
         # the same runs unprofiled first: the profiler's own cost shows as the gap between the two
         plain = _session(path, threads, None)
@@ -104,12 +110,13 @@ def profile(ws: Workspace, vocab: int, seq: int, threads: int, runs: int = 5) ->
                 session.run(None, feeds)
             events = json.loads(Path(session.end_profiling()).read_text())
         out[graph] = {"tokens": list(tokens.shape), "runs": runs, "unprofiled_ms": 1e3 * float(np.median(wall)),
-                      "ops": summarize_profile(events, runs + 1)}
-    return {"kind": "profile", "threads": threads, "graphs": out}
+                      "ops": summarize_profile(events, runs + 1, wkv_op)}
+    return {"kind": "profile", "threads": threads, "version": manifest["model"]["version"], "wkv_op": wkv_op, "graphs": out}
 
 
 def format_table(result: dict[str, Any], top: int = 8) -> str:
-    out = [f"ONNX Runtime float32 kernel time by op type ({result['threads']} threads; ORT's profiler, mean per run)"]
+    out = [f"ONNX Runtime float32 kernel time by op type, RWKV-{result.get('version', '4')} ({result['threads']} threads; "
+           "ORT's profiler, mean per run)"]
     for graph, g in result["graphs"].items():
         total = sum(r["ms_per_run"] for r in g["ops"])
         out.append(f"  {graph} {g['tokens']}: {total:.1f} ms of kernels per profiled run; {g['unprofiled_ms']:.1f} ms per run unprofiled (median)")

@@ -6,6 +6,8 @@ and check the arithmetic), adds the ratios and the target lines, and returns the
     x torch   speed relative to the torch reference timed in the same rounds (> 1: faster)
     % ceil    prefill tok/s as a share of the matmul ceiling (limits.py)
     x floor   step time over the bandwidth floor for the backend's weight dtype (1.0 is perfect)
+The summary puts the batch-1 figures of ORT float32 beside the torch reference and the `rwkv` package
+(any RWKV version: the closing comparison of v4 / 5.2 / 6 / 7 is one bench run per version).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from rwkv_export.bench.backends import REFERENCE
 
 SCHEMA = "rwkv-export-bench/1"
 # The export issue's targets, on the float32 export.
-PREFILL_TARGET = ("ort-fp32", "rwkv", 1, 512, 1.3)  # ORT prefill(512) >= 1.3x the rwkv package
+PREFILL_TARGET = ("ort-fp32", "rwkv", 1, 512, 1.3)
+SUMMARY = ("ort-fp32", "torch", "rwkv")  # ours first, then the peers its speed-ups are over  # ORT prefill(512) >= 1.3x the rwkv package
 STEP_TARGET = ("ort-fp32", 1, 1.1)  # ORT step at batch 1 <= 1.1x the bandwidth floor
 
 
@@ -59,8 +62,34 @@ def finalize(raw: dict[str, Any]) -> dict[str, Any]:
             cell["vs_torch"] = _ratio(ref_cell.get("seconds", {}).get("median"), median)
             cell["x_floor"] = _ratio(cell["ms"], limits["step_floor_ms"].get(b.get("weight_dtype", "float32")))
     result["schema"] = SCHEMA
+    result["summary"] = summary(result)
     result["targets"] = targets(result)
     return result
+
+
+def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Batch 1: prefill tok/s per T and step ms/token of SUMMARY's backends, and ours' speed-up over each peer.
+
+    A speed-up > 1 means ORT float32 is faster (prefill: tok/s ratio; step: the inverse ms ratio).
+    None where a backend did not run or did not time that figure.
+    """
+    backends = result["backends"]
+    ours, *peers = SUMMARY
+
+    def figure(name: str, kind: str, key: str, field: str) -> float | None:
+        b = backends.get(name, {})
+        return b.get(kind, {}).get(key, {}).get(field) if b.get("status") == "ok" else None
+
+    rows = []
+    if 1 in result["settings"]["batch"]:
+        for seq in result["settings"]["seq"]:
+            values = {n: figure(n, "prefill", cell_key(1, seq), "tok_s") for n in SUMMARY}
+            rows.append({"figure": f"prefill {seq}, tok/s", "kind": "prefill", "seq": seq, "values": values,
+                         "speedup": {p: _ratio(values[ours], values[p]) for p in peers}})
+        values = {n: figure(n, "step", "1", "ms") for n in SUMMARY}
+        rows.append({"figure": "step, ms/token", "kind": "step", "seq": None, "values": values,
+                     "speedup": {p: _ratio(values[p], values[ours]) for p in peers}})
+    return rows
 
 
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -105,13 +134,16 @@ def _spread(summary: dict[str, float]) -> str:
 def format_table(result: dict[str, Any]) -> str:
     m, lim, s = result["model"], result["limits"], result["settings"]
     out = [
-        f"rwkv-export bench: {m['source']}: RWKV-{m['version']} {m['n_layer']} x {m['n_embd']}, vocab {m['vocab_size']}, "
+        f"rwkv-export bench: {m['source']}: RWKV-{m['version']} {m['n_layer']} x {m['n_embd']}{_heads(m)}, vocab {m['vocab_size']}, "
         f"{m['parameters'] / 1e6:.1f}M parameters; {s['threads']} threads; repetitions interleaved across backends",
         f"machine: {result['machine']['cpu']} ({result['machine']['cores']} cores){_load(result['machine'])}",
         f"limits: read bandwidth {lim['bandwidth_gbs']:.1f} GB/s -> step floor "
         + ", ".join(f"{ms:.1f} ms ({d})" for d, ms in lim["step_floor_ms"].items())
         + f"; sgemm {lim['matmul_gflops']:.1f} GFLOP/s -> prefill ceiling "
         + ", ".join(f"{v:.0f} tok/s ({k})" for k, v in lim["prefill_ceiling_tok_s"].items()),
+    ]
+    out += _summary_lines(result)
+    out += [
         "",
         f"Prefill, tokens/s (median of {s['reps']}; spread = IQR as % of median [min, max]; x torch = speed-up over the torch reference; % ceil = share of the matmul ceiling)",
         f"  {'B x T':<9} {'backend':<13} {'tok/s':>9} {'spread':>20} {'x torch':>8} {'% ceil':>7}",
@@ -154,6 +186,24 @@ def format_table(result: dict[str, Any]) -> str:
         f"  {t['status'].upper():<7} {t['name']}: {_fmt(t['value'], '.3f', 'n/a')}{'x' if t['value'] is not None else ''} ({t['detail']})"
         for t in result["targets"]]
     return "\n".join(out)
+
+
+def _heads(model: dict[str, Any]) -> str:
+    return f" ({model['n_head']} heads of {model['head_size']})" if "head_size" in model else ""
+
+
+def _summary_lines(result: dict[str, Any]) -> list[str]:
+    rows = result.get("summary") or []
+    if not rows:
+        return []
+    ours, *peers = SUMMARY
+    out = ["", f"Summary, batch 1: {ours} beside the torch reference and the `rwkv` package (speed-up of {ours} over each; > 1: faster)",
+           f"  {'figure':<20} " + " ".join(f"{n:>10}" for n in SUMMARY) + " " + " ".join(f"{'x ' + p:>9}" for p in peers)]
+    for row in rows:
+        spec = ".1f" if row["kind"] == "prefill" else ".2f"
+        out.append(f"  {row['figure']:<20} " + " ".join(f"{_fmt(row['values'][n], spec):>10}" for n in SUMMARY) + " "
+                   + " ".join(f"{_fmt(row['speedup'][p], '.2f'):>9}" for p in peers))
+    return out
 
 
 def _load(machine: dict[str, Any]) -> str:

@@ -1,11 +1,11 @@
 """`bench --scaling`: ONNX Runtime prefill time and peak memory as the prompt grows.
 
 Two ways to prefill T tokens with the float32 export:
-    whole     one prefill call on [1, T]: activations grow with T (B x T x 4C floats in the FFN)
+    whole     one prefill call on [1, T]: activations grow with T (B x T x F floats in the FFN)
     chunked   T / chunk prefill calls of [1, chunk], the state carried between them: the same
               result (prefill(T1) then prefill(T2) == prefill(T1 + T2)), bounded activations
 RWKV's promise is linear time and flat memory; the chunked column shows it, the whole column shows
-what a single call costs. Every point runs in a fresh process so its peak resident set (VmHWM) is
+what a single call costs. Any RWKV version (only the export and its manifest are read). Every point runs in a fresh process so its peak resident set (VmHWM) is
 its own; the time is the median of up to 3 calls after one warm-up on the chunk length.
 """
 
@@ -71,14 +71,14 @@ def run(ws: Workspace, config: ModelConfig, seqs: list[int], chunk: int, threads
                 point = json.loads(lines[-1])
                 point["ms_per_token"] = 1e3 * point["seconds"]["median"] / seq
             points.append({"seq": seq, "mode": mode, **point})
-    return {"kind": "scaling", "model": {"source": ws.source, "n_layer": config.n_layer, "n_embd": config.n_embd,
-                                         "vocab_size": config.vocab_size},
+    return {"kind": "scaling", "model": {"source": ws.source, "version": config.version, "n_layer": config.n_layer,
+                                         "n_embd": config.n_embd, "vocab_size": config.vocab_size},
             "chunk": chunk, "threads": threads, "points": points}
 
 
 def format_table(result: dict[str, Any]) -> str:
     m = result["model"]
-    out = [f"Prefill scaling, ONNX Runtime float32, {m['n_layer']} x {m['n_embd']} (vocab {m['vocab_size']}), "
+    out = [f"Prefill scaling, ONNX Runtime float32, RWKV-{m.get('version', '4')} {m['n_layer']} x {m['n_embd']} (vocab {m['vocab_size']}), "
            f"{result['threads']} threads; chunked = calls of {result['chunk']} tokens carrying the state",
            f"  {'T':>6} | {'whole s':>8} {'ms/tok':>7} {'peak MB':>8} | {'chunked s':>9} {'ms/tok':>7} {'peak MB':>8}"]
     by = {(p["seq"], p["mode"]): p for p in result["points"]}

@@ -1,27 +1,36 @@
 """The files every backend reads, made once and cached: one set of weights in each peer's format.
 
     <cache>/<key>/model.pth        BlinkDL state dict (the `rwkv` package and the torch reference)
-    <cache>/<key>/hf/              Hugging Face directory (transformers' RwkvForCausalLM)
+    <cache>/<key>/config.json      its ModelConfig (version, sizes), so backends need not load the weights to know it
+    <cache>/<key>/hf/              Hugging Face directory (transformers' RwkvForCausalLM; RWKV-4 only)
     <cache>/<key>/onnx-float32/    `rwkv-export export` outputs, one per dtype
     <cache>/<key>/onnx-float16/
 
-The default source is a deterministic random 169M-shaped RWKV-4 (12 x 768, vocab 50277), so the
-benchmark needs no download. Exports are redone when the WKV body form they carry is no longer the
-exporter's default (another engineer may have changed it since the cache was filled).
+The default source is a deterministic random 169M-shaped model (12 x 768, vocab 50277) of the chosen
+version (RWKV-4 unless asked; 5/6/7 with heads of 64 and LoRA rank 32), so the benchmark needs no
+download. The vocabulary stays GPT-NeoX's 50277 for every version (the released v5+ models use the
+65536-token world vocabulary): the same head and embedding cost, so versions compare on their blocks.
+Exports are redone when the WKV body form they carry is no longer the exporter's default for the
+version (another engineer may have changed it since the cache was filled).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rwkv_export.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from rwkv_export.checkpoint.random import DEFAULT_169M, random_v4_weights
+from rwkv_export.checkpoint import Checkpoint, ModelConfig, load_checkpoint, save_checkpoint
+from rwkv_export.checkpoint.make import check_sizes, random_checkpoint
+from rwkv_export.checkpoint.random import DEFAULT_169M
+from rwkv_export.checkpoint.versions import require_supported
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.export import read_manifest
+from rwkv_export.fileio import atomic_write_json
 
 DEFAULT_SHAPE = (DEFAULT_169M["n_layer"], DEFAULT_169M["n_embd"], DEFAULT_169M["vocab_size"])
 
@@ -46,6 +55,10 @@ class Workspace:
         return self.root / "model.pth"
 
     @property
+    def config_file(self) -> Path:
+        return self.root / "config.json"
+
+    @property
     def hf_dir(self) -> Path:
         return self.root / "hf"
 
@@ -60,15 +73,40 @@ class Workspace:
         return cls(Path(data["root"]), data["source"])
 
     def checkpoint(self) -> Checkpoint:
-        return load_checkpoint(self.pth)
+        """model.pth with the source's config (config.json): a .pth cannot carry everything an
+        rwkv.cpp or safetensors source says, e.g. a 5.x GroupNorm eps of 1e-5 where a .pth of
+        that version is read with 64e-5."""
+        ckpt = load_checkpoint(self.pth)
+        try:
+            source = ModelConfig(**json.loads(self.config_file.read_text()))
+        except (OSError, ValueError, TypeError):
+            return ckpt
+        if source.version == ckpt.config.version and source.extra != ckpt.config.extra:
+            ckpt = dataclasses.replace(ckpt, config=dataclasses.replace(ckpt.config, extra={**ckpt.config.extra, **source.extra}))
+        return ckpt
+
+    def config(self) -> ModelConfig:
+        """model.pth's config, from config.json (written by `ensure`), else by loading the weights."""
+        try:
+            return ModelConfig(**json.loads(self.config_file.read_text()))
+        except (OSError, ValueError, TypeError):
+            return self.checkpoint().config
+
+    def version(self) -> str:
+        return self.config().version
 
 
-def random_workspace(cache: Path, n_layer: int, n_embd: int, vocab: int, seed: int = 0) -> tuple[Workspace, Callable[[], Checkpoint]]:
-    """A random RWKV-4 of the given shape (float32), keyed by shape and seed."""
-    ws = Workspace(cache / f"random-v4-{n_layer}x{n_embd}-v{vocab}-seed{seed}", f"random RWKV-4 {n_layer} x {n_embd}, vocab {vocab}, seed {seed}")
+def random_workspace(cache: Path, n_layer: int, n_embd: int, vocab: int, seed: int = 0, version: str = "4",
+                     head_size: int | None = None) -> tuple[Workspace, Callable[[], Checkpoint]]:
+    """A random RWKV-`version` of the given shape (float32), keyed by version, shape and seed."""
+    head_size, lora = check_sizes(version, n_embd, head_size, None)  # refuse a bad shape before anything is made
+    heads = f"-h{head_size}-r{lora or 0}" if head_size else ""
+    described = f", heads of {head_size}" if head_size else ""
+    ws = Workspace(cache / f"random-v{version}-{n_layer}x{n_embd}{heads}-v{vocab}-seed{seed}",
+                   f"random RWKV-{version} {n_layer} x {n_embd}{described}, vocab {vocab}, seed {seed}")
 
     def make() -> Checkpoint:
-        config, weights = random_v4_weights(n_layer, n_embd, vocab, None, seed)
+        config, weights = random_checkpoint(version, n_layer, n_embd, vocab, None, head_size, lora, seed)
         return Checkpoint(config, weights, "random", ws.pth)
 
     return ws, make
@@ -84,24 +122,33 @@ def source_workspace(cache: Path, source: str) -> tuple[Workspace, Callable[[], 
 
 def ensure(ws: Workspace, make: Callable[[], Checkpoint], need_hf: bool, dtypes: list[str],
            progress: Callable[[str], None], fresh: bool = False) -> Checkpoint:
-    """Write whatever of model.pth / hf / onnx-<dtype> is missing or stale; return the checkpoint."""
+    """Write whatever of model.pth / config.json / hf / onnx-<dtype> is missing or stale; return the checkpoint.
+
+    need_hf is ignored for RWKV-5/6/7: transformers has no class to read such a directory (its
+    backend says so), and the checkpoint stage refuses to write one.
+    """
     from custom_ops.wkv4_onnx import DEFAULT_FORM
+    from custom_ops.wkv_matrix_onnx import DEFAULT_FORM as MATRIX_DEFAULT_FORM
     from rwkv_export.export import export_checkpoint
 
     ws.root.mkdir(parents=True, exist_ok=True)
     if fresh or not ws.pth.is_file():
         progress(f"writing {ws.pth}")
-        save_checkpoint(make(), ws.pth)
+        source = make()
+        save_checkpoint(source, ws.pth)
+        atomic_write_json(ws.config_file, source.config.to_dict())  # the source's, before .pth drops anything
     ckpt = ws.checkpoint()
-    if ckpt.config.version != "4":
-        raise RwkvExportError(f"{ws.source}: bench measures RWKV-4 checkpoints (its limits and the rwkv::WKV4 export); "
-                              f"this one is RWKV-{ckpt.config.version}")
-    if need_hf and (fresh or not (ws.hf_dir / "config.json").is_file()):
+    version = ckpt.config.version
+    require_supported(version, ws.source)
+    if not ws.config_file.is_file():
+        atomic_write_json(ws.config_file, ckpt.config.to_dict())
+    if need_hf and version == "4" and (fresh or not (ws.hf_dir / "config.json").is_file()):
         progress(f"writing {ws.hf_dir}")
         save_checkpoint(ckpt, ws.hf_dir, "hf")
+    form = DEFAULT_FORM if version == "4" else MATRIX_DEFAULT_FORM
     for dtype in dtypes:
         out = ws.onnx_dir(dtype)
-        if not fresh and _export_is_current(out, DEFAULT_FORM):
+        if not fresh and _export_is_current(out, form):
             continue
         progress(f"exporting {dtype} ONNX graphs to {out} (once; cached)")
         export_checkpoint(ckpt, out, dtype=dtype, force=True, progress=lambda m: progress(f"  {m}"))

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from rwkv_export.bench.progress import Progress
+from rwkv_export.checkpoint.versions import KNOWN_VERSIONS
 from rwkv_export.cli.options import examples, quiet_flag
 from rwkv_export.errors import RwkvExportError
 
@@ -65,6 +66,7 @@ class _Progress(Progress):
 
 @click.command(epilog=examples(
     "rwkv-export bench                                  # 169M-shaped random RWKV-4, every backend",
+    "rwkv-export bench --version 7 --backends torch,ort-fp32,rwkv --seq 128 --batch 1   # 169M-shaped random RWKV-7",
     "rwkv-export bench model.pth --backends torch,ort-fp32,rwkv --seq 512 --batch 1 --json bench.json",
     "rwkv-export bench --scaling --seq 128,1024,8192",
     "rwkv-export bench --paper 1024 --plot paper.png",
@@ -87,14 +89,19 @@ class _Progress(Progress):
 @click.option("--profile", "profile_ops", is_flag=True, help="Instead: ORT's profiler on the float32 step and prefill (first --seq), time by op type.")
 @click.option("--plot", type=click.Path(path_type=str), default=None, help="--paper/--scaling: write a PNG plot here.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Where the model files are made and kept [default: ~/.cache/rwkv-export/bench].")
+@click.option("--version", "rwkv_version", type=click.Choice(KNOWN_VERSIONS), default=None,
+              help="Version of the random model benchmarked when no SOURCE is given  [default: 4]")
+@click.option("--head-size", type=click.IntRange(1), default=None,
+              help="RWKV-5/6/7 random model: channels per head  [default: 64]")
 @click.option("--shape", default=None, hidden=True, help="Random model shape LAYERSxEMBDxVOCAB in place of 12x768x50277 (tests).")
 @click.option("--quick-limits", is_flag=True, hidden=True, help="Small limit probes (tests).")
 @click.option("--fresh", is_flag=True, help="Remake the cached model files (checkpoint, HF directory, exports).")
 @quiet_flag
 def bench(source: str | None, backends: str | None, seq: list[int] | None, batch: list[int], steps: int, reps: int, step_reps: int,
           threads: int, max_prefill_tokens: int, no_memory: bool, json_file: str | None, scaling: bool, chunk: int,
-          paper: int | None, profile_ops: bool, plot: str | None, cache_dir: Path | None, shape: str | None, quick_limits: bool, fresh: bool, quiet: bool) -> None:
-    """Benchmark SOURCE (a checkpoint; default: a 169M-shaped random RWKV-4) on every backend.
+          paper: int | None, profile_ops: bool, plot: str | None, cache_dir: Path | None, rwkv_version: str | None, head_size: int | None,
+          shape: str | None, quick_limits: bool, fresh: bool, quiet: bool) -> None:
+    """Benchmark SOURCE (a checkpoint; default: a 169M-shaped random model of --version) on every backend.
 
     Prefill tokens/s per B x T, step ms per B, peak memory; each figure as a ratio to the torch
     reference and to the machine's measured limits (bandwidth floor, sgemm ceiling). Table on
@@ -116,8 +123,10 @@ def bench(source: str | None, backends: str | None, seq: list[int] | None, batch
             n_layer, n_embd, vocab = workspace.DEFAULT_SHAPE if shape is None else (int(x) for x in shape.lower().split("x"))
         except ValueError:
             raise RwkvExportError(f"--shape takes LAYERSxEMBDxVOCAB, e.g. 2x64x97; got '{shape}'") from None
-        ws, make = workspace.random_workspace(cache, n_layer, n_embd, vocab)
+        ws, make = workspace.random_workspace(cache, n_layer, n_embd, vocab, version=rwkv_version or "4", head_size=head_size)
     else:
+        if rwkv_version is not None or head_size is not None:
+            raise RwkvExportError("--version and --head-size describe the random model; SOURCE's own version and sizes are read from it")
         if not Path(source).exists():
             raise RwkvExportError(f"checkpoint '{source}' does not exist")
         ws, make = workspace.source_workspace(cache, source)
@@ -155,7 +164,9 @@ def bench(source: str | None, backends: str | None, seq: list[int] | None, batch
     finally:
         progress.close()
     if json_file:
-        Path(json_file).write_text(json.dumps(result, indent=1) + "\n")
+        from rwkv_export.fileio import atomic_write_bytes
+
+        atomic_write_bytes(json_file, (json.dumps(result, indent=1) + "\n").encode())
     click.echo(text)
 
 

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from rwkv_export.checkpoint.make import DEFAULT_HEAD_SIZE, DEFAULT_LORA
+from rwkv_export.checkpoint.versions import KNOWN_VERSIONS
 from rwkv_export.cli.options import checkpoint_arg, examples, force_flag, json_flag
 
 
@@ -29,6 +31,8 @@ def info(checkpoint: str, as_json: bool) -> None:
         "dtype": cfg.dtype,
         "parameters": ckpt.parameter_count,
     }
+    if "n_head" in cfg.extra:  # RWKV-5/6/7: the width is split into heads
+        facts.update(n_head=cfg.extra["n_head"], head_size=cfg.extra["head_size"])
     if as_json:
         click.echo(json.dumps(facts, indent=2))
         return
@@ -40,24 +44,32 @@ def info(checkpoint: str, as_json: bool) -> None:
 
 @click.command("make-checkpoint", epilog=examples(
     "rwkv-export make-checkpoint --layers 12 --embd 768 --vocab 50277 -o rwkv4-169m-random.pth",
-    "rwkv-export make-checkpoint --layers 2 --embd 64 --vocab 256 --seed 1 -o tiny.safetensors",
+    "rwkv-export make-checkpoint --version 6 --layers 12 --embd 768 --vocab 65536 -o rwkv6-169m-random.pth",
+    "rwkv-export make-checkpoint --version 7 --layers 2 --embd 64 --head-size 16 --vocab 256 --seed 1 -o tiny7.safetensors",
 ))
+@click.option("--version", "version", type=click.Choice(KNOWN_VERSIONS), default="4", show_default=True, help="RWKV version (architecture).")
 @click.option("--layers", type=click.IntRange(1, 1024), required=True, help="Number of layers (n_layer).")
 @click.option("--embd", type=click.IntRange(1, 65536), required=True, help="Embedding width (n_embd).")
 @click.option("--vocab", type=click.IntRange(1, 1 << 22), required=True, help="Vocabulary size.")
-@click.option("--ffn", type=click.IntRange(1, 1 << 20), default=None, help="Channel-mixing width (default 4 x embd).")
+@click.option("--ffn", type=click.IntRange(1, 1 << 20), default=None,
+              help="Channel-mixing width (default 4 x embd; RWKV-6: 3.5 x embd rounded down to a multiple of 32).")
+@click.option("--head-size", type=click.IntRange(1, 4096), default=None,
+              help=f"RWKV-5/6/7: channels per head; must divide --embd [default: {DEFAULT_HEAD_SIZE}].")
+@click.option("--lora", type=click.IntRange(1, 4096), default=None,
+              help=f"RWKV-6/7: rank of every LoRA matrix pair (v6 mix and decay, v7 w/a/v/g) [default: {DEFAULT_LORA}].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same weights).")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True, help="Storage dtype.")
 @click.option("-o", "--output", type=click.Path(path_type=str), required=True, help="Output file: .pth or .safetensors.")
 @force_flag
-def make_checkpoint(layers: int, embd: int, vocab: int, ffn: int | None, seed: int, dtype: str, output: str, force: bool) -> None:
-    """Write a random RWKV-4 checkpoint with realistic scales (for tests and benchmarks)."""
+def make_checkpoint(version: str, layers: int, embd: int, vocab: int, ffn: int | None, head_size: int | None, lora: int | None,
+                    seed: int, dtype: str, output: str, force: bool) -> None:
+    """Write a random RWKV checkpoint of any version with realistic scales (for tests and benchmarks)."""
     from pathlib import Path
 
     import torch
 
     from rwkv_export.checkpoint import Checkpoint, save_checkpoint
-    from rwkv_export.checkpoint.random import random_v4_weights
+    from rwkv_export.checkpoint.make import random_checkpoint
     from rwkv_export.errors import RwkvExportError
     from rwkv_export.fileio import refuse_existing
 
@@ -65,10 +77,11 @@ def make_checkpoint(layers: int, embd: int, vocab: int, ffn: int | None, seed: i
     if path.suffix.lower() not in (".pth", ".pt", ".safetensors"):
         raise RwkvExportError(f"output '{output}' must end in .pth or .safetensors")
     refuse_existing(path, force)
-    config, weights = random_v4_weights(layers, embd, vocab, ffn, seed, getattr(torch, dtype))
+    config, weights = random_checkpoint(version, layers, embd, vocab, ffn, head_size, lora, seed, getattr(torch, dtype))
     save_checkpoint(Checkpoint(config, weights, "random", path), path)
     n = sum(t.numel() for t in weights.values())
-    click.echo(f"wrote {path} (RWKV-4, {layers} x {embd}, vocab {vocab}, {n:,} parameters, {dtype})", err=True)
+    heads = f", heads {config.extra['n_head']} x {config.extra['head_size']}" if "n_head" in config.extra else ""
+    click.echo(f"wrote {path} (RWKV-{version}, {layers} x {embd}{heads}, vocab {vocab}, {n:,} parameters, {dtype})", err=True)
 
 
 @click.command(epilog=examples(

@@ -6,6 +6,6 @@ from the manifest, carrying the state between calls.
 
 from rwkv_export.runtime.base import Runner
 from rwkv_export.runtime.onnxrt import PROVIDER_CHOICES, OrtRunner, resolve_providers
-from rwkv_export.runtime.session import ExportedModel, StateDict
+from rwkv_export.runtime.session import ExportedModel, StateDict, initial_state
 
-__all__ = ["ExportedModel", "OrtRunner", "PROVIDER_CHOICES", "Runner", "StateDict", "resolve_providers"]
+__all__ = ["ExportedModel", "OrtRunner", "PROVIDER_CHOICES", "Runner", "StateDict", "initial_state", "resolve_providers"]

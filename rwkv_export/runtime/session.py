@@ -77,16 +77,7 @@ class ExportedModel:
 
     def initial_state(self, batch: int) -> StateDict:
         """The manifest's initial values: a constant, or an `initial_file` (.npy, batch axis of 1) broadcast."""
-        state = {}
-        for spec in self.state_specs:
-            shape = [batch if d == "batch" else int(d) for d in spec["shape"]]
-            dtype = np.dtype(spec["dtype"])
-            if spec.get("initial_file"):
-                value = np.load(self.directory / spec["initial_file"])
-                state[spec["name"]] = np.ascontiguousarray(np.broadcast_to(value.astype(dtype), shape))
-            else:
-                state[spec["name"]] = np.full(shape, spec["initial"], dtype=dtype)
-        return state
+        return initial_state(self.directory, self.manifest, batch)
 
     def check_tokens(self, tokens: np.ndarray) -> np.ndarray:
         tokens = np.asarray(tokens)
@@ -175,3 +166,19 @@ class TensorRTEngineRunner(Runner):
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self._runner.infer(dict(feeds))
+
+
+def initial_state(directory: str | Path, manifest: Mapping[str, Any], batch: int) -> StateDict:
+    """An exported model's initial state for `batch` rows, from its manifest alone: each state
+    input's constant, or its `initial_file` (.npy with a batch axis of 1, e.g. a v6 time_state)
+    broadcast. For callers that open one graph without an ExportedModel (bench's profile, paper)."""
+    state = {}
+    for spec in manifest["state"]:
+        shape = [batch if d == "batch" else int(d) for d in spec["shape"]]
+        dtype = np.dtype(spec["dtype"])
+        if spec.get("initial_file"):
+            value = np.load(Path(directory) / spec["initial_file"])
+            state[spec["name"]] = np.ascontiguousarray(np.broadcast_to(value.astype(dtype), shape))
+        else:
+            state[spec["name"]] = np.full(shape, spec["initial"], dtype=dtype)
+    return state
