@@ -12,12 +12,11 @@ with the matrix state S [B, H, N, N] as the carried value:
     WKV7   (value-major S[i=v, j=k]): sa_i = sum_j S_ij a_j
                                      S_ij <- S_ij w_j + sa_i b_j + v_i k_j;  y_i = sum_j S_ij r_j
 with w = exp(-exp(w_raw)) computed once per call in float32, outside the loop (WKV5: one [H, N]
-decay; WKV6/7: [B, T, H, N], batched before the Scan). The loop body keeps the torch reference's
-operation order, so float32 rounding matches the reference model's float32 run closely.
+decay; WKV6/7: [B, T, H, N], batched before the Scan).
 
 Forms:
-- ``scan`` (every op; the default): the Scan over T above, ~12 (WKV5/6) / 14 (WKV7) ops a token.
-- ``chunked`` (WKV5, WKV6): T cut into chunks of L tokens (the last padded with r = k = v = 0 and
+- ``scan`` (every op; WKV7's default): the Scan over T above, 4 (WKV5/6) / 6 (WKV7) ops a token.
+- ``chunked`` (WKV5, WKV6; their default): T cut into chunks of L tokens (the last padded with r = k = v = 0 and
   w = 1, which leave y and S unchanged). With c the cumulative log decay within a chunk (c_ex
   exclusive, c_in inclusive, c_L the chunk's total), every factor below is e^(<= 0):
       y_t   = (r_t e^c_ex_t) S_in + sum_{s<t} [sum_i r_t,i k_s,i e^(c_ex_t,i - c_in_s,i)] v_s + (r_t.u.k_t) v_t
@@ -35,19 +34,19 @@ Tensors are transposed to [T, B, H, N] and scanned along axis 0: onnx.reference'
 axis 0 only, and ORT transposes for another axis anyway. Axis constants of the body are created in
 the function's scope (the body reads them from the outer scope: no Constant op per token).
 
-Measured (ORT 1.32 CPU, 1 intra-op thread, this project's 2-core VM while other jobs ran; B = 1,
-H = 12, N = 64, i.e. a 768-wide layer; fastest of 7-300 runs, ms):
-                 T = 1    T = 16   T = 64   T = 512
-    WKV5 scan    0.12     1.51     5.96     47.6
-    WKV5 chunked 0.13     0.74     2.52     26.1     (L = 4)
-    WKV6 scan    0.12     1.55     6.09     50.7
-    WKV6 chunked 0.13     0.76     2.72     26.8     (L = 4; L = 8: 2.07 ms at T = 64, 23.4 at 512)
-    WKV7 scan    0.13     -        15.5     -
-  At T = 1 the scan form inlined without its Scan node was only 5-10% faster, so the scan form has no
-  If(T == 1) shortcut (WKV4 has one). The float32 numpy loops of custom_ops/wkv*.py: 15.7 / 17.0 /
-  25.0 ms at T = 64. `chunked` is ~2x faster from T = 16 on and equally accurate (~1e-7 relative
-  to the float64 oracle, also at w_raw in [-9, 4]); scan stays the default so that every version
-  exports the same form by default and RWKV-4's default is unchanged; pass --wkv-form chunked.
+Measured (`python benchmarks/bench_matrix_forms.py --seqs 1,64,512`: ORT 1.32 CPU, 1 thread, this
+project's 2-core VM; B = 1, H = 12, N = 64, i.e. a 768-wide layer; fastest of 7 runs, ms; y within
+2.3e-7 of the float64 oracle relative to max |y| in every row):
+                 T = 1    T = 64   T = 512
+    WKV5 scan    0.078    5.11     28.4
+    WKV5 chunked 0.088    1.77     15.6     (L = 4)
+    WKV6 scan    0.080    3.34     27.3
+    WKV6 chunked 0.086    1.73     16.1     (L = 4)
+    WKV7 scan    0.078    3.44     28.9
+  The scan bodies keep only state-dependent ops in the loop (4 for WKV5/6, 6 for WKV7; before,
+  12 and 14 ops ran per token: WKV7 took 58.0 ms at T = 512, WKV6 31.8). `chunked` is 1.7-2.9x the
+  scan form from T = 64 on and equally accurate, so it is WKV5/6's default (DEFAULT_FORMS); T = 1
+  takes the scan form through the If.
 """
 
 from __future__ import annotations
@@ -65,12 +64,14 @@ DOMAIN = "rwkv"
 DOMAIN_VERSION = 1
 SCHEMAS = {"WKV5": wkv5, "WKV6": wkv6, "WKV7": wkv7}  # op type -> the module holding INPUTS, OUTPUTS
 FORMS = ("scan", "chunked")
-DEFAULT_FORM = "scan"
+# chunked where it exists: 1.7-2.9x the scan form from T = 64 on (bench_matrix_forms.py), 1.26x on a
+# whole 169M-like RWKV-6 prefill of 128 tokens; T == 1 (every step graph) takes the scan form anyway.
+DEFAULT_FORMS = {"WKV5": "chunked", "WKV6": "chunked", "WKV7": "scan"}
 CHUNKED_OPS = ("WKV5", "WKV6")  # WKV7's delta rule needs another chunking (a WY / UT transform): not built
 DEFAULT_CHUNK = 4  # L of the chunked form: 4 and 8 measured fastest (module docstring)
 
 _FLOAT = TensorProto.FLOAT
-_SEQ_FIRST = [1, 0, 2, 3]  # [B, T, H, N] <-> [T, B, H, N]
+_SEQ_FIRST = [1, 0, 2, 3, 4]  # [B, T, H, *, *] <-> [T, B, H, *, *]
 
 
 class _Axes:
@@ -92,7 +93,8 @@ def _decay(g: _Builder, w_raw: str) -> str:
 def _scan(g: _Builder, op: str, body: _Builder, state_in: str, carried: str, scanned: dict[str, str],
           y: str, state_out: str) -> tuple[str, str]:
     """Run `body` as a Scan: `carried` is the body's state input name, `scanned` maps the body's
-    per-token input names to the outer [B, T, H, N] tensors. Returns (y [B, T, H, N], state_out)."""
+    per-token input names to outer 5-D tensors [B, T, H, *, *] (already shaped as the body uses
+    them: rows, columns). Returns (y [B, T, H, *, *] as the body's y per token, state_out)."""
     outs = [f"{body.prefix}state_out", f"{body.prefix}y"]
     body.rename(state_out, outs[0])
     body.rename(y, outs[1])
@@ -102,36 +104,36 @@ def _scan(g: _Builder, op: str, body: _Builder, state_in: str, carried: str, sca
     return g.op("Transpose", ys, perm=_SEQ_FIRST), s_out
 
 
-# --- the per-token bodies -----------------------------------------------------------------------
+# --- the per-token bodies -------------------------------------------------------------------------
+# Only the state-dependent work runs per token: every reshape of the inputs and every term that
+# does not read S (WKV5/6's bonus, WKV7's b and k stacked for one rank-2 update) is computed once
+# for all T outside the loop. ORT's cost per Scan iteration is mostly per op, so the bodies are as
+# few ops as the math allows: 4 for WKV5/6 (12 before), 6 for WKV7 (14 before).
 
 
-def _wkv56_body(ax: _Axes, u: str, decay: str | None) -> tuple[_Builder, str, list[str], str, str]:
-    """WKV5/6 token: S [B, H, N(k), N(v)]; r, k, v (, w) [B, H, N]; u [H, N].
+def _wkv56_body(decay: str | None) -> tuple[_Builder, str, list[str], str, str]:
+    """WKV5/6 token: S [B, H, N(k), N(v)]; r_row, v_row [B, H, 1, N]; k_col (, w_col) [B, H, N, 1].
 
-    decay: WKV5's [H, N, 1] decay from the outer scope; None (WKV6) scans a per-token w [B, H, N].
+    decay: WKV5's [H, N, 1] decay from the outer scope; None (WKV6) scans a per-token w_col.
+    Returns y_read [B, H, 1, N] = sum_i r_i S_ij; the caller adds the bonus (r.u.k) v outside.
     """
     b = _Builder("t_")
     S, r, k, v, w = "t_S", "t_r", "t_k", "t_v", "t_w"
-    bonus = b.op("Mul", b.op("ReduceSum", b.op("Mul", b.op("Mul", r, u), k), ax.last, keepdims=1), v)  # [B, H, N]
-    read = b.op("Squeeze", b.op("MatMul", b.op("Unsqueeze", r, ax.second_last), S), ax.second_last)  # sum_i r_i S_ij
-    y = b.op("Add", bonus, read)
-    kv = b.op("Mul", b.op("Unsqueeze", k, ax.last), b.op("Unsqueeze", v, ax.second_last))  # [B, H, N, N]
-    w_col = decay if decay is not None else b.op("Unsqueeze", w, ax.last)
-    new_S = b.op("Add", b.op("Mul", w_col, S), kv)
+    read = b.op("MatMul", r, S)  # [B, H, 1, N]: sum_i r_i S_ij
+    new_S = b.op("Add", b.op("Mul", decay if decay is not None else w, S), b.op("Mul", k, v))  # w_i S_ij + k_i v_j
     names = [r, k, v] if decay is not None else [r, k, v, w]
-    return b, S, names, y, new_S
+    return b, S, names, read, new_S
 
 
-def _wkv7_body(ax: _Axes) -> tuple[_Builder, str, list[str], str, str]:
-    """WKV7 token: S [B, H, N(v), N(k)]; r, w, k, v, a, b [B, H, N] (w the decay itself)."""
+def _wkv7_body() -> tuple[_Builder, str, list[str], str, str]:
+    """WKV7 token: S [B, H, N(v), N(k)]; r_col, a_col, v_col [B, H, N, 1]; w_row [B, H, 1, N];
+    bk [B, H, 2, N] (rows b and k): S <- S w + [S a, v] @ [b; k], y = S r (the updated S)."""
     g = _Builder("t_")
-    S, r, w, k, v, a, b = "t_S", "t_r", "t_w", "t_k", "t_v", "t_a", "t_b"
-    row = lambda x: g.op("Unsqueeze", x, ax.second_last)  # noqa: E731  [B, H, 1, N]
-    col = lambda x: g.op("Unsqueeze", x, ax.last)  # noqa: E731  [B, H, N, 1]
-    sa = g.op("MatMul", S, col(a))  # [B, H, N, 1]: sum_j S_ij a_j
-    new_S = g.op("Add", g.op("Add", g.op("Mul", S, row(w)), g.op("Mul", sa, row(b))), g.op("Mul", col(v), row(k)))
-    y = g.op("Squeeze", g.op("MatMul", new_S, col(r)), ax.last)  # [B, H, N]: sum_j S_ij r_j (updated S)
-    return g, S, [r, w, k, v, a, b], y, new_S
+    S, r, w, a, v, bk = "t_S", "t_r", "t_w", "t_a", "t_v", "t_bk"
+    sa_v = g.op("Concat", g.op("MatMul", S, a), v, axis=-1)  # [B, H, N, 2]: (sum_j S_ij a_j, v_i)
+    new_S = g.op("Add", g.op("Mul", S, w), g.op("MatMul", sa_v, bk))  # S_ij w_j + sa_i b_j + v_i k_j
+    y = g.op("MatMul", new_S, r)  # [B, H, N, 1]: sum_j S_ij r_j
+    return g, S, [r, w, a, v, bk], y, new_S
 
 
 # --- functions ----------------------------------------------------------------------------------
@@ -140,13 +142,17 @@ def _wkv7_body(ax: _Axes) -> tuple[_Builder, str, list[str], str, str]:
 def _scan56(g: _Builder, op: str, ax: _Axes, r: str, k: str, v: str, w_raw: str, u: str, state_in: str) -> tuple[str, str]:
     """The scan form of WKV5/6 in builder `g`: (y [B, T, H, N], state_out)."""
     w = _decay(g, w_raw)
+    row = lambda x: g.op("Unsqueeze", x, ax.second_last)  # noqa: E731  [..., 1, N]
+    col = lambda x: g.op("Unsqueeze", x, ax.last)  # noqa: E731  [..., N, 1]
     if op == "WKV5":  # one decay [H, N] for every token: a column [H, N, 1] read from the outer scope
-        body, S, names, y, new_S = _wkv56_body(ax, u, g.op("Unsqueeze", w, ax.last))
-        scanned = dict(zip(names, (r, k, v)))
+        body, S, names, y, new_S = _wkv56_body(col(w))
+        scanned = dict(zip(names, (row(r), col(k), row(v))))
     else:
-        body, S, names, y, new_S = _wkv56_body(ax, u, None)
-        scanned = dict(zip(names, (r, k, v, w)))
-    return _scan(g, op, body, state_in, S, scanned, y, new_S)
+        body, S, names, y, new_S = _wkv56_body(None)
+        scanned = dict(zip(names, (row(r), col(k), row(v), col(w))))
+    read, s_out = _scan(g, op, body, state_in, S, scanned, y, new_S)
+    bonus = g.op("Mul", g.op("ReduceSum", g.op("Mul", g.op("Mul", r, u), k), ax.last, keepdims=1), v)  # (r.u.k) v, all T
+    return g.op("Add", bonus, g.op("Squeeze", read, ax.second_last)), s_out
 
 
 def _chunked56(g: _Builder, op: str, r: str, k: str, v: str, w_raw: str, u: str, state_in: str, L: int) -> tuple[str, str]:
@@ -234,9 +240,13 @@ def _wkv7() -> _Builder:
     g = _Builder("wkv7_")
     ax = _Axes(g)
     w = _decay(g, w_raw)
-    outer = [_to_float(g, r), w, *(_to_float(g, x) for x in (k, v, a, b))]
-    body, S, names, y, new_S = _wkv7_body(ax)
-    y_out, s_out = _scan(g, "WKV7", body, state_in, S, dict(zip(names, outer)), y, new_S)
+    r32, k32, v32, a32, b32 = (_to_float(g, x) for x in (r, k, v, a, b))
+    row = lambda x: g.op("Unsqueeze", x, ax.second_last)  # noqa: E731  [B, T, H, 1, N]
+    col = lambda x: g.op("Unsqueeze", x, ax.last)  # noqa: E731  [B, T, H, N, 1]
+    outer = [col(r32), row(w), col(a32), col(v32), g.op("Concat", row(b32), row(k32), axis=-2)]
+    body, S, names, y, new_S = _wkv7_body()
+    y5, s_out = _scan(g, "WKV7", body, state_in, S, dict(zip(names, outer)), y, new_S)
+    y_out = g.op("Squeeze", y5, ax.last)
     g.rename(y_out, "y")
     g.rename(s_out, "state_out")
     return g
@@ -255,10 +265,12 @@ def _check(op: str, opset: int, form: str, chunk: int) -> None:
         raise RwkvExportError(f"{op} ONNX body: opset {opset} < {MIN_OPSET}; export with opset >= {MIN_OPSET}")
 
 
-def wkv_matrix_function(op: str, opset: int, form: str = DEFAULT_FORM, chunk: int = DEFAULT_CHUNK) -> onnx.FunctionProto:
+def wkv_matrix_function(op: str, opset: int, form: str | None = None, chunk: int = DEFAULT_CHUNK) -> onnx.FunctionProto:
     """The FunctionProto `rwkv::<op>` (op: WKV5, WKV6 or WKV7) for a model of default-domain `opset`.
 
-    form: scan (every op) or chunked (WKV5 / WKV6; chunk = L tokens; T == 1 runs the scan form)."""
+    form: scan (every op) or chunked (WKV5 / WKV6; chunk = L tokens; T == 1 runs the scan form);
+    None: the op's DEFAULT_FORMS entry."""
+    form = form or DEFAULT_FORMS.get(op, "scan")
     _check(op, opset, form, chunk)
     g = _wkv7() if op == "WKV7" else _wkv56(op, form, chunk)
     schema = SCHEMAS[op]
@@ -277,7 +289,7 @@ def wkv_matrix_node(op: str, inputs, outputs, name: str) -> onnx.NodeProto:
     )  # fmt: skip
 
 
-def wkv_matrix_model(op: str, opset: int = MIN_OPSET, form: str = DEFAULT_FORM, chunk: int = DEFAULT_CHUNK) -> onnx.ModelProto:
+def wkv_matrix_model(op: str, opset: int = MIN_OPSET, form: str | None = None, chunk: int = DEFAULT_CHUNK) -> onnx.ModelProto:
     """A standalone model of one node and its function (for tests and benches); every input is a
     graph input, B, T, H, N dynamic (WKV5's w_raw and u are [H, N])."""
     schema = SCHEMAS[op]

@@ -127,9 +127,7 @@ def ensure(ws: Workspace, make: Callable[[], Checkpoint], need_hf: bool, dtypes:
     need_hf is ignored for RWKV-5/6/7: transformers has no class to read such a directory (its
     backend says so), and the checkpoint stage refuses to write one.
     """
-    from custom_ops.wkv4_onnx import DEFAULT_FORM
-    from custom_ops.wkv_matrix_onnx import DEFAULT_FORM as MATRIX_DEFAULT_FORM
-    from rwkv_export.export import export_checkpoint
+    from rwkv_export.export import default_wkv_form, export_checkpoint
 
     ws.root.mkdir(parents=True, exist_ok=True)
     if fresh or not ws.pth.is_file():
@@ -145,7 +143,7 @@ def ensure(ws: Workspace, make: Callable[[], Checkpoint], need_hf: bool, dtypes:
     if need_hf and version == "4" and (fresh or not (ws.hf_dir / "config.json").is_file()):
         progress(f"writing {ws.hf_dir}")
         save_checkpoint(ckpt, ws.hf_dir, "hf")
-    form = DEFAULT_FORM if version == "4" else MATRIX_DEFAULT_FORM
+    form = default_wkv_form(version)
     for dtype in dtypes:
         out = ws.onnx_dir(dtype)
         if not fresh and _export_is_current(out, form):

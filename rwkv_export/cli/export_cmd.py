@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from custom_ops.wkv4_onnx import DEFAULT_FORM
-from custom_ops.wkv_matrix_onnx import DEFAULT_FORM as MATRIX_DEFAULT_FORM
 from rwkv_export.cli.options import checkpoint_arg, examples, force_flag, quiet_flag
 from rwkv_export.export import ALL_FORMS
 
@@ -31,7 +30,7 @@ def progress_printer(quiet: bool):  # type: ignore[no-untyped-def]
 @click.option("--all-logits", is_flag=True, help="Prefill returns logits for every position, not only the last.")
 @click.option("--wkv-form", type=click.Choice(ALL_FORMS), default=None,
               help=f"Body of the WKV op's ONNX function that ONNX Runtime runs (default: {DEFAULT_FORM} for RWKV-4, "
-                   f"the fastest measured for batch-1 prefill; {MATRIX_DEFAULT_FORM} for RWKV-5/6/7).")
+                   f"the fastest measured for batch-1 prefill; chunked for RWKV-5/6, scan for RWKV-7).")
 @click.option("--tokenizer", type=click.Path(path_type=str), default=None, help="tokenizer.json to ship with the export.")
 @force_flag
 @quiet_flag

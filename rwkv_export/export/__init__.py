@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from custom_ops.wkv4_onnx import DEFAULT_FORM, FORMS, MIN_OPSET
-from custom_ops.wkv_matrix_onnx import CHUNKED_OPS, DEFAULT_FORM as MATRIX_DEFAULT_FORM, FORMS as MATRIX_FORMS
+from custom_ops.wkv_matrix_onnx import CHUNKED_OPS, DEFAULT_FORMS as MATRIX_DEFAULT_FORMS, FORMS as MATRIX_FORMS
 from rwkv_export.checkpoint import Checkpoint, load_checkpoint
 from rwkv_export.checkpoint.versions import require_supported
 from rwkv_export.errors import RwkvExportError
@@ -31,7 +31,7 @@ from rwkv_export.export.trace import step_from_prefill, trace_graph
 from rwkv_export.fileio import atomic_directory, atomic_write_json, sha256_file
 from rwkv_export.model import MATRIX_STATE_INITIAL, MatrixRWKV, build_model
 
-__all__ = ["EXPORT_DTYPES", "ExportResult", "export_checkpoint", "read_manifest", "MANIFEST", "tokenizer_info"]
+__all__ = ["EXPORT_DTYPES", "ExportResult", "default_wkv_form", "export_checkpoint", "read_manifest", "MANIFEST", "tokenizer_info"]
 
 EXPORT_DTYPES = ("float32", "float16")
 TOKENIZER_FILE = "tokenizer.json"
@@ -56,6 +56,12 @@ def tokenizer_info(vocab_size: int, has_file: bool) -> dict[str, Any]:
     if vocab_size in (50277, 50304):
         return {"kind": "gpt-neox-20b", "file": None, "hint": "pass --tokenizer 20B_tokenizer.json"}
     return {"kind": "none", "file": None}
+
+
+def default_wkv_form(version: str) -> str:
+    """The WKV function body an export of RWKV-`version` carries unless --wkv-form says otherwise."""
+    op = WKV_OPS[version]
+    return DEFAULT_FORM if op == "WKV4" else MATRIX_DEFAULT_FORMS[op]
 
 
 def export_checkpoint(
@@ -87,7 +93,7 @@ def export_checkpoint(
     require_supported(cfg.version)  # every known version exports; kept for versions added to loading first
     op = WKV_OPS[cfg.version]
     forms = FORMS if op == "WKV4" else MATRIX_FORMS if op in CHUNKED_OPS else ("scan",)
-    wkv_form = wkv_form or (DEFAULT_FORM if op == "WKV4" else MATRIX_DEFAULT_FORM)
+    wkv_form = wkv_form or default_wkv_form(cfg.version)
     if wkv_form not in forms:
         raise RwkvExportError(f"WKV form '{wkv_form}' is not available for RWKV-{cfg.version} ({op}); its forms: {', '.join(forms)}")
     progress(f"loaded {ckpt.path} (RWKV-{cfg.version}, {cfg.n_layer} x {cfg.n_embd}, vocab {cfg.vocab_size}, {ckpt.format})")
