@@ -24,8 +24,14 @@ Forms:
   The intra-chunk part ([L, L, N] factors per head) is computed for all chunks at once; a Scan over
   the T / L chunks carries S with two MatMuls. Exp arguments are clamped at -60 (ORT's Exp is ~15x
   slower on arguments that underflow; e^-60 is far below float32 rounding of the sums). T == 1 (every
-  step graph) goes through an If to the scan form. WKV7's delta rule (S feeds back through a) needs
-  another chunking (a WY / UT transform of the in-chunk rank-1 updates): not built.
+  step graph) goes through an If to the scan form.
+
+No chunked WKV7: its delta rule (S feeds back through a) chunks through a UT transform (within a
+chunk, h_t = S_{t-1} a_t solves a unit lower-triangular system; S_L = S_0 F + C). Built and
+measured on ORT CPU (B = 1, H = 12, N = 64), it was 1.6-6x slower than the scan form (T = 512: 57 /
+80 / 165 ms at L = 8 / 16 / 32 against 28 ms): the chunk's transition S_0 F alone costs N^3 per
+chunk, no less than the scan's per-token rank-2 updates, and the pairwise [L, L, N] decay factors
+come on top. Not kept.
 
 Inputs may be float16 (the op's contract): r, k, v (, a, b) are cast to float32 at the top of the
 body; the exporter's own graphs already feed float32, where ORT drops the casts.
@@ -67,8 +73,8 @@ FORMS = ("scan", "chunked")
 # chunked where it exists: 1.7-2.9x the scan form from T = 64 on (bench_matrix_forms.py), 1.26x on a
 # whole 169M-like RWKV-6 prefill of 128 tokens; T == 1 (every step graph) takes the scan form anyway.
 DEFAULT_FORMS = {"WKV5": "chunked", "WKV6": "chunked", "WKV7": "scan"}
-CHUNKED_OPS = ("WKV5", "WKV6")  # WKV7's delta rule needs another chunking (a WY / UT transform): not built
-DEFAULT_CHUNK = 4  # L of the chunked form: 4 and 8 measured fastest (module docstring)
+CHUNKED_OPS = ("WKV5", "WKV6")  # WKV7: see "No chunked WKV7" in the module docstring
+DEFAULT_CHUNKS = {"WKV5": 4, "WKV6": 4}  # L of the chunked form, measured fastest (module docstring)
 
 _FLOAT = TensorProto.FLOAT
 _SEQ_FIRST = [1, 0, 2, 3, 4]  # [B, T, H, *, *] <-> [T, B, H, *, *]
@@ -216,40 +222,46 @@ def _wkv56(op: str, form: str, chunk: int) -> _Builder:
     u32 = _to_float(g, u)
     if form == "scan":
         y_out, s_out = _scan56(g, op, ax, r32, k32, v32, w_raw, u32, state_in)
-    else:  # T == 1 (every step graph) takes the scan form: no padding to a chunk
-        branches = []
-        for name in ("scan", "chunked"):
-            b = _Builder(f"{op.lower()}_{name}_")
-            if name == "scan":
-                outs = _scan56(b, op, ax, r32, k32, v32, w_raw, u32, state_in)
-            else:
-                outs = _chunked56(b, op, r32, k32, v32, w_raw, u32, state_in, chunk)
-            names = [f"{b.prefix}y", f"{b.prefix}state_out"]
-            for o, n in zip(outs, names):
-                b.rename(o, n)
-            branches.append(helper.make_graph(b.nodes, f"{op.lower()}_{name}", [], _float_inputs(names)))
-        T = g.op("Slice", g.op("Shape", k32), g.ints(1), g.ints(2))
-        y_out, s_out = g.ops("If", g.op("Equal", T, g.ints(1)), outputs=2, then_branch=branches[0], else_branch=branches[1])
+    else:
+        y_out, s_out = _if_single_token(g, op, k32, lambda bld: _scan56(bld, op, ax, r32, k32, v32, w_raw, u32, state_in),
+                                        lambda bld: _chunked56(bld, op, r32, k32, v32, w_raw, u32, state_in, chunk))
     g.rename(y_out, "y")
     g.rename(s_out, "state_out")
     return g
+
+
+def _scan7(g: _Builder, ax: _Axes, r: str, w_raw: str, k: str, v: str, a: str, b: str, state_in: str) -> tuple[str, str]:
+    """The scan form of WKV7 in builder `g`: (y [B, T, H, N], state_out)."""
+    row = lambda x: g.op("Unsqueeze", x, ax.second_last)  # noqa: E731  [B, T, H, 1, N]
+    col = lambda x: g.op("Unsqueeze", x, ax.last)  # noqa: E731  [B, T, H, N, 1]
+    outer = [col(r), row(_decay(g, w_raw)), col(a), col(v), g.op("Concat", row(b), row(k), axis=-2)]
+    body, S, names, y, new_S = _wkv7_body()
+    y5, s_out = _scan(g, "WKV7", body, state_in, S, dict(zip(names, outer)), y, new_S)
+    return g.op("Squeeze", y5, ax.last), s_out
 
 
 def _wkv7() -> _Builder:
     r, w_raw, k, v, a, b, state_in = SCHEMAS["WKV7"].INPUTS
     g = _Builder("wkv7_")
     ax = _Axes(g)
-    w = _decay(g, w_raw)
     r32, k32, v32, a32, b32 = (_to_float(g, x) for x in (r, k, v, a, b))
-    row = lambda x: g.op("Unsqueeze", x, ax.second_last)  # noqa: E731  [B, T, H, 1, N]
-    col = lambda x: g.op("Unsqueeze", x, ax.last)  # noqa: E731  [B, T, H, N, 1]
-    outer = [col(r32), row(w), col(a32), col(v32), g.op("Concat", row(b32), row(k32), axis=-2)]
-    body, S, names, y, new_S = _wkv7_body()
-    y5, s_out = _scan(g, "WKV7", body, state_in, S, dict(zip(names, outer)), y, new_S)
-    y_out = g.op("Squeeze", y5, ax.last)
+    y_out, s_out = _scan7(g, ax, r32, w_raw, k32, v32, a32, b32, state_in)
     g.rename(y_out, "y")
     g.rename(s_out, "state_out")
     return g
+
+
+def _if_single_token(g: _Builder, op: str, k: str, scan, chunked) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """T == 1 (every step graph) takes the scan form, longer inputs the chunked one: an If."""
+    branches = []
+    for name, build in (("scan", scan), ("chunked", chunked)):
+        b = _Builder(f"{op.lower()}_{name}_")
+        names = [f"{b.prefix}y", f"{b.prefix}state_out"]
+        for o, n in zip(build(b), names):
+            b.rename(o, n)
+        branches.append(helper.make_graph(b.nodes, f"{op.lower()}_{name}", [], _float_inputs(names)))
+    T = g.op("Slice", g.op("Shape", k), g.ints(1), g.ints(2))
+    return g.ops("If", g.op("Equal", T, g.ints(1)), outputs=2, then_branch=branches[0], else_branch=branches[1])
 
 
 def _check(op: str, opset: int, form: str, chunk: int) -> None:
@@ -265,12 +277,13 @@ def _check(op: str, opset: int, form: str, chunk: int) -> None:
         raise RwkvExportError(f"{op} ONNX body: opset {opset} < {MIN_OPSET}; export with opset >= {MIN_OPSET}")
 
 
-def wkv_matrix_function(op: str, opset: int, form: str | None = None, chunk: int = DEFAULT_CHUNK) -> onnx.FunctionProto:
+def wkv_matrix_function(op: str, opset: int, form: str | None = None, chunk: int | None = None) -> onnx.FunctionProto:
     """The FunctionProto `rwkv::<op>` (op: WKV5, WKV6 or WKV7) for a model of default-domain `opset`.
 
     form: scan (every op) or chunked (WKV5 / WKV6; chunk = L tokens; T == 1 runs the scan form);
     None: the op's DEFAULT_FORMS entry."""
     form = form or DEFAULT_FORMS.get(op, "scan")
+    chunk = chunk or DEFAULT_CHUNKS.get(op, 4)
     _check(op, opset, form, chunk)
     g = _wkv7() if op == "WKV7" else _wkv56(op, form, chunk)
     schema = SCHEMAS[op]
@@ -289,7 +302,7 @@ def wkv_matrix_node(op: str, inputs, outputs, name: str) -> onnx.NodeProto:
     )  # fmt: skip
 
 
-def wkv_matrix_model(op: str, opset: int = MIN_OPSET, form: str | None = None, chunk: int = DEFAULT_CHUNK) -> onnx.ModelProto:
+def wkv_matrix_model(op: str, opset: int = MIN_OPSET, form: str | None = None, chunk: int | None = None) -> onnx.ModelProto:
     """A standalone model of one node and its function (for tests and benches); every input is a
     graph input, B, T, H, N dynamic (WKV5's w_raw and u are [H, N])."""
     schema = SCHEMAS[op]
