@@ -100,6 +100,12 @@ class _Builder:
 
     _ids = itertools.count()
 
+    @classmethod
+    def restart_names(cls) -> None:
+        """Number values from 0 again: at the start of each FunctionProto (its own name scope), so
+        the same code always builds byte-identical functions (the manifest fingerprints them)."""
+        cls._ids = itertools.count()
+
     def __init__(self, prefix: str):
         self.prefix = prefix
         self.nodes: list[onnx.NodeProto] = []
@@ -423,6 +429,7 @@ def wkv4_function(opset: int, form: str = DEFAULT_FORM, **form_options) -> onnx.
     form_options = dict(form_options)
     single_step = form_options.pop("single_step", True)
     d, u, k, v, aa, bb, pp = INPUTS
+    _Builder.restart_names()
     g = _Builder("wkv_")
     w = g.op("Exp", d)  # [C] decay rate
     T = g.op("Slice", g.op("Shape", k), g.ints(1), g.ints(2))  # [1]

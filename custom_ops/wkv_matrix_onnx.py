@@ -285,6 +285,7 @@ def wkv_matrix_function(op: str, opset: int, form: str | None = None, chunk: int
     form = form or DEFAULT_FORMS.get(op, "scan")
     chunk = chunk or DEFAULT_CHUNKS.get(op, 4)
     _check(op, opset, form, chunk)
+    _Builder.restart_names()
     g = _wkv7() if op == "WKV7" else _wkv56(op, form, chunk)
     schema = SCHEMAS[op]
     return helper.make_function(

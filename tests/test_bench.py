@@ -341,3 +341,22 @@ def test_workspace_keeps_the_sources_group_norm_eps(tmp_path) -> None:  # type: 
     ckpt = ensure(ws, make, need_hf=False, dtypes=[], progress=lambda _: None)
     assert load_checkpoint(ws.pth).config.extra["group_norm_eps"] == pytest.approx(64e-5)  # why the workspace must say it
     assert ckpt.config.extra["group_norm_eps"] == pytest.approx(1e-5) == ws.checkpoint().config.extra["group_norm_eps"]
+
+
+def test_cached_export_with_an_older_function_body_is_stale(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The workspace re-exports when the manifest's WKV function fingerprint is not today's code's
+    (same form name, other body), and keeps an export that matches."""
+    from rwkv_export.bench.workspace import _export_is_current
+    from rwkv_export.checkpoint import Checkpoint
+    from rwkv_export.checkpoint.random import random_weights
+    from rwkv_export.export import export_checkpoint
+    from rwkv_export.export.finalize import wkv_function_sha256
+
+    config, weights = random_weights("7", 1, 32, 41, seed=0)
+    out = export_checkpoint(Checkpoint(config, weights, "random", tmp_path / "m.pth"), tmp_path / "x").directory
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["export"]["wkv_function_sha256"] == wkv_function_sha256("WKV7", manifest["export"]["opset"], "scan")
+    assert _export_is_current(out, "scan") and not _export_is_current(out, "chunked")
+    manifest["export"]["wkv_function_sha256"] = "0" * 64
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert not _export_is_current(out, "scan")

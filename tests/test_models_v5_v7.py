@@ -261,7 +261,7 @@ def test_group_norm_eps_override_and_defaults() -> None:
 
 # --- the rwkv package -----------------------------------------------------------------------------
 
-PACKAGE_BATCH, PACKAGE_T = 3, 128
+PACKAGE_BATCH, PACKAGE_T = 3, 512
 
 
 def _run_package(groups: dict[bool, list[dict[str, Any]]], tmp: Path) -> None:

@@ -10,8 +10,8 @@ The default source is a deterministic random 169M-shaped model (12 x 768, vocab 
 version (RWKV-4 unless asked; 5/6/7 with heads of 64 and LoRA rank 32), so the benchmark needs no
 download. The vocabulary stays GPT-NeoX's 50277 for every version (the released v5+ models use the
 65536-token world vocabulary): the same head and embedding cost, so versions compare on their blocks.
-Exports are redone when the WKV body form they carry is no longer the exporter's default for the
-version (another engineer may have changed it since the cache was filled).
+Exports are redone when the WKV body they carry is no longer the exporter's default form for the
+version, or no longer today's code of that form (the manifest's function fingerprint).
 """
 
 from __future__ import annotations
@@ -154,7 +154,12 @@ def ensure(ws: Workspace, make: Callable[[], Checkpoint], need_hf: bool, dtypes:
 
 
 def _export_is_current(out: Path, form: str) -> bool:
+    """The cached export carries today's default form and today's body of it (the function's fingerprint)."""
+    from rwkv_export.export.finalize import wkv_function_sha256
+
     try:
-        return read_manifest(out)["export"]["wkv_form"] == form
+        export = read_manifest(out)["export"]
+        return bool(export["wkv_form"] == form
+                    and export["wkv_function_sha256"] == wkv_function_sha256(export["wkv_op"], export["opset"], form))
     except (RwkvExportError, KeyError, TypeError):  # missing, half-written or older-format: export again
         return False

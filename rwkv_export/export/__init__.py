@@ -24,7 +24,9 @@ from custom_ops.wkv_matrix_onnx import CHUNKED_OPS, DEFAULT_FORMS as MATRIX_DEFA
 from rwkv_export.checkpoint import Checkpoint, load_checkpoint
 from rwkv_export.checkpoint.versions import require_supported
 from rwkv_export.errors import RwkvExportError
-from rwkv_export.export.finalize import EXTERNAL_DATA_THRESHOLD, attach_wkv_function, default_opset, save_checked, set_metadata
+from rwkv_export.export.finalize import (
+    EXTERNAL_DATA_THRESHOLD, attach_wkv_function, default_opset, save_checked, set_metadata, wkv_function_sha256,
+)
 from rwkv_export.export.manifest import FORMAT, MANIFEST, package_versions, read_manifest
 from rwkv_export.export.spec import GRAPHS, STATE_LAYOUTS, WKV_OPS, graph_spec
 from rwkv_export.export.trace import step_from_prefill, trace_graph
@@ -157,6 +159,7 @@ def export_checkpoint(
             "dynamic_dims": ["batch", "seq"],
             "tokenizer": tok_info,
             "export": {"dtype": dtype, "opset": graphs["step"]["opset"], "all_logits": all_logits, "wkv_form": wkv_form,
+                       "wkv_function_sha256": wkv_function_sha256(op, graphs["step"]["opset"], wkv_form),
                        "rescale_every": model.rescale_every, "wkv_domain": "rwkv", "wkv_op": op,
                        "plugin_namespace": "rwkv", "plugin_version": "1"},
             "versions": package_versions(),

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 import os
 from pathlib import Path
@@ -28,6 +30,17 @@ def default_opset(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
+def wkv_function(op: str, opset: int, form: str) -> onnx.FunctionProto:
+    """The model-local function rwkv::<op> an export of this code attaches."""
+    return wkv4_function(opset, form) if op == OP_TYPE else wkv_matrix_function(op, opset, form)
+
+
+def wkv_function_sha256(op: str, opset: int, form: str) -> str:
+    """Fingerprint of that function (recorded in the manifest): a cached export whose fingerprint
+    differs carries an older body of the same form and is stale."""
+    return hashlib.sha256(wkv_function(op, opset, form).SerializeToString(deterministic=True)).hexdigest()
+
+
 def attach_wkv_function(model: onnx.ModelProto, form: str, op: str = OP_TYPE) -> int:
     """Add the rwkv::<op> function body (op: WKV4 .. WKV7); return the number of <op> nodes it serves."""
     nodes = [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == op]
@@ -37,8 +50,7 @@ def attach_wkv_function(model: onnx.ModelProto, form: str, op: str = OP_TYPE) ->
     if others:
         raise RwkvExportError(f"the traced graph mixes rwkv::{op} with {', '.join(others)}; expected one WKV op")
     del model.functions[:]
-    opset = default_opset(model)
-    model.functions.append(wkv4_function(opset, form) if op == OP_TYPE else wkv_matrix_function(op, opset, form))
+    model.functions.append(wkv_function(op, default_opset(model), form))
     if not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
     return len(nodes)
