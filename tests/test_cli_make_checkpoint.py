@@ -12,22 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 from rwkv_export.checkpoint import load_checkpoint
 from rwkv_export.checkpoint.random import random_weights
-from rwkv_export.cli import cli
+from tests.test_cli import _invoke, _one_line_error
 
 
-def _invoke(*args: str):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-
-
-def _one_line_error(result, needle: str) -> None:  # type: ignore[no-untyped-def]
-    assert result.exit_code == 2, f"exit {result.exit_code}: {result.output}"
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert any(needle in line for line in lines), lines
-    assert "Traceback" not in result.output
 
 
 # version -> (head size option, LoRA option, expected n_head, expected ffn) for 2 layers x 64 wide
