@@ -26,7 +26,6 @@ from rwkv_export.errors import RwkvExportError
 HERE = Path(__file__).parent
 UNITS = {"wkv4": HERE / "wkv4.cu", "matrix": HERE / "wkv_matrix.cu"}
 HEADERS = (HERE / "wkv_common.cuh",)
-SOURCE_PATH = UNITS["wkv4"]
 # -std=c++17 for the templates; no --use_fast_math: expf/division stay accurate (the op is checked
 # against a float64 oracle to ~1e-5 relative, and __expf loses ~|x|*6e-8 relative at large |x|).
 BASE_OPTIONS = ("-std=c++17", "--fmad=true")
