@@ -18,11 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_kernels import run_cli, time_ms  # noqa: E402
-from custom_ops import wkv5, wkv6, wkv7  # noqa: E402
+from custom_ops import MATRIX_OPS  # noqa: E402
 from plugins.matrix_launcher import io_inputs, matrix_launch_raw, plan_matrix_launch  # noqa: E402
 from tests._wkv_matrix_cases import make_case  # noqa: E402
 
-TORCH_OPS = {"WKV5": wkv5.wkv5, "WKV6": wkv6.wkv6, "WKV7": wkv7.wkv7}
 # (B, T, H, N): 169M-like layer (768 = 12 x 64) prefill and decode; 1.5B-like (2048 = 32 x 64); a batch.
 SHAPES = [(1, 1, 12, 64), (1, 512, 12, 64), (1, 4096, 12, 64), (1, 1, 32, 64), (1, 1024, 32, 64),
           (16, 1, 32, 64), (16, 512, 32, 64), (64, 1, 32, 64)]
@@ -33,7 +32,7 @@ TORCH_LOOP_MAX_T = 1024  # the loop launches ~8 kernels a token: longer T only m
 def bench(shapes, ios, peak: float) -> list[dict]:
     rows = []
     stream, device = torch.cuda.current_stream().cuda_stream, torch.cuda.current_device()
-    for op in TORCH_OPS:
+    for op, module in MATRIX_OPS.items():
         for B, T, H, N in shapes:
             case = make_case(op, B, T, H, N, seed=0, state="warm")
             for io in ios:
@@ -47,7 +46,7 @@ def bench(shapes, ios, peak: float) -> list[dict]:
                 torch_ms = None
                 if T <= TORCH_LOOP_MAX_T:
                     f32 = [t.float() for t in ts]
-                    torch_ms = time_ms(lambda: TORCH_OPS[op](*f32), inner=1, min_total_ms=0.0, max_reps=3)
+                    torch_ms = time_ms(lambda: getattr(module, op.lower())(*f32), inner=1, min_total_ms=0.0, max_reps=3)
                 moved = sum(t.numel() * t.element_size() for t in ts) + y.numel() * 4 + state.numel() * 4
                 gbs = moved / ms / 1e6
                 rows.append({

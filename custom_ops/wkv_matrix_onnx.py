@@ -61,14 +61,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from custom_ops import wkv5, wkv6, wkv7
+from custom_ops import MATRIX_OPS
 from custom_ops.wkv4 import PLUGIN_NAMESPACE, PLUGIN_VERSION
 from custom_ops.wkv4_onnx import EXP_FLOOR, MIN_OPSET, PLUGIN_ATTRIBUTES, _Builder, _float_inputs
 from rwkv_export.errors import RwkvExportError
 
 DOMAIN = "rwkv"
 DOMAIN_VERSION = 1
-SCHEMAS = {"WKV5": wkv5, "WKV6": wkv6, "WKV7": wkv7}  # op type -> the module holding INPUTS, OUTPUTS
+SCHEMAS = MATRIX_OPS  # op type -> the module holding INPUTS, OUTPUTS
 FORMS = ("scan", "chunked")
 # chunked where it exists: 1.7-2.9x the scan form from T = 64 on (bench_matrix_forms.py), 1.26x on a
 # whole 169M-like RWKV-6 prefill of 128 tokens; T == 1 (every step graph) takes the scan form anyway.

@@ -13,19 +13,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from custom_ops import wkv5, wkv6, wkv7
+from custom_ops import MATRIX_OPS
 from plugins.launcher import Launch, _module_for, enqueue, pack_args
 from plugins.nvrtc import HEAD_SIZES
 from rwkv_export.errors import RwkvExportError
 
-OP_MODULES = {"WKV5": wkv5, "WKV6": wkv6, "WKV7": wkv7}
 _IO_NAMES = ("r", "k", "v", "a", "b")  # the inputs read in the kernel's IO dtype; the rest are float32
 
 
 def op_inputs(op: str) -> tuple[str, ...]:
-    if op not in OP_MODULES:
-        raise RwkvExportError(f"no matrix WKV kernel for op {op!r}: expected one of {', '.join(OP_MODULES)}")
-    return tuple(OP_MODULES[op].INPUTS)
+    if op not in MATRIX_OPS:
+        raise RwkvExportError(f"no matrix WKV kernel for op {op!r}: expected one of {', '.join(MATRIX_OPS)}")
+    return tuple(MATRIX_OPS[op].INPUTS)
 
 
 def io_inputs(op: str) -> tuple[int, ...]:

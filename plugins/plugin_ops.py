@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 
-from custom_ops import wkv4, wkv5, wkv6, wkv7
+from custom_ops import MATRIX_OPS, wkv4
 
 Shapes = Sequence[Sequence[int]]
 
@@ -125,5 +125,5 @@ PLUGIN_OPS: dict[str, PluginOp] = {
         shape_like=(_K, _AA, _AA, _AA), dtype_like=(_K, _AA, _AA, _AA),
         io_inputs=(_K, wkv4.INPUTS.index("v")), unit="wkv4", _check=_wkv4_shapes, _launch=_wkv4_launch,
     ),
-    **{m.OP_TYPE: _matrix_op(m) for m in (wkv5, wkv6, wkv7)},
+    **{name: _matrix_op(m) for name, m in MATRIX_OPS.items()},
 }

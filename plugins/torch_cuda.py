@@ -56,9 +56,9 @@ def _wkv4_fake(
 
 
 def _matrix_reference(op: str, *tensors: Tensor) -> tuple[Tensor, Tensor]:
-    from custom_ops import wkv5, wkv6, wkv7
+    from custom_ops import MATRIX_OPS
 
-    fn = {"WKV5": wkv5.wkv5, "WKV6": wkv6.wkv6, "WKV7": wkv7.wkv7}[op]
+    fn = getattr(MATRIX_OPS[op], op.lower())  # custom_ops.wkvN.wkvN
     state = tensors[-1].float()
     if tensors[0].shape[1] == 0:
         return tensors[0].new_empty(tensors[0].shape, dtype=torch.float32), state.clone()

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from custom_ops import wkv5, wkv6, wkv7
+from custom_ops import MATRIX_OPS
 
-OPS = {"WKV5": wkv5, "WKV6": wkv6, "WKV7": wkv7}
-NUMPY = {"WKV5": wkv5.wkv5_numpy, "WKV6": wkv6.wkv6_numpy, "WKV7": wkv7.wkv7_numpy}
+OPS = MATRIX_OPS
 IO_NAMES = ("r", "k", "v", "a", "b")
 
 
@@ -42,7 +41,7 @@ def as_read(case: dict[str, np.ndarray], io: str) -> dict[str, np.ndarray]:
 
 
 def run_numpy(op: str, case: dict[str, np.ndarray], dtype: type = np.float64) -> tuple[np.ndarray, np.ndarray]:
-    return NUMPY[op](*case.values(), dtype=dtype)
+    return getattr(OPS[op], f"{op.lower()}_numpy")(*case.values(), dtype=dtype)
 
 
 def errors(got: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
