@@ -20,8 +20,8 @@ from typing import Callable, Sequence
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from custom_ops.wkv4 import wkv4 as wkv4_torch  # noqa: E402
-from plugins.launcher import _module_for, plan_launch, wkv4_launch_raw  # noqa: E402
+from rwkv_export.ops.wkv4 import wkv4 as wkv4_torch  # noqa: E402
+from rwkv_export.kernels.launcher import _module_for, plan_launch, wkv4_launch_raw  # noqa: E402
 
 SHAPES = [(1, 512, 768), (1, 4096, 768), (1, 4096, 2560), (8, 1024, 2048), (16, 4096, 4096), (64, 4096, 4096)]
 QUICK = [(1, 512, 768), (1, 4096, 768), (1, 4096, 2560), (8, 1024, 2048), (64, 4096, 4096)]

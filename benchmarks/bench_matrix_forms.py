@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from custom_ops.wkv_matrix_onnx import CHUNKED_OPS, random_inputs, wkv_matrix_model  # noqa: E402
+from rwkv_export.ops.wkv_matrix_onnx import CHUNKED_OPS, random_inputs, wkv_matrix_model  # noqa: E402
 from tests._wkv_matrix_cases import run_numpy  # noqa: E402
 
 

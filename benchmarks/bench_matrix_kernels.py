@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_kernels import run_cli, time_ms  # noqa: E402
-from custom_ops import MATRIX_OPS  # noqa: E402
-from plugins.matrix_launcher import io_inputs, matrix_launch_raw, plan_matrix_launch  # noqa: E402
+from rwkv_export.ops import MATRIX_OPS  # noqa: E402
+from rwkv_export.kernels.matrix_launcher import io_inputs, matrix_launch_raw, plan_matrix_launch  # noqa: E402
 from tests._wkv_matrix_cases import make_case  # noqa: E402
 
 # (B, T, H, N): 169M-like layer (768 = 12 x 64) prefill and decode; 1.5B-like (2048 = 32 x 64); a batch.

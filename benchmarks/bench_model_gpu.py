@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from plugins.torch_cuda import use_kernels  # noqa: E402
+from rwkv_export.kernels.torch_cuda import use_kernels  # noqa: E402
 from rwkv_export.checkpoint.random import random_weights  # noqa: E402
 from rwkv_export.model import build_model  # noqa: E402
 from rwkv_export.checkpoint import Checkpoint  # noqa: E402

@@ -20,8 +20,8 @@ import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from custom_ops.wkv4 import INPUTS, wkv4_numpy  # noqa: E402
-from custom_ops.wkv4_onnx import wkv4_model  # noqa: E402
+from rwkv_export.ops.wkv4 import INPUTS, wkv4_numpy  # noqa: E402
+from rwkv_export.ops.wkv4_onnx import wkv4_model  # noqa: E402
 
 SHAPES = [(1, 1, 768), (1, 64, 768), (1, 512, 768), (1, 1024, 768), (8, 512, 768)]
 

@@ -79,7 +79,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from custom_ops.wkv4 import DOMAIN, INPUTS, OP_TYPE, OUTPUTS, PLUGIN_NAMESPACE, PLUGIN_VERSION, PP_INIT
+from rwkv_export.ops.wkv4 import DOMAIN, INPUTS, OP_TYPE, OUTPUTS, PLUGIN_NAMESPACE, PLUGIN_VERSION, PP_INIT
 from rwkv_export.errors import RwkvExportError
 
 FORMS = ("scan", "chunked", "gemm")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from custom_ops.wkv6 import _scan, wkv6_numpy
+from rwkv_export.ops.wkv6 import _scan, wkv6_numpy
 
 DOMAIN = "rwkv"
 OP_TYPE = "WKV5"

@@ -61,9 +61,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from custom_ops import MATRIX_OPS
-from custom_ops.wkv4 import PLUGIN_NAMESPACE, PLUGIN_VERSION
-from custom_ops.wkv4_onnx import EXP_FLOOR, MIN_OPSET, PLUGIN_ATTRIBUTES, _Builder, _float_inputs
+from rwkv_export.ops import MATRIX_OPS
+from rwkv_export.ops.wkv4 import PLUGIN_NAMESPACE, PLUGIN_VERSION
+from rwkv_export.ops.wkv4_onnx import EXP_FLOOR, MIN_OPSET, PLUGIN_ATTRIBUTES, _Builder, _float_inputs
 from rwkv_export.errors import RwkvExportError
 
 DOMAIN = "rwkv"

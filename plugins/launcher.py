@@ -194,7 +194,7 @@ class _Module:
     and the device's SM count."""
 
     def __init__(self, driver, ctx, dev, unit: str = "wkv4"):
-        from plugins.nvrtc import compile_cubin, compile_ptx
+        from rwkv_export.kernels.nvrtc import compile_cubin, compile_ptx
 
         attr = driver.CUdevice_attribute
         major = _check(driver, driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev), "cuDeviceGetAttribute")

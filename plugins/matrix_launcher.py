@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from custom_ops import MATRIX_OPS
-from plugins.launcher import Launch, _module_for, enqueue, pack_args
-from plugins.nvrtc import HEAD_SIZES
+from rwkv_export.ops import MATRIX_OPS
+from rwkv_export.kernels.launcher import Launch, _module_for, enqueue, pack_args
+from rwkv_export.kernels.nvrtc import HEAD_SIZES
 from rwkv_export.errors import RwkvExportError
 
 _IO_NAMES = ("r", "k", "v", "a", "b")  # the inputs read in the kernel's IO dtype; the rest are float32

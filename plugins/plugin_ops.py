@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 
-from custom_ops import MATRIX_OPS, wkv4
+from rwkv_export.ops import MATRIX_OPS, wkv4
 
 Shapes = Sequence[Sequence[int]]
 
@@ -58,7 +58,7 @@ class PluginOp:
         self._launch(list(inputs), list(outputs), sizes, io, form, stream)
 
     def kernel_sha256(self) -> str:
-        from plugins import nvrtc
+        from rwkv_export.kernels import nvrtc
 
         return nvrtc.source_sha256(self.unit)
 
@@ -74,7 +74,7 @@ def _wkv4_shapes(shapes: Shapes) -> tuple[int, ...]:
 
 
 def _wkv4_launch(inputs: list[int], outputs: list[int], sizes: tuple[int, ...], io: str, form: str, stream: int) -> None:
-    from plugins import launcher
+    from rwkv_export.kernels import launcher
 
     B, T, C = sizes
     launcher.wkv4_launch_raw(*inputs, *outputs, B=B, T=T, C=C, io=io, form=form, stream=stream)
@@ -82,7 +82,7 @@ def _wkv4_launch(inputs: list[int], outputs: list[int], sizes: tuple[int, ...], 
 
 def _matrix_shapes(op_name: str, names: tuple[str, ...]) -> Callable[[Shapes], tuple[int, ...]]:
     def check(shapes: Shapes) -> tuple[int, ...]:
-        from plugins.nvrtc import HEAD_SIZES
+        from rwkv_export.kernels.nvrtc import HEAD_SIZES
 
         k = list(shapes[names.index("k")])
         if len(k) != 4:
@@ -100,7 +100,7 @@ def _matrix_shapes(op_name: str, names: tuple[str, ...]) -> Callable[[Shapes], t
 
 def _matrix_launch(op_name: str) -> Callable[..., None]:
     def launch(inputs: list[int], outputs: list[int], sizes: tuple[int, ...], io: str, form: str, stream: int) -> None:
-        from plugins.matrix_launcher import matrix_launch_raw
+        from rwkv_export.kernels.matrix_launcher import matrix_launch_raw
 
         B, T, H, N = sizes
         matrix_launch_raw(op_name, inputs, outputs, B=B, T=T, H=H, N=N, io=io, stream=stream)

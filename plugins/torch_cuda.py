@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from custom_ops.wkv4 import wkv4 as wkv4_reference
+from rwkv_export.ops.wkv4 import wkv4 as wkv4_reference
 
 Tensor = torch.Tensor
 
@@ -35,7 +35,7 @@ def wkv4(
 def _wkv4_cuda(
     time_decay: Tensor, time_first: Tensor, k: Tensor, v: Tensor, aa: Tensor, bb: Tensor, pp: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    from plugins.launcher import wkv4_launch  # lazy: cuda-bindings is only needed on a GPU
+    from rwkv_export.kernels.launcher import wkv4_launch  # lazy: cuda-bindings is only needed on a GPU
 
     y, aa_out, bb_out, pp_out = wkv4_launch(time_decay, time_first, k, v, aa, bb, pp)
     return y, aa_out, bb_out, pp_out
@@ -56,7 +56,7 @@ def _wkv4_fake(
 
 
 def _matrix_reference(op: str, *tensors: Tensor) -> tuple[Tensor, Tensor]:
-    from custom_ops import MATRIX_OPS
+    from rwkv_export.ops import MATRIX_OPS
 
     fn = getattr(MATRIX_OPS[op], op.lower())  # custom_ops.wkvN.wkvN
     state = tensors[-1].float()
@@ -67,7 +67,7 @@ def _matrix_reference(op: str, *tensors: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _matrix_cuda(op: str, *tensors: Tensor) -> tuple[Tensor, Tensor]:
-    from plugins.matrix_launcher import matrix_launch  # lazy: cuda-bindings is only needed on a GPU
+    from rwkv_export.kernels.matrix_launcher import matrix_launch  # lazy: cuda-bindings is only needed on a GPU
 
     y, state = matrix_launch(op, *tensors)
     return y, state

@@ -15,7 +15,7 @@ installable here) and type-checked only loosely (tensorrt-stubs has no `tensorrt
 # annotations as objects (trtp.TensorDesc, Tuple[...]), so they must not be strings.
 from typing import Any, List, Optional, Tuple, Union
 
-from plugins import launcher, trt_plugin
+from rwkv_export.kernels import launcher, trt_plugin
 
 PLUGIN_ID = f"{trt_plugin.PLUGIN_NAMESPACE}::{trt_plugin.PLUGIN_NAME}"  # "rwkv::WKV4"
 # Every I/O float32 (7 inputs, then 4 outputs): the op is float32 in every exported graph. The
@@ -40,7 +40,7 @@ def register(ptx_arch: str = "sm_75") -> None:
     if not hasattr(trt, "QuickPluginCreationRequest"):
         raise ImportError(f"TensorRT {trt.__version__} has no AOT plugins; need >= 10.9 (or build with --plugin python)")
     _define(trtp, trt, ptx_arch)
-    from plugins import trt_aot_matrix
+    from rwkv_export.kernels import trt_aot_matrix
 
     trt_aot_matrix.define(trtp, trt, ptx_arch)  # rwkv::WKV5, WKV6, WKV7
     _registered_arch = ptx_arch

@@ -15,9 +15,9 @@ engine builder picks the class-based Python front for RWKV-5+ unless --plugin ao
 # annotations as objects.
 from typing import Any, List, Tuple, Union
 
-from plugins import trt_plugin
-from plugins.nvrtc import HEAD_SIZES
-from plugins.plugin_ops import PLUGIN_OPS
+from rwkv_export.kernels import trt_plugin
+from rwkv_export.kernels.nvrtc import HEAD_SIZES
+from rwkv_export.kernels.plugin_ops import PLUGIN_OPS
 
 
 def _launch(trtp: Any, op: str, k: Any, ptx_arch: str) -> Tuple[bytes, bytes, Any, Any]:

@@ -199,9 +199,9 @@ def _repair_def(line: str) -> str:
     return head + sep + ",".join(fixed) + tail
 
 
-if __name__ == "__main__":  # python -m plugins.trt_compat write-stubs DIR
+if __name__ == "__main__":  # python -m rwkv_export.kernels.trt_compat write-stubs DIR
     import sys
 
     if len(sys.argv) != 3 or sys.argv[1] != "write-stubs":
-        sys.exit("usage: python -m plugins.trt_compat write-stubs DIR")
+        sys.exit("usage: python -m rwkv_export.kernels.trt_compat write-stubs DIR")
     print(write_patched_stubs(sys.argv[2]))

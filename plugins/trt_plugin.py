@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from custom_ops import wkv4 as op
-from plugins.plugin_ops import PLUGIN_OPS, PluginOp
+from rwkv_export.ops import wkv4 as op
+from rwkv_export.kernels.plugin_ops import PLUGIN_OPS, PluginOp
 
 LOG = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def check_shapes(shapes: Sequence[Sequence[int]], spec: PluginOp = _WKV4) -> tup
 
 def compile_ptx(arch: str, unit: str = "wkv4") -> str:
     """PTX of a kernel unit for `arch` (NVRTC, no GPU). The one wiring point to plugins/nvrtc.py."""
-    from plugins import nvrtc
+    from rwkv_export.kernels import nvrtc
 
     return nvrtc.compile_ptx(arch, unit=unit)
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from plugins import trt_compat
+from rwkv_export.kernels import trt_compat
 from rwkv_export.export.manifest import read_manifest
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.fileio import atomic_write_bytes, atomic_write_json, sha256_file
@@ -159,7 +159,7 @@ def _inlinable_copy(onnx_path: Path, tmp: Path) -> Path:
     """
     import onnx
 
-    from custom_ops.wkv4_onnx import wkv4_function
+    from rwkv_export.ops.wkv4_onnx import wkv4_function
 
     model = onnx.load(str(onnx_path))
     meta = {p.key: p.value for p in model.metadata_props}
@@ -171,7 +171,7 @@ def _inlinable_copy(onnx_path: Path, tmp: Path) -> Path:
     if op == "WKV4":
         model.functions.append(wkv4_function(opset, "scan", single_step=False))
     else:
-        from custom_ops.wkv_matrix_onnx import wkv_matrix_function
+        from rwkv_export.ops.wkv_matrix_onnx import wkv_matrix_function
 
         model.functions.append(wkv_matrix_function(op, opset, "scan"))
     out = tmp / onnx_path.name
@@ -273,11 +273,11 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
         has_aot = hasattr(trt, "QuickPluginCreationRequest") and importlib.util.find_spec("tensorrt.plugin") is not None
         job["plugin"] = "aot" if has_aot else "python"
     if job["plugin"] == "python":
-        from plugins import trt_plugin
+        from rwkv_export.kernels import trt_plugin
 
         trt_plugin.register(trt, events)
     elif job["plugin"] == "aot":
-        from plugins import trt_aot
+        from rwkv_export.kernels import trt_aot
 
         trt_aot.register(job["ptx_arch"])
 

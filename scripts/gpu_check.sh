@@ -17,8 +17,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader ||
 $PY - <<'PYEOF' || status=1
 import torch
 from cuda.bindings import driver
-from plugins.nvrtc import compile_ptx, nvrtc_version, ptx_version
-from plugins.launcher import _module_for
+from rwkv_export.kernels.nvrtc import compile_ptx, nvrtc_version, ptx_version
+from rwkv_export.kernels.launcher import _module_for
 print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())
 print("driver API version", driver.cuDriverGetVersion()[1], "nvrtc", nvrtc_version(), "ptx", ptx_version(compile_ptx("sm_80")))
 for unit in ("wkv4", "matrix"):

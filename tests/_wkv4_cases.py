@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from custom_ops.wkv4 import PP_INIT, wkv4_numpy
+from rwkv_export.ops.wkv4 import PP_INIT, wkv4_numpy
 
 
 def make_case(B: int, T: int, C: int, *, seed: int, state: str = "zero", k_scale: float = 1.0, extreme: bool = True):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from custom_ops import MATRIX_OPS
+from rwkv_export.ops import MATRIX_OPS
 
 OPS = MATRIX_OPS
 IO_NAMES = ("r", "k", "v", "a", "b")

@@ -248,7 +248,7 @@ def test_device_state_io_binding_matches_plain_run(verified: tuple[Result, Path,
 def test_tensorrt_backend_skipped_with_reason_without_tensorrt(verified: tuple[Result, Path, Path], tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Engines recorded but TensorRT missing: verify reports 'skipped: <why>', run --provider tensorrt refuses in one line."""
-    from plugins import trt_compat
+    from rwkv_export.kernels import trt_compat
 
     def missing(target: str | None = None) -> None:
         raise trt_compat.TensorRTUnavailable("tensorrt-rtx is not installed: pip install 'rwkv-export[tensorrt]'")

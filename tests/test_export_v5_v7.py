@@ -29,8 +29,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from custom_ops import wkv5, wkv6, wkv7
-from custom_ops.wkv_matrix_onnx import SCHEMAS, random_inputs, wkv_matrix_function, wkv_matrix_model
+from rwkv_export.ops import wkv5, wkv6, wkv7
+from rwkv_export.ops.wkv_matrix_onnx import SCHEMAS, random_inputs, wkv_matrix_function, wkv_matrix_model
 from rwkv_export.checkpoint import Checkpoint, load_checkpoint
 from rwkv_export.checkpoint.random import random_weights
 from rwkv_export.errors import RwkvExportError

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from tests._wkv4_cases import make_case, oracle, wkv4_errors
-from custom_ops.wkv4 import wkv4_numpy
-from plugins.launcher import Launch, plan_launch
+from rwkv_export.ops.wkv4 import wkv4_numpy
+from rwkv_export.kernels.launcher import Launch, plan_launch
 
 HERE = Path(__file__).parent
 GXX = shutil.which("g++")

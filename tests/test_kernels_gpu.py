@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from custom_ops.wkv4 import wkv4_numpy
+from rwkv_export.ops.wkv4 import wkv4_numpy
 from tests._wkv4_cases import make_case, oracle, wkv4_errors
 
 HAVE_BINDINGS = importlib.util.find_spec("cuda") is not None and importlib.util.find_spec("cuda.bindings") is not None
@@ -78,7 +78,7 @@ def _assert_close_to_oracle(got, case, ref, base, io, label):
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("B,T,C,state,extreme", CASES)
 def test_kernel_matches_float64_oracle(form, io, B, T, C, state, extreme):
-    from plugins.launcher import wkv4_launch
+    from rwkv_export.kernels.launcher import wkv4_launch
 
     case, ref, base = _case(B, T, C, state, extreme, io)
     out = wkv4_launch(*_to_cuda(case, io), form=form)
@@ -90,7 +90,7 @@ def test_kernel_matches_float64_oracle(form, io, B, T, C, state, extreme):
 @pytest.mark.parametrize("io", ["f32", "f16"])
 @pytest.mark.parametrize("form", ["seq", "chunked", "auto"])
 def test_prefill_then_step_equals_stepping(form, io):
-    from plugins.launcher import wkv4_launch
+    from rwkv_export.kernels.launcher import wkv4_launch
 
     B, T0, steps, C = 2, 1500, 6, 768
     case, ref, base = _case(B, T0 + steps, C, "warm", True, io)
@@ -110,7 +110,7 @@ def test_prefill_then_step_equals_stepping(form, io):
 
 def test_state_in_place_and_side_stream():
     # aa_out == aa (TensorRT may bind the same buffer) on a non-default stream.
-    from plugins.launcher import wkv4_launch_raw
+    from rwkv_export.kernels.launcher import wkv4_launch_raw
 
     case, ref, base = _case(8, 1000, 1027, "zero", True, "f32")
     td, tf, k, v, aa, bb, pp = _to_cuda(case, "f32")
@@ -127,7 +127,7 @@ def test_state_in_place_and_side_stream():
 
 
 def test_torch_op_cuda_matches_cpu():
-    import plugins.torch_cuda  # noqa: F401  (registers rwkv_export::wkv4)
+    import rwkv_export.kernels.torch_cuda  # noqa: F401  (registers rwkv_export::wkv4)
 
     case, ref, base = _case(4, 4096, 512, "warm", False, "f32")
     cpu = [torch.from_numpy(np.ascontiguousarray(x)) for x in case]
@@ -138,7 +138,7 @@ def test_torch_op_cuda_matches_cpu():
 
 
 def test_zero_length_and_cupy_pointer():
-    from plugins.launcher import device_pointer, wkv4_launch
+    from rwkv_export.kernels.launcher import device_pointer, wkv4_launch
 
     case, _, _ = _case(3, 5, 37, "zero", True, "f32")
     td, tf, k, v, aa, bb, pp = _to_cuda(case, "f32")

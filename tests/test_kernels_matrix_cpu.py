@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plugins.matrix_launcher import io_inputs, plan_matrix_launch
-from plugins.nvrtc import HEAD_SIZES
+from rwkv_export.kernels.matrix_launcher import io_inputs, plan_matrix_launch
+from rwkv_export.kernels.nvrtc import HEAD_SIZES
 from tests._wkv_matrix_cases import as_read, assert_close, make_case, run_numpy
 
 HERE = Path(__file__).parent

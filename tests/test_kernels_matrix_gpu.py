@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from plugins.nvrtc import HEAD_SIZES
+from rwkv_export.kernels.nvrtc import HEAD_SIZES
 from tests._wkv_matrix_cases import as_read, assert_close, make_case
 
 HAVE_BINDINGS = importlib.util.find_spec("cuda") is not None and importlib.util.find_spec("cuda.bindings") is not None
@@ -35,7 +35,7 @@ CASES = [
 
 
 def _launch(op: str, case: dict[str, np.ndarray], io: str):
-    from plugins.matrix_launcher import io_inputs, matrix_launch
+    from rwkv_export.kernels.matrix_launcher import io_inputs, matrix_launch
 
     dt = torch.float16 if io == "f16" else torch.float32
     pos = io_inputs(op)
@@ -64,7 +64,7 @@ def test_every_head_size(op: str, N: int) -> None:
 
 @pytest.mark.parametrize("op", OPS)
 def test_state_out_may_alias_state_in(op: str) -> None:
-    from plugins.matrix_launcher import io_inputs, matrix_launch_raw
+    from rwkv_export.kernels.matrix_launcher import io_inputs, matrix_launch_raw
 
     case = make_case(op, 2, 40, 3, 64, seed=5, state="warm")
     ts = [torch.from_numpy(a).cuda() for a in case.values()]
@@ -80,8 +80,8 @@ def test_state_out_may_alias_state_in(op: str) -> None:
 
 def test_matches_the_torch_reference_model_layer() -> None:
     """The kernel agrees with custom_ops' torch op on CUDA float32 (the model's own WKV call)."""
-    from custom_ops.wkv6 import wkv6
-    from plugins.matrix_launcher import matrix_launch
+    from rwkv_export.ops.wkv6 import wkv6
+    from rwkv_export.kernels.matrix_launcher import matrix_launch
 
     case = make_case("WKV6", 2, 64, 4, 64, seed=11, state="warm")
     ts = [torch.from_numpy(a).cuda() for a in case.values()]

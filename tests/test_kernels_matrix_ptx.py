@@ -7,8 +7,8 @@ import importlib.util
 
 import pytest
 
-from plugins.matrix_launcher import io_inputs, op_inputs, plan_matrix_launch
-from plugins.nvrtc import HEAD_SIZES
+from rwkv_export.kernels.matrix_launcher import io_inputs, op_inputs, plan_matrix_launch
+from rwkv_export.kernels.nvrtc import HEAD_SIZES
 
 HAVE_NVRTC = importlib.util.find_spec("cuda") is not None and importlib.util.find_spec("cuda.bindings") is not None
 pytestmark = pytest.mark.skipif(not HAVE_NVRTC, reason="cuda-bindings (and nvidia-cuda-nvrtc) not installed: pip install 'cuda-bindings>=13.0,<14' 'nvidia-cuda-nvrtc==13.0.*'")
@@ -21,7 +21,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def test_every_entry_compiles_with_plugin_parameter_order(cache) -> None:
-    from plugins.nvrtc import compile_ptx, entry_names, ptx_entries, ptx_target, ptx_version
+    from rwkv_export.kernels.nvrtc import compile_ptx, entry_names, ptx_entries, ptx_target, ptx_version
 
     ptx = compile_ptx("sm_80", unit="matrix")
     assert ptx_target(ptx) == "sm_80"
@@ -38,7 +38,7 @@ def test_every_entry_compiles_with_plugin_parameter_order(cache) -> None:
 
 
 def test_sass_registers_fit_one_block_per_head() -> None:
-    from plugins.nvrtc import entry_names, resource_usage
+    from rwkv_export.kernels.nvrtc import entry_names, resource_usage
 
     usage = resource_usage("sm_90", unit="matrix")
     assert sorted(usage) == sorted(entry_names("matrix"))
@@ -51,7 +51,7 @@ def test_sass_registers_fit_one_block_per_head() -> None:
 
 
 def test_wkv4_unit_unchanged_by_the_shared_header(cache) -> None:
-    from plugins.nvrtc import compile_ptx, entry_names, ptx_entries, source_sha256
+    from rwkv_export.kernels.nvrtc import compile_ptx, entry_names, ptx_entries, source_sha256
 
     assert sorted(ptx_entries(compile_ptx("sm_80"))) == sorted(entry_names())
     assert source_sha256("wkv4") != source_sha256("matrix")

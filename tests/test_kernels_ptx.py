@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from plugins import launcher
-from plugins.launcher import Launch, device_pointer, pack_args, plan_launch
+from rwkv_export.kernels import launcher
+from rwkv_export.kernels.launcher import Launch, device_pointer, pack_args, plan_launch
 from rwkv_export.errors import RwkvExportError
 
 HAVE_NVRTC = importlib.util.find_spec("cuda") is not None and importlib.util.find_spec("cuda.bindings") is not None
@@ -43,7 +43,7 @@ def _ptx_version_ok(version: str) -> bool:
 @needs_nvrtc
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_every_entry_compiles_with_plugin_parameter_order(cache, arch):
-    from plugins.nvrtc import compile_ptx, entry_names, ptx_entries, ptx_target, ptx_version
+    from rwkv_export.kernels.nvrtc import compile_ptx, entry_names, ptx_entries, ptx_target, ptx_version
 
     ptx = compile_ptx(arch)
     assert ptx_target(ptx) == arch
@@ -59,7 +59,7 @@ def test_every_entry_compiles_with_plugin_parameter_order(cache, arch):
 @needs_nvrtc
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_sass_fits_launch_geometry(arch):
-    from plugins.nvrtc import entry_names, resource_usage
+    from rwkv_export.kernels.nvrtc import entry_names, resource_usage
 
     usage = resource_usage(arch)
     assert sorted(usage) == sorted(entry_names())
@@ -71,7 +71,7 @@ def test_sass_fits_launch_geometry(arch):
 
 @needs_nvrtc
 def test_fp16_entries_use_hardware_conversions(cache):
-    from plugins.nvrtc import compile_ptx
+    from rwkv_export.kernels.nvrtc import compile_ptx
 
     ptx = compile_ptx("sm_80")
     body = ptx.split(".entry wkv4_seq_f16", 1)[1].split(".entry", 1)[0]
@@ -84,7 +84,7 @@ def test_fp16_entries_use_hardware_conversions(cache):
 def test_cache_hit_skips_nvrtc(cache, monkeypatch):
     from cuda.bindings import nvrtc as nvrtc_mod
 
-    from plugins.nvrtc import compile_ptx
+    from rwkv_export.kernels.nvrtc import compile_ptx
 
     first = compile_ptx("sm_80")
     files = list(cache.glob("*.ptx"))
@@ -101,7 +101,7 @@ def test_cache_hit_skips_nvrtc(cache, monkeypatch):
 
 @needs_nvrtc
 def test_compile_error_is_one_line_with_log(cache):
-    from plugins.nvrtc import compile_ptx
+    from rwkv_export.kernels.nvrtc import compile_ptx
 
     with pytest.raises(RwkvExportError) as info:
         compile_ptx("sm_80", source='extern "C" __global__ void broken(float* x) { x[0] = undefined_name; }')
@@ -111,14 +111,14 @@ def test_compile_error_is_one_line_with_log(cache):
 
 @needs_nvrtc
 def test_bad_arch_is_reported(cache):
-    from plugins.nvrtc import compile_ptx
+    from rwkv_export.kernels.nvrtc import compile_ptx
 
     with pytest.raises(RwkvExportError, match="architecture"):
         compile_ptx("ampere")
 
 
 def test_missing_nvrtc_is_reported(cache, monkeypatch):
-    from plugins.nvrtc import compile_ptx
+    from rwkv_export.kernels.nvrtc import compile_ptx
 
     # None in sys.modules makes `from cuda.bindings import nvrtc` raise ImportError.
     monkeypatch.setitem(sys.modules, "cuda.bindings", None)
@@ -218,7 +218,7 @@ def test_pack_args_layout_round_trips():
 
 @needs_nvrtc
 def test_pack_args_matches_ptx_signatures(cache):
-    from plugins.nvrtc import compile_ptx, ptx_entries
+    from rwkv_export.kernels.nvrtc import compile_ptx, ptx_entries
 
     for name, params in ptx_entries(compile_ptx("sm_80")).items():
         scalars = (1, 2) if "_step_" in name else (1, 2, 3)
@@ -268,7 +268,7 @@ def test_device_pointer_refuses_host_memory():
 
 
 def test_torch_op_cpu_matches_oracle_and_opcheck():
-    import plugins.torch_cuda  # noqa: F401  (registers rwkv_export::wkv4)
+    import rwkv_export.kernels.torch_cuda  # noqa: F401  (registers rwkv_export::wkv4)
     from tests._wkv4_cases import make_case, oracle, wkv4_errors
 
     case = make_case(2, 33, 9, seed=4, state="warm")

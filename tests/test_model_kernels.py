@@ -43,7 +43,7 @@ def _run(model, tokens: torch.Tensor, device: str, steps: torch.Tensor) -> tuple
 
 
 def _check(stem: str, device: str, dtype: str) -> dict[str, float]:
-    from plugins.torch_cuda import use_kernels
+    from rwkv_export.kernels.torch_cuda import use_kernels
 
     ckpt = load_checkpoint(tiny_model(stem))
     g = torch.Generator().manual_seed(0)

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-from custom_ops.wkv5 import wkv5, wkv5_numpy
-from custom_ops.wkv6 import wkv6, wkv6_numpy
-from custom_ops.wkv7 import wkv7, wkv7_numpy
+from rwkv_export.ops.wkv5 import wkv5, wkv5_numpy
+from rwkv_export.ops.wkv6 import wkv6, wkv6_numpy
+from rwkv_export.ops.wkv7 import wkv7, wkv7_numpy
 from rwkv_export.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from rwkv_export.checkpoint.random import random_weights
 from rwkv_export.errors import RwkvExportError

@@ -19,8 +19,8 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from custom_ops import wkv4 as op
-from plugins import trt_compat, trt_plugin
+from rwkv_export.ops import wkv4 as op
+from rwkv_export.kernels import trt_compat, trt_plugin
 from rwkv_export import engine
 from rwkv_export.cli import cli
 from rwkv_export.errors import RwkvExportError
@@ -80,7 +80,7 @@ def expected_wkv_bounds(graph: str, channels: int, options: engine.BuildOptions)
 def test_modules_import_without_importing_tensorrt() -> None:
     code = (
         "import sys\n"
-        "import plugins.trt_compat, plugins.trt_plugin, plugins.trt_aot, rwkv_export.engine\n"
+        "import rwkv_export.kernels.trt_compat, rwkv_export.kernels.trt_plugin, rwkv_export.kernels.trt_aot, rwkv_export.engine\n"
         "import rwkv_export.runtime.tensorrt_runner, rwkv_export.cli.build_cmd\n"
         "bad = [m for m in ('tensorrt', 'tensorrt_rtx_bindings', 'tensorrt_rtx_libs') if m in sys.modules]\n"
         "assert not bad, bad\n"
@@ -157,7 +157,7 @@ def test_plugin_mapping_aborts_without_the_link(tmp_path: Path) -> None:
     """Why builds run in a child with the link on LD_LIBRARY_PATH: without it the parser terminates."""
     if trt_compat.rtx_library_dir() is None:
         pytest.skip(reason="this TensorRT-RTX wheel ships libtensorrt_rtx.so itself: nothing aborts")
-    from custom_ops.wkv4_onnx import wkv4_model
+    from rwkv_export.ops.wkv4_onnx import wkv4_model
 
     onnx.save(wkv4_model(), str(tmp_path / "wkv4.onnx"))
     job = {"target": RTX, "onnx": str(tmp_path / "wkv4.onnx"), "plan": str(tmp_path / "x.plan"), "profile": {},
@@ -186,7 +186,7 @@ def test_creator_registers_once_in_namespace_rwkv() -> None:
 
 @requires_rtx
 def test_single_wkv4_node_becomes_our_plugin(tmp_path: Path) -> None:
-    from custom_ops.wkv4_onnx import wkv4_model
+    from rwkv_export.ops.wkv4_onnx import wkv4_model
 
     onnx_path = tmp_path / "wkv4.onnx"
     onnx.save(wkv4_model(), str(onnx_path))
@@ -280,7 +280,7 @@ def test_failed_build_changes_nothing(random_model: Path) -> None:
 
 def _with_function(model_dir: Path, out_dir: Path, **form_options: Any) -> Path:
     """A copy of the exported model whose rwkv::WKV4 function is built with `form_options`."""
-    from custom_ops.wkv4_onnx import wkv4_function
+    from rwkv_export.ops.wkv4_onnx import wkv4_function
 
     out_dir.mkdir(exist_ok=True)
     manifest = json.loads((model_dir / "manifest.json").read_text())

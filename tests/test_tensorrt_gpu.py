@@ -16,8 +16,8 @@ import onnx
 import pytest
 import torch
 
-from custom_ops import wkv4 as op
-from plugins import trt_compat
+from rwkv_export.ops import wkv4 as op
+from rwkv_export.kernels import trt_compat
 from rwkv_export import engine
 from tests.conftest import make_checkpoint
 
@@ -59,7 +59,7 @@ C = 40  # not a multiple of 4 and not of the block size: exercises the kernels' 
 
 def _plugin_only_dir(tmp_path: Path, plugin: str) -> Path:
     """A model dir holding one WKV4 node (C fixed, B and T dynamic) with a manifest that `build` reads."""
-    from custom_ops.wkv4_onnx import wkv4_model
+    from rwkv_export.ops.wkv4_onnx import wkv4_model
 
     model = wkv4_model()
     rename = {"B": "batch", "T": "seq"}
@@ -185,7 +185,7 @@ def test_device_resident_state_equals_host_state(built_model: Path) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA build of torch for the standalone enqueue check")
 def test_enqueue_standalone_on_a_torch_stream() -> None:
     """The class-based plugin's enqueue without an engine: TensorRT-shaped descriptors, torch memory."""
-    from plugins import trt_plugin
+    from rwkv_export.kernels import trt_plugin
 
     trt = trt_compat.load(TARGET)
     plugin_cls, _ = trt_plugin.plugin_classes(trt)

@@ -13,8 +13,8 @@ from typing import Any
 import onnx
 import pytest
 
-from plugins import trt_compat, trt_plugin
-from plugins.plugin_ops import PLUGIN_OPS
+from rwkv_export.kernels import trt_compat, trt_plugin
+from rwkv_export.kernels.plugin_ops import PLUGIN_OPS
 from rwkv_export import engine
 from rwkv_export.fileio import sha256_file
 from tests.conftest import requires_shared, tiny_model
@@ -65,7 +65,7 @@ def test_every_op_has_a_creator_in_namespace_rwkv() -> None:
 @requires_rtx
 @pytest.mark.parametrize("op", OPS)
 def test_single_node_becomes_our_plugin(tmp_path: Path, op: str) -> None:
-    from custom_ops.wkv_matrix_onnx import wkv_matrix_model
+    from rwkv_export.ops.wkv_matrix_onnx import wkv_matrix_model
 
     onnx_path = tmp_path / f"{op}.onnx"
     onnx.save(wkv_matrix_model(op), str(onnx_path))
@@ -176,8 +176,8 @@ def test_aot_front_signatures_entries_and_geometry(op: str, tmp_path: Path, monk
     import inspect
 
     pytest.importorskip("cuda.bindings", reason="NVRTC (cuda-bindings) compiles the PTX the AOT plugin embeds")
-    from plugins import trt_aot_matrix
-    from plugins.nvrtc import ptx_entries
+    from rwkv_export.kernels import trt_aot_matrix
+    from rwkv_export.kernels.nvrtc import ptx_entries
 
     monkeypatch.setenv("RWKV_EXPORT_CACHE", str(tmp_path))
     rec = _Recorder()

@@ -16,8 +16,8 @@ import onnxruntime as ort
 import pytest
 from onnx.reference import ReferenceEvaluator
 
-from custom_ops.wkv4 import DOMAIN, INPUTS, OP_TYPE, OUTPUTS, PLUGIN_NAMESPACE, PLUGIN_VERSION, PP_INIT, wkv4_numpy
-from custom_ops.wkv4_onnx import FORMS, MIN_OPSET, wkv4_function, wkv4_model, wkv4_node
+from rwkv_export.ops.wkv4 import DOMAIN, INPUTS, OP_TYPE, OUTPUTS, PLUGIN_NAMESPACE, PLUGIN_VERSION, PP_INIT, wkv4_numpy
+from rwkv_export.ops.wkv4_onnx import FORMS, MIN_OPSET, wkv4_function, wkv4_model, wkv4_node
 from rwkv_export.errors import RwkvExportError
 
 CHUNK_FORMS = ("chunked", "gemm")

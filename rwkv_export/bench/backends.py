@@ -231,7 +231,7 @@ class TensorRTBackend(Backend):
         if not {"prefill", "step"} <= set(engines):
             raise BackendUnavailable(f"no TensorRT engines in {directory}; run: rwkv-export build {directory}")
         try:
-            from plugins.trt_compat import TensorRTUnavailable
+            from rwkv_export.kernels.trt_compat import TensorRTUnavailable
             from rwkv_export.runtime.tensorrt_runner import TensorRTRunner
         except ImportError as exc:
             raise BackendUnavailable(f"the TensorRT runner cannot be imported ({exc})") from None

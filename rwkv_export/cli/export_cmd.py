@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from custom_ops.wkv4_onnx import DEFAULT_FORM
+from rwkv_export.ops.wkv4_onnx import DEFAULT_FORM
 from rwkv_export.cli.options import checkpoint_arg, examples, force_flag, quiet_flag
 from rwkv_export.export import ALL_FORMS
 

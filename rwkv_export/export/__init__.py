@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from custom_ops.wkv4_onnx import DEFAULT_FORM, FORMS, MIN_OPSET
-from custom_ops.wkv_matrix_onnx import CHUNKED_OPS, DEFAULT_FORMS as MATRIX_DEFAULT_FORMS, FORMS as MATRIX_FORMS
+from rwkv_export.ops.wkv4_onnx import DEFAULT_FORM, FORMS, MIN_OPSET
+from rwkv_export.ops.wkv_matrix_onnx import CHUNKED_OPS, DEFAULT_FORMS as MATRIX_DEFAULT_FORMS, FORMS as MATRIX_FORMS
 from rwkv_export.checkpoint import Checkpoint, load_checkpoint
 from rwkv_export.checkpoint.versions import require_supported
 from rwkv_export.errors import RwkvExportError

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import onnx
 
-from custom_ops.wkv4 import DOMAIN, DOMAIN_VERSION, OP_TYPE
-from custom_ops.wkv4_onnx import wkv4_function
-from custom_ops.wkv_matrix_onnx import wkv_matrix_function
+from rwkv_export.ops.wkv4 import DOMAIN, DOMAIN_VERSION, OP_TYPE
+from rwkv_export.ops.wkv4_onnx import wkv4_function
+from rwkv_export.ops.wkv_matrix_onnx import wkv_matrix_function
 from rwkv_export.errors import RwkvExportError
 
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of initializers; protobuf refuses messages over 2 GiB

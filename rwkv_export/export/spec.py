@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from custom_ops import wkv5, wkv6, wkv7
+from rwkv_export.ops import wkv5, wkv6, wkv7
 from rwkv_export.checkpoint.config import ModelConfig
 from rwkv_export.model.matrix import MATRIX_STATE_INITIAL
 from rwkv_export.model.state import OUTPUT_SUFFIX, STATE_INITIAL, STATE_NAMES

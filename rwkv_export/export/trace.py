@@ -24,7 +24,7 @@ import onnx
 import torch
 from torch.export import Dim
 
-from custom_ops.wkv4 import DOMAIN, DOMAIN_VERSION, OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from rwkv_export.ops.wkv4 import DOMAIN, DOMAIN_VERSION, OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.export.spec import WKV_OPS, GraphSpec
 from rwkv_export.model import RWKV4, MatrixRWKV, MatrixState, State, initial_matrix_state, initial_state

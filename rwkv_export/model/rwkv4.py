@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from custom_ops.wkv4 import wkv4
+from rwkv_export.ops.wkv4 import wkv4
 from rwkv_export.checkpoint.config import ModelConfig
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.model.state import State, initial_state

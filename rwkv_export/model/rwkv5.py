@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from custom_ops.wkv5 import wkv5
+from rwkv_export.ops.wkv5 import wkv5
 from rwkv_export.model.matrix import Block, MatrixRWKV, group_norm
 
 

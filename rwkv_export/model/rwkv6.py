@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from custom_ops.wkv6 import wkv6
+from rwkv_export.ops.wkv6 import wkv6
 from rwkv_export.model.matrix import Block, MatrixRWKV, MatrixState, group_norm, initial_matrix_state
 
 

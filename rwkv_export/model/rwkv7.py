@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from custom_ops.wkv7 import wkv7
+from rwkv_export.ops.wkv7 import wkv7
 from rwkv_export.model.matrix import Block, MatrixRWKV, group_norm
 
 L2_EPS = 1e-12  # torch.nn.functional.normalize's default, as in the rwkv package and BlinkDL's code

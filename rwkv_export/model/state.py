@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import torch
 
-from custom_ops.wkv4 import PP_INIT
+from rwkv_export.ops.wkv4 import PP_INIT
 
 STATE_NAMES = ("x_att", "aa", "bb", "pp", "x_ffn")
 STATE_INITIAL = {"x_att": 0.0, "aa": 0.0, "bb": 0.0, "pp": PP_INIT, "x_ffn": 0.0}

@@ -131,7 +131,7 @@ def tensorrt_unavailable(directory: str | Path, manifest: dict[str, Any]) -> str
     missing = [g for g in manifest["graphs"] if g not in engines or not (Path(directory) / engines[g]["file"]).is_file()]
     if missing:
         return f"no TensorRT engine for {', '.join(missing)} in '{directory}' (run: rwkv-export build {directory})"
-    from plugins import trt_compat
+    from rwkv_export.kernels import trt_compat
 
     target = engines[next(iter(engines))].get("target")
     try:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from plugins import trt_compat
+from rwkv_export.kernels import trt_compat
 from rwkv_export.errors import RwkvExportError
 
 if TYPE_CHECKING:
@@ -169,7 +169,7 @@ class TensorRTRunner:
         self._trt = trt_compat.load(self.entry["target"])
         trt_mod: Any = self._trt
         if self.entry.get("plugin") == "python":  # AOT engines embed the kernel; inlined ones need nothing
-            from plugins import trt_plugin
+            from rwkv_export.kernels import trt_plugin
 
             trt_plugin.register(trt_mod)
         self._logger = trt_mod.Logger(trt_mod.Logger.WARNING)
