@@ -6,7 +6,9 @@ import click
 
 from rwkv_export.ops.wkv4_onnx import DEFAULT_FORM
 from rwkv_export.cli.options import checkpoint_arg, examples, force_flag, quiet_flag
+from rwkv_export.errors import RwkvExportError
 from rwkv_export.export import ALL_FORMS
+from rwkv_export.export.quantize import DEFAULT_BLOCK_SIZE, DEFAULT_KEEP, QUANT_FORMATS, ROLES, QuantSpec
 
 
 def progress_printer(quiet: bool):  # type: ignore[no-untyped-def]
@@ -21,6 +23,7 @@ def progress_printer(quiet: bool):  # type: ignore[no-untyped-def]
     "rwkv-export export model.pth -o out/",
     "rwkv-export export tiny-rwkv-4v0-660K-FP16.bin -o out-fp16 --dtype float16 --all-logits",
     "rwkv-export export RWKV-4-Pile-169M.pth -o out --tokenizer 20B_tokenizer.json --force",
+    "rwkv-export export model.pth -o out-int4 --quantize int4 --all-logits",
 ))
 @checkpoint_arg
 @click.option("-o", "--output", type=click.Path(path_type=str), required=True, help="Output directory (must not exist unless --force).")
@@ -32,16 +35,42 @@ def progress_printer(quiet: bool):  # type: ignore[no-untyped-def]
               help=f"Body of the WKV op's ONNX function that ONNX Runtime runs (default: {DEFAULT_FORM} for RWKV-4, "
                    f"the fastest measured for batch-1 prefill; chunked for RWKV-5/6, scan for RWKV-7).")
 @click.option("--tokenizer", type=click.Path(path_type=str), default=None, help="tokenizer.json to ship with the export.")
+@click.option("--quantize", type=click.Choice(["int8", "int4"]), default=None,
+              help="Block-wise weight-only quantization of the block matrices (and the head unless kept float); "
+                   "activations, WKV and the state stay float32.")
+@click.option("--block-size", type=int, default=None,
+              help=f"Weights per quantization block along the input dimension (a power of two >= 16 dividing every "
+                   f"matrix's input size; default {DEFAULT_BLOCK_SIZE}, measured: see README).")
+@click.option("--symmetric/--asymmetric", default=False, show_default=True,
+              help="Symmetric blocks (scale only) or asymmetric (scale and zero point: measured more accurate at int4).")
+@click.option("--quant-format", type=click.Choice(QUANT_FORMATS), default="matmulnbits", show_default=True,
+              help="matmulnbits: ONNX Runtime's MatMulNBits op (CPU/CUDA kernels); qdq: blocked DequantizeLinear -> MatMul "
+                   "(opset 21) for TensorRT.")
+@click.option("--keep-float", default=",".join(DEFAULT_KEEP), show_default=True,
+              help=f"Comma-separated roles whose matrices stay float ({', '.join(ROLES)}; 'none' for none): lora = the "
+                   "low-rank time-mix/decay/a/v/g matrices of RWKV-6/7, head = the output projection.")
 @force_flag
 @quiet_flag
 def export(checkpoint: str, output: str, dtype: str, opset: int | None, all_logits: bool, wkv_form: str | None,
-           tokenizer: str | None, force: bool, quiet: bool) -> None:
+           tokenizer: str | None, quantize: str | None, block_size: int | None, symmetric: bool, quant_format: str,
+           keep_float: str, force: bool, quiet: bool) -> None:
     """Export CHECKPOINT to ONNX: prefill and step graphs with rwkv::WKV4 (RWKV-4) or WKV5/6/7 custom nodes."""
     from rwkv_export.export import export_checkpoint
 
+    spec = quant_spec(quantize, block_size, symmetric, quant_format, keep_float)
     result = export_checkpoint(checkpoint, output, dtype=dtype, opset=opset, all_logits=all_logits, force=force,
-                               wkv_form=wkv_form, tokenizer=tokenizer, progress=progress_printer(quiet))
+                               wkv_form=wkv_form, tokenizer=tokenizer, progress=progress_printer(quiet), quantize=spec)
     click.echo(str(result.directory))
+
+
+def quant_spec(quantize: str | None, block_size: int | None, symmetric: bool, quant_format: str, keep_float: str) -> QuantSpec | None:
+    """The QuantSpec the options ask for; quantization options without --quantize are refused."""
+    keep = tuple(r.strip() for r in keep_float.split(",") if r.strip() and r.strip() != "none")
+    if quantize is None:
+        if block_size is not None or symmetric or quant_format != "matmulnbits" or keep != DEFAULT_KEEP:
+            raise RwkvExportError("--block-size, --symmetric, --quant-format and --keep-float apply to a quantized export: add --quantize int8|int4")
+        return None
+    return QuantSpec(quantize, block_size or DEFAULT_BLOCK_SIZE, symmetric, quant_format, keep)
 
 
 COMMANDS = [export]

@@ -28,6 +28,7 @@ from rwkv_export.export.finalize import (
     EXTERNAL_DATA_THRESHOLD, attach_wkv_function, default_opset, save_checked, set_metadata, wkv_function_sha256,
 )
 from rwkv_export.export.manifest import FORMAT, MANIFEST, package_versions, read_manifest
+from rwkv_export.export.quantize import QuantSpec, quantize_graph, quantization_manifest
 from rwkv_export.export.spec import GRAPHS, STATE_LAYOUTS, WKV_OPS, graph_spec
 from rwkv_export.export.trace import step_from_prefill, trace_graph
 from rwkv_export.fileio import atomic_directory, atomic_write_json, sha256_file
@@ -77,6 +78,7 @@ def export_checkpoint(
     tokenizer: str | Path | None = None,
     progress: Callable[[str], None] = lambda message: None,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    quantize: QuantSpec | None = None,
 ) -> ExportResult:
     """Export prefill and step graphs of `checkpoint` into `out_dir` (see the module docstring)."""
     start = time.perf_counter()
@@ -86,6 +88,8 @@ def export_checkpoint(
         raise RwkvExportError(f"unknown WKV form '{wkv_form}' (expected one of {', '.join(ALL_FORMS)})")
     if opset is not None and opset < MIN_OPSET:
         raise RwkvExportError(f"opset {opset} is too old: the WKV4 function body needs opset >= {MIN_OPSET}")
+    if quantize is not None:
+        quantize.check(dtype)
     tokenizer_path = _find_tokenizer(checkpoint, tokenizer)
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
@@ -103,6 +107,7 @@ def export_checkpoint(
     matrix_info = _matrix_info(model, op)
     tok_info = tokenizer_info(cfg.vocab_size, tokenizer_path is not None)
     graphs: dict[str, Any] = {}
+    quantized: dict[str, Any] = {}
     with atomic_directory(out_dir, force=force) as tmp:
         initial_files = _write_initial_state(model, tmp)
         derived_step = None  # RWKV-5/6/7: the step graph made from the prefill graph (trace.py)
@@ -116,6 +121,9 @@ def export_checkpoint(
                 proto = trace_graph(model, spec, opset, all_logits and graph == "prefill")
                 if matrix_info and graph == "prefill":  # derive before saving: external data moves the weights out
                     derived_step = step_from_prefill(proto)
+            if quantize is not None:  # before the function: a qdq export raises the opset the function is written for
+                progress(f"quantizing {graph} weights ({quantize.scheme}, blocks of {quantize.block_size}, {quantize.format})")
+                quantized[graph] = quantize_graph(proto, quantize, cfg.n_embd)
             n_wkv = attach_wkv_function(proto, wkv_form, op)
             set_metadata(proto, {
                 "rwkv_export.format": FORMAT, "rwkv_export.graph": graph, "rwkv.version": cfg.version,
@@ -127,6 +135,7 @@ def export_checkpoint(
                 **({"state_initial_files": initial_files} if initial_files else {}),
                 **{f"rwkv.{k}": v for k, v in matrix_info.items()},
                 **({"wkv_op": op} if matrix_info else {}),
+                **({"quantize": quantize.scheme} if quantize is not None else {}),
                 "tokenizer": tok_info["kind"],
             })  # fmt: skip
             progress(f"checking and saving {graph}.onnx ({n_wkv} rwkv::{op} nodes)")
@@ -164,6 +173,8 @@ def export_checkpoint(
                        "plugin_namespace": "rwkv", "plugin_version": "1"},
             "versions": package_versions(),
         }  # fmt: skip
+        if quantize is not None:
+            manifest["export"]["quantization"] = quantization_manifest(quantize, quantized)
         atomic_write_json(tmp / MANIFEST, manifest)
     seconds = time.perf_counter() - start
     progress(f"wrote {out_dir} in {seconds:.1f} s")

@@ -1,0 +1,235 @@
+"""Weight-only block quantization of an exported graph's matrices (an export-stage post-pass).
+
+`quantize_graph(proto, spec, n_embd)` rewrites every MatMul (and RWKV-4's Gemm, turned into a MatMul
+first) whose weight is a constant `[K, N]` initializer, one node and one tensor at a time, so the pass
+works the same on a streamed export. Formats:
+
+- `matmulnbits`: ONNX Runtime's `com.microsoft::MatMulNBits` (4 or 8 bits, blocks of `block_size`
+  along K), made by ONNX Runtime's own quantizer (`onnxruntime.quantization.matmul_nbits_quantizer`),
+  used as a library;
+- `qdq`: standard `DequantizeLinear` (blocked along K, opset 21) feeding a plain `MatMul`, which
+  TensorRT builds as weight-only quantization. int4 comes from the same ORT quantizer; ORT's tool has
+  no 8-bit QDQ, so int8 blocks are written here with the same rounding rules (numpy).
+
+Which matrices stay float is a policy of roles (`KEEP_ROLES`), decided by measurement (`rwkv-export
+eval` on the tiny trained models, README): `head` is the last matrix before `logits`; `lora` is a
+low-rank matrix (min(K, N) < n_embd: RWKV-6/7 time-mix, decay, a/v/g LoRA); `matrix` is every other
+block matrix (r, k, v, o, gate, FFN). The embedding (a Gather) and norms are never quantized.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from rwkv_export.errors import RwkvExportError
+
+QUANT_SCHEMES = {"int8": 8, "int4": 4}
+QUANT_FORMATS = ("matmulnbits", "qdq")
+ROLES = ("matrix", "lora", "head")
+DEFAULT_BLOCK_SIZE = 32
+DEFAULT_KEEP = ("lora",)
+MS_DOMAIN = "com.microsoft"  # MatMulNBits' domain
+QDQ_OPSET = 21  # blocked DequantizeLinear and the INT4/UINT4 types
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """What `export --quantize` asked for; recorded in the manifest as it is."""
+
+    scheme: str  # int8 | int4
+    block_size: int = DEFAULT_BLOCK_SIZE
+    symmetric: bool = False
+    format: str = "matmulnbits"
+    keep_float: tuple[str, ...] = DEFAULT_KEEP
+
+    @property
+    def bits(self) -> int:
+        return QUANT_SCHEMES[self.scheme]
+
+    def check(self, dtype: str) -> None:
+        """One-line errors for combinations that cannot be built."""
+        if self.scheme not in QUANT_SCHEMES:
+            raise RwkvExportError(f"unknown --quantize '{self.scheme}' (expected one of {', '.join(QUANT_SCHEMES)})")
+        if self.format not in QUANT_FORMATS:
+            raise RwkvExportError(f"unknown --quant-format '{self.format}' (expected one of {', '.join(QUANT_FORMATS)})")
+        bad = sorted(set(self.keep_float) - set(ROLES))
+        if bad:
+            raise RwkvExportError(f"unknown --keep-float role(s) {', '.join(bad)} (expected some of {', '.join(ROLES)})")
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise RwkvExportError(f"--block-size {self.block_size}: MatMulNBits and blocked DequantizeLinear need a power of two >= 16")
+        if dtype != "float32" and self.format == "matmulnbits":
+            raise RwkvExportError(f"--quantize {self.scheme} cannot combine with --dtype {dtype} in the matmulnbits format "
+                                  "(ONNX Runtime's CPU MatMulNBits takes float32 activations); use --quant-format qdq or --dtype float32")
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "keep_float": list(self.keep_float), "bits": self.bits}
+
+
+def quantize_graph(model: onnx.ModelProto, spec: QuantSpec, n_embd: int) -> dict[str, object]:
+    """Quantize `model`'s constant-weight matrices in place; return counts and bytes per role."""
+    graph = model.graph
+    _gemms_to_matmuls(graph)
+    inits = {t.name: t for t in graph.initializer}
+    roles = classify_matmuls(graph, inits, n_embd)
+    chosen = {name: role for name, role in roles.items() if role not in spec.keep_float}
+    for node_name in chosen:
+        node = next(n for n in graph.node if n.name == node_name)
+        k = inits[node.input[1]].dims[0]
+        if k % spec.block_size:
+            raise RwkvExportError(f"--block-size {spec.block_size} does not divide the input dimension {k} of "
+                                  f"{node.input[1]} (shape {list(inits[node.input[1]].dims)}); pick a divisor of every K")
+    if spec.format == "qdq":
+        _raise_opset(model, QDQ_OPSET)
+    elif chosen and not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
+    quantizer = _ort_quantizer(spec) if not (spec.format == "qdq" and spec.bits == 8) else None
+    summary: dict[str, dict[str, int]] = {r: {"quantized": 0, "float": 0} for r in ROLES}
+    new_nodes: list[onnx.NodeProto] = []
+    for node in list(graph.node):
+        role = roles.get(node.name)
+        if role is None:
+            new_nodes.append(node)
+            continue
+        if node.name not in chosen:
+            summary[role]["float"] += 1
+            new_nodes.append(node)
+            continue
+        summary[role]["quantized"] += 1
+        new_nodes += quantizer.quantize_matmul(node, [graph]) if quantizer else _int8_qdq(node, graph, inits, spec)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    _drop_unused_initializers(graph)
+    return {"roles": summary, "weight_bytes": sum(_tensor_bytes(t) for t in graph.initializer)}
+
+
+def classify_matmuls(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], n_embd: int) -> dict[str, str]:
+    """node name -> role for every MatMul whose weight is a 2-D constant initializer."""
+    out = {}
+    for node in graph.node:
+        weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) > 1 else None
+        if weight is None or len(weight.dims) != 2 or weight.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+            continue
+        if not node.name:
+            raise RwkvExportError("a MatMul node without a name cannot be quantized (the exporter names every node)")
+        out[node.name] = "lora" if min(weight.dims) < n_embd else "matrix"
+    head = _head_node(graph)
+    if head in out:
+        out[head] = "head"
+    return out
+
+
+def _head_node(graph: onnx.GraphProto) -> str | None:
+    """The first MatMul met walking back from the `logits` output (through reshapes, squeezes, casts)."""
+    producers = {o: n for n in graph.node for o in n.output}
+    frontier = ["logits"]
+    seen: set[str] = set()
+    while frontier:
+        node = producers.get(frontier.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type == "MatMul":
+            return node.name
+        frontier += list(node.input[:1])
+    return None
+
+
+def _gemms_to_matmuls(graph: onnx.GraphProto) -> None:
+    """Gemm(A, W, transB=1) with a constant W and no C (RWKV-4's linears) -> MatMul(A, W^T)."""
+    inits = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        plain = attrs.get("alpha", 1.0) == 1.0 and not attrs.get("transA", 0) and len(node.input) == 2
+        if node.op_type != "Gemm" or not plain or node.input[1] not in inits:
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        if attrs.get("transB", 0):
+            weight = np.ascontiguousarray(weight.T)
+        name = node.input[1] + "_kn"
+        graph.initializer.append(numpy_helper.from_array(weight, name))
+        node.op_type, node.input[1] = "MatMul", name
+        del node.attribute[:]
+    _drop_unused_initializers(graph)
+
+
+def _ort_quantizer(spec: QuantSpec):  # type: ignore[no-untyped-def]
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, DefaultWeightOnlyQuantizer
+    from onnxruntime.quantization.quant_utils import QuantFormat
+
+    root.handlers[:], root.level = handlers, level  # the module calls logging.basicConfig(level=INFO) on import
+
+    fmt = QuantFormat.QDQ if spec.format == "qdq" else QuantFormat.QOperator
+    config = DefaultWeightOnlyQuantConfig(block_size=spec.block_size, is_symmetric=spec.symmetric, quant_format=fmt, bits=spec.bits)
+    return DefaultWeightOnlyQuantizer(config)
+
+
+def block_quantize_int8(weight: np.ndarray, block_size: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """[K, N] float -> (q [K, N] int8|uint8, scales [K/bs, N], zero points [K/bs, N] uint8 or None),
+    blocks along K; ORT's rounding rules (symmetric: scale = absmax/127; asymmetric: range incl. 0 / 255)."""
+    k, n = weight.shape
+    blocks = weight.astype(np.float32).reshape(k // block_size, block_size, n)
+    if symmetric:
+        scale = np.abs(blocks).max(axis=1) / 127.0
+        q = np.clip(np.rint(blocks / np.where(scale == 0, 1, scale)[:, None, :]), -127, 127).astype(np.int8)
+        return q.reshape(k, n), scale.astype(weight.dtype), None
+    lo, hi = np.minimum(blocks.min(axis=1), 0), np.maximum(blocks.max(axis=1), 0)
+    scale = (hi - lo) / 255.0
+    safe = np.where(scale == 0, 1, scale)
+    zero = np.clip(np.rint(-lo / safe), 0, 255)
+    q = np.clip(np.rint(blocks / safe[:, None, :] + zero[:, None, :]), 0, 255).astype(np.uint8)
+    return q.reshape(k, n), scale.astype(weight.dtype), zero.astype(np.uint8)
+
+
+def _int8_qdq(node: onnx.NodeProto, graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], spec: QuantSpec) -> list[onnx.NodeProto]:
+    weight = numpy_helper.to_array(inits[node.input[1]])
+    q, scale, zero = block_quantize_int8(weight, spec.block_size, spec.symmetric)
+    base = node.input[1] + "_DQ_Q8"
+    tensors = [numpy_helper.from_array(q, base), numpy_helper.from_array(scale, base + "_scales")]
+    if zero is not None:
+        tensors.append(numpy_helper.from_array(zero, base + "_zero_points"))
+    graph.initializer.extend(tensors)
+    dq = onnx.helper.make_node("DequantizeLinear", [t.name for t in tensors], [base + "_output"], name=node.name + "_DQ_Q8",
+                               axis=0, block_size=spec.block_size)
+    matmul = onnx.helper.make_node("MatMul", [node.input[0], base + "_output"], list(node.output), name=node.name + "_matmul_Q8")
+    return [dq, matmul]
+
+
+def _raise_opset(model: onnx.ModelProto, version: int) -> None:
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version < version:
+            opset.version = version
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    used = _used_names(graph)
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
+def _used_names(graph: onnx.GraphProto) -> set[str]:
+    """Every value name a node of `graph` or of its subgraphs (Scan, Loop, If bodies) reads."""
+    used = set()
+    for node in graph.node:
+        used.update(node.input)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                used |= _used_names(sub)
+    return used
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    return len(tensor.raw_data) if tensor.raw_data else numpy_helper.to_array(tensor).nbytes
+
+
+def quantization_manifest(spec: QuantSpec, per_graph: dict[str, dict[str, object]]) -> dict[str, object]:
+    """The manifest's `export.quantization`: the spec, the policy per role, and what each graph got."""
+    policy = {role: ("float" if role in spec.keep_float else spec.scheme) for role in ROLES}
+    return {**spec.to_dict(), "policy": {**policy, "embedding": "float", "norms_and_vectors": "float"}, "graphs": per_graph}
