@@ -6,7 +6,7 @@
     backend.step(tokens)           # tokens [B]; carries the state; returns logits [B, V]
 
 Backends: the torch reference (sequence form for prefill, step form for steps), ONNX Runtime on the
-float32 and float16 exports (int8 once a quantized export exists), TensorRT engines where a GPU and
+float32 and float16 exports and on the int8 / int4 weight-quantized ones (`export --quantize`), TensorRT engines where a GPU and
 TensorRT are present, and the peers a user would pick instead: the `rwkv` package (`cpu fp32`) and
 transformers' RwkvForCausalLM. All read the files of one `Workspace`, i.e. the same weights.
 
@@ -37,8 +37,9 @@ os.environ.setdefault("RWKV_JIT_ON", "1")
 os.environ.setdefault("RWKV_CUDA_ON", "0")
 
 REFERENCE = "torch"
-ALL_BACKENDS = ("torch", "ort-fp32", "ort-fp16", "ort-int8", "tensorrt", "rwkv", "transformers")
-ONNX_DTYPES = {"ort-fp32": "float32", "ort-fp16": "float16"}
+ALL_BACKENDS = ("torch", "ort-fp32", "ort-fp16", "ort-int8", "ort-int4", "tensorrt", "rwkv", "transformers")
+# backend -> the workspace export it runs (int8/int4: `export --quantize` with its measured defaults)
+ONNX_DTYPES = {"ort-fp32": "float32", "ort-fp16": "float16", "ort-int8": "int8", "ort-int4": "int4"}
 
 
 class BackendUnavailable(Exception):
@@ -262,15 +263,12 @@ class TensorRTBackend(Backend):
             runner.__exit__(None, None, None)
 
 
-def _int8(ws: Workspace, threads: int) -> Backend:
-    raise BackendUnavailable("no quantized (int8) export exists yet: `rwkv-export export` offers float32 and float16 only")
-
-
 FACTORIES: dict[str, Callable[[Workspace, int], Backend]] = {
     "torch": TorchReference,
     "ort-fp32": lambda ws, threads: OrtBackend(ws, threads, "float32"),
     "ort-fp16": lambda ws, threads: OrtBackend(ws, threads, "float16"),
-    "ort-int8": _int8,
+    "ort-int8": lambda ws, threads: OrtBackend(ws, threads, "int8"),
+    "ort-int4": lambda ws, threads: OrtBackend(ws, threads, "int4"),
     "tensorrt": TensorRTBackend,
     "rwkv": RwkvPackage,
     "transformers": Transformers,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -138,6 +139,15 @@ def step_weight_bytes(config: ModelConfig, bytes_per_weight: int) -> int:
     required, _ = expected_shapes(config)
     total = sum(math.prod(shape) for shape in required.values())
     return (total - config.vocab_size * config.n_embd + config.n_embd) * bytes_per_weight
+
+
+def quantized_step_weight_bytes(export_dir: Path, config: ModelConfig) -> int:
+    """Bytes a batch-1 step of a weight-quantized export reads: its step graph's stored weights (quantized
+    blocks, scales, zero points, the float tensors its policy keeps) less the float32 embedding but one row."""
+    from rwkv_export.export import read_manifest
+
+    stored = int(read_manifest(export_dir)["export"]["quantization"]["graphs"]["step"]["weight_bytes"])
+    return stored - (config.vocab_size - 1) * config.n_embd * 4
 
 
 def prefill_flop(config: ModelConfig, batch: int, seq: int) -> float:

@@ -29,7 +29,7 @@ from rwkv_export.bench.stats import interleaved, summarize
 from rwkv_export.bench.workspace import Workspace
 from rwkv_export.checkpoint import ModelConfig
 
-WEIGHT_DTYPES = {"ort-fp16": "float16"}  # every other backend holds float32 weights
+WEIGHT_DTYPES = {"ort-fp16": "float16", "ort-int8": "int8", "ort-int4": "int4"}  # every other backend holds float32 weights
 PARITY_TOKENS = 16
 SETTLE_S = 0.05  # idle time before each timed call: lets the previous backend's spinning threads sleep
 
@@ -181,6 +181,9 @@ def run(ws: Workspace, config: ModelConfig, parameters: int, settings: Settings,
             progress.tick()
 
     floors = {d: 1e3 * lim.step_floor_seconds(config, limits, nbytes) for d, nbytes in (("float32", 4), ("float16", 2))}
+    quant_bytes = {d: lim.quantized_step_weight_bytes(ws.onnx_dir(d), config) for d in ("int8", "int4")
+                   if any(WEIGHT_DTYPES.get(n) == d for n in loaded)}
+    floors |= {d: 1e3 * nbytes / (limits.bandwidth_gbs * 1e9) for d, nbytes in quant_bytes.items()}
     return {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(), "versions": _versions(), "blas": _blas(),
@@ -189,7 +192,8 @@ def run(ws: Workspace, config: ModelConfig, parameters: int, settings: Settings,
                   "n_embd": config.n_embd, "vocab_size": config.vocab_size, "ffn_size": config.ffn_size,
                   **{k: config.extra[k] for k in ("n_head", "head_size") if k in config.extra},
                   "parameters": parameters,
-                  "step_weight_bytes": {"float32": lim.step_weight_bytes(config, 4), "float16": lim.step_weight_bytes(config, 2)}},
+                  "step_weight_bytes": {"float32": lim.step_weight_bytes(config, 4), "float16": lim.step_weight_bytes(config, 2),
+                                        **quant_bytes}},
         "settings": asdict(s),
         "limits": {**limits.to_dict(), "step_floor_ms": floors,
                    "prefill_ceiling_tok_s": {cell_key(b, t): lim.prefill_ceiling_tok_s(config, limits, b, t) for b, t in cells

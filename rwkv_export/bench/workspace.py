@@ -30,6 +30,7 @@ from rwkv_export.checkpoint.random import DEFAULT_169M
 from rwkv_export.checkpoint.versions import require_supported
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.export import read_manifest
+from rwkv_export.export.quantize import QUANT_SCHEMES, QuantSpec
 from rwkv_export.fileio import atomic_write_json
 
 DEFAULT_SHAPE = (DEFAULT_169M["n_layer"], DEFAULT_169M["n_embd"], DEFAULT_169M["vocab_size"])
@@ -146,19 +147,25 @@ def ensure(ws: Workspace, make: Callable[[], Checkpoint], need_hf: bool, dtypes:
     form = default_wkv_form(version)
     for dtype in dtypes:
         out = ws.onnx_dir(dtype)
-        if not fresh and _export_is_current(out, form):
+        if not fresh and _export_is_current(out, form, dtype):
             continue
         progress(f"exporting {dtype} ONNX graphs to {out} (once; cached)")
-        export_checkpoint(ckpt, out, dtype=dtype, force=True, progress=lambda m: progress(f"  {m}"))
+        quantize = QuantSpec(dtype) if dtype in QUANT_SCHEMES else None  # int8/int4: float32 graphs with quantized weights
+        export_checkpoint(ckpt, out, dtype="float32" if quantize else dtype, force=True, progress=lambda m: progress(f"  {m}"),
+                          quantize=quantize)
     return ckpt
 
 
-def _export_is_current(out: Path, form: str) -> bool:
-    """The cached export carries today's default form and today's body of it (the function's fingerprint)."""
+def _export_is_current(out: Path, form: str, dtype: str = "float32") -> bool:
+    """The cached export carries today's default form and today's body of it (the function's fingerprint),
+    and for int8/int4 today's default quantization."""
     from rwkv_export.export.finalize import wkv_function_sha256
 
     try:
         export = read_manifest(out)["export"]
+        quant = {k: v for k, v in (export.get("quantization") or {}).items() if k in ("scheme", "block_size", "symmetric", "format", "keep_float", "bits")}
+        if quant != (QuantSpec(dtype).to_dict() if dtype in QUANT_SCHEMES else {}):
+            return False
         return bool(export["wkv_form"] == form
                     and export["wkv_function_sha256"] == wkv_function_sha256(export["wkv_op"], export["opset"], form))
     except (RwkvExportError, KeyError, TypeError):  # missing, half-written or older-format: export again

@@ -73,7 +73,7 @@ class _Progress(Progress):
     "rwkv-export bench --profile --seq 512",
 ))
 @click.argument("source", required=False, type=click.Path(path_type=str))
-@click.option("--backends", default=None, help="Comma-separated backends (default: all): torch, ort-fp32, ort-fp16, ort-int8, tensorrt, rwkv, transformers.")
+@click.option("--backends", default=None, help="Comma-separated backends (default: all): torch, ort-fp32, ort-fp16, ort-int8, ort-int4, tensorrt, rwkv, transformers.")
 @click.option("--seq", callback=_int_list, default=None, help="Prefill lengths T  [default: 128,512,2048; --scaling: 128..8192]")
 @click.option("--batch", callback=_int_list, default="1,8", show_default=True, help="Batch sizes B.")
 @click.option("--steps", type=click.IntRange(1), default=16, show_default=True, help="Consecutive steps per timed repetition.")
