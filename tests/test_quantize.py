@@ -100,9 +100,9 @@ CASES = [(s, f, sym) for s in ("int8", "int4") for f in ("matmulnbits", "qdq") f
 def test_quantized_graph_is_dequantize_then_matmul(scheme: str, fmt: str, symmetric: bool, gemm: bool) -> None:
     weights = _weights()
     model = _graph(weights, gemm)
-    spec = QuantSpec(scheme, 16, symmetric, fmt, ("lora",))
+    spec = QuantSpec(scheme, 16, symmetric, fmt, (("lora", "float"),))
     info = quantize_graph(model, spec, N_EMBD)
-    assert info["roles"] == {"matrix": {"quantized": 1, "float": 0}, "lora": {"quantized": 0, "float": 2}, "head": {"quantized": 1, "float": 0}}
+    assert info["roles"] == {"matrix": {scheme: 1}, "lora": {"float": 2}, "head": {scheme: 1}, "embedding": {}}
     deq = _dequantized(model)
     assert sorted(deq) == ["head", "lin"]
     # round to nearest: asymmetric blocks within half a step (span / (2^bits - 1)); symmetric blocks within one
@@ -143,25 +143,54 @@ def test_policy_roles_and_keep_float() -> None:
     model = _graph(_weights())
     inits = {t.name: t for t in model.graph.initializer}
     assert classify_matmuls(model.graph, inits, N_EMBD) == {"lin": "matrix", "lora_a": "lora", "lora_b": "lora", "head": "head"}
-    info = quantize_graph(model, QuantSpec("int8", 16, False, "matmulnbits", ("lora", "head")), N_EMBD)
-    assert info["roles"]["head"] == {"quantized": 0, "float": 1}
-    assert [n.op_type for n in model.graph.node].count("MatMulNBits") == 1
+    info = quantize_graph(model, QuantSpec("int4", 16, False, "matmulnbits", (("lora", "float"), ("head", "int8"))), N_EMBD)
+    assert info["roles"] == {"matrix": {"int4": 1}, "lora": {"float": 2}, "head": {"int8": 1}, "embedding": {}}
+    bits = {n.name: helper.get_attribute_value(n.attribute[[a.name for a in n.attribute].index("bits")])
+            for n in model.graph.node if n.op_type == "MatMulNBits"}
+    assert bits == {"lin_Q4": 4, "head_Q8": 8}
+    assert QuantSpec("int4").precision("head") == "int8" and QuantSpec("int8").precision("lora") == "float"
+    assert QuantSpec("int4", format="qdq").precision("embedding") == "float"
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_embedding_gather_is_block_quantized(scheme: str) -> None:
+    """Gather(table) -> GatherBlockQuantized: ORT's rows equal the numpy dequantized rows of the stored blocks."""
+    table = np.random.default_rng(3).standard_normal((50, K)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Gather", ["emb", "tokens"], ["x"], name="embedding", axis=0)], "g",
+                              [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["B"])],
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", K])], [numpy_helper.from_array(table, "emb")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
+    info = quantize_graph(model, QuantSpec(scheme, 16), N_EMBD)
+    assert info["roles"]["embedding"] == {scheme: 1}
+    node = model.graph.node[0]
+    assert node.op_type == "GatherBlockQuantized" and node.domain == "com.microsoft"
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    q, scale, zp = (inits[name].astype(np.float64) for name in (node.input[0], node.input[2], node.input[3]))
+    if q.shape[1] != K:  # 4-bit values stored two to a byte
+        q, zp = _nibbles(inits[node.input[0]]).astype(np.float64), _nibbles(inits[node.input[3]]).astype(np.float64)
+    rows = (q - np.repeat(zp, 16, axis=1)) * np.repeat(scale, 16, axis=1)
+    bound = 0.5 * np.repeat(np.abs(table).reshape(50, -1, 16).max(-1), 16, axis=1) * 2 / (2 ** (8 if scheme == "int8" else 4) - 1)
+    assert np.all(np.abs(rows - table) <= bound * (1 + 1e-5) + 1e-7)
+    tokens = np.array([0, 49, 7, 7])
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"tokens": tokens})[0]
+    np.testing.assert_allclose(got, rows[tokens], rtol=0, atol=1e-6)
 
 
 def test_bad_block_sizes_and_dtype() -> None:
-    with pytest.raises(RwkvExportError, match="does not divide the input dimension 64"):
+    with pytest.raises(RwkvExportError, match="does not divide the dimension 64 of w_lin"):
         quantize_graph(_graph(_weights()), QuantSpec("int4", 128, False, "matmulnbits", ()), N_EMBD)
     with pytest.raises(RwkvExportError, match="power of two"):
         QuantSpec("int4", 48).check("float32")
     with pytest.raises(RwkvExportError, match="cannot combine with --dtype float16"):
         QuantSpec("int8").check("float16")
-    with pytest.raises(RwkvExportError, match="unknown --keep-float"):
-        QuantSpec("int8", keep_float=("embedding",)).check("float32")
+    with pytest.raises(RwkvExportError, match="--policy norms=float: expected ROLE=PRECISION"):
+        QuantSpec("int8", policy=(("norms", "float"),)).check("float32")
 
 
 def test_cli_refuses_quant_options_without_quantize(random_ckpt: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    for args in (["--block-size", "32"], ["--quantize", "int4", "--dtype", "float16"], ["--quantize", "int4", "--block-size", "24"]):
+    for args in (["--block-size", "32"], ["--quantize", "int4", "--dtype", "float16"], ["--quantize", "int4", "--block-size", "24"],
+                 ["--quantize", "int4", "--policy", "head"], ["--quantize", "int4", "--policy", "head=int2"]):
         result = runner.invoke(cli, ["export", str(random_ckpt), "-o", str(tmp_path / "o"), *args], catch_exceptions=False)
         assert result.exit_code == 2, result.output
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
@@ -190,10 +219,12 @@ def test_tiny_int8_export_accuracy_and_size(tiny_int8: Path) -> None:
     quant = manifest["export"]["quantization"]
     assert quant["scheme"] == "int8" and quant["block_size"] == 32 and quant["policy"]["lora"] == "float"
     assert quant["graphs"]["prefill"]["roles"] == quant["graphs"]["step"]["roles"] == {
-        "matrix": {"quantized": 28, "float": 0}, "lora": {"quantized": 0, "float": 0}, "head": {"quantized": 1, "float": 0}}
+        "matrix": {"int8": 28}, "lora": {}, "head": {"int8": 1}, "embedding": {"int8": 1}}
     for graph in ("prefill", "step"):
         ops = [n.op_type for n in onnx.load(tiny_int8 / f"{graph}.onnx").graph.node]
-        assert ops.count("MatMulNBits") == 29 and "Gemm" not in ops
+        assert ops.count("MatMulNBits") == 29 and ops.count("GatherBlockQuantized") == 1 and "Gemm" not in ops
+    float_bytes = 4 * manifest["model"]["parameters"]
+    assert quant["graphs"]["step"]["weight_bytes"] <= 0.3 * float_bytes
     text_file = SHARED / "texts" / "tinyshakespeare.txt"
     if not text_file.is_file():
         pytest.skip(f"needs {text_file}")

@@ -91,11 +91,9 @@ def _open(ckpt_path: str | None, dirs: list[Path], reference: str, threads: int,
     backends: list[Any] = []
     if ckpt_path in sources and ref_dtype == "float64":
         backends.append(TorchBackend(ckpt, "float32"))
-    names: set[str] = set()
-    for directory, manifest in zip(dirs, manifests):
-        precision = (manifest["export"].get("quantization") or {}).get("scheme") or manifest["dtype"]
-        name = f"ort-{precision}" if f"ort-{precision}" not in names else f"ort-{precision}[{directory.name}]"
-        names.add(name)
+    precisions = [(m["export"].get("quantization") or {}).get("scheme") or m["dtype"] for m in manifests]
+    for directory, precision in zip(dirs, precisions):
+        name = f"ort-{precision}" if precisions.count(precision) == 1 else f"ort-{precision}[{directory.name}]"
         backend = ExportedBackend(directory, "cpu", name, threads)
         backend.precision = precision
         backends.append(backend)

@@ -8,7 +8,7 @@ from rwkv_export.ops.wkv4_onnx import DEFAULT_FORM
 from rwkv_export.cli.options import checkpoint_arg, examples, force_flag, quiet_flag
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.export import ALL_FORMS
-from rwkv_export.export.quantize import DEFAULT_BLOCK_SIZE, DEFAULT_KEEP, QUANT_FORMATS, ROLES, QuantSpec
+from rwkv_export.export.quantize import DEFAULT_BLOCK_SIZE, PRECISIONS, QUANT_FORMATS, ROLES, QuantSpec
 
 
 def progress_printer(quiet: bool):  # type: ignore[no-untyped-def]
@@ -17,6 +17,10 @@ def progress_printer(quiet: bool):  # type: ignore[no-untyped-def]
             click.echo(f"[rwkv-export] {message}", err=True)
 
     return show
+
+
+def _policy_text(scheme: str) -> str:
+    return ", ".join(f"{role} {QuantSpec(scheme).precision(role)}" for role in ROLES)
 
 
 @click.command(epilog=examples(
@@ -36,7 +40,7 @@ def progress_printer(quiet: bool):  # type: ignore[no-untyped-def]
                    f"the fastest measured for batch-1 prefill; chunked for RWKV-5/6, scan for RWKV-7).")
 @click.option("--tokenizer", type=click.Path(path_type=str), default=None, help="tokenizer.json to ship with the export.")
 @click.option("--quantize", type=click.Choice(["int8", "int4"]), default=None,
-              help="Block-wise weight-only quantization of the block matrices (and the head unless kept float); "
+              help="Block-wise weight-only quantization of the matrices, head and embedding (per --policy); "
                    "activations, WKV and the state stay float32.")
 @click.option("--block-size", type=int, default=None,
               help=f"Weights per quantization block along the input dimension (a power of two >= 16 dividing every "
@@ -46,31 +50,37 @@ def progress_printer(quiet: bool):  # type: ignore[no-untyped-def]
 @click.option("--quant-format", type=click.Choice(QUANT_FORMATS), default="matmulnbits", show_default=True,
               help="matmulnbits: ONNX Runtime's MatMulNBits op (CPU/CUDA kernels); qdq: blocked DequantizeLinear -> MatMul "
                    "(opset 21) for TensorRT.")
-@click.option("--keep-float", default=",".join(DEFAULT_KEEP), show_default=True,
-              help=f"Comma-separated roles whose matrices stay float ({', '.join(ROLES)}; 'none' for none): lora = the "
-                   "low-rank time-mix/decay/a/v/g matrices of RWKV-6/7, head = the output projection.")
+@click.option("--policy", default=None,
+              help=f"Comma-separated ROLE=PRECISION overrides of the measured per-role policy (roles: {', '.join(ROLES)}; "
+                   f"precisions: {', '.join(PRECISIONS)}). Defaults: int8 " + _policy_text("int8") + "; int4 " + _policy_text("int4")
+                   + ". lora = the low-rank time-mix/decay/a/v/g matrices of RWKV-6/7; head = the output projection.")
 @force_flag
 @quiet_flag
 def export(checkpoint: str, output: str, dtype: str, opset: int | None, all_logits: bool, wkv_form: str | None,
            tokenizer: str | None, quantize: str | None, block_size: int | None, symmetric: bool, quant_format: str,
-           keep_float: str, force: bool, quiet: bool) -> None:
+           policy: str | None, force: bool, quiet: bool) -> None:
     """Export CHECKPOINT to ONNX: prefill and step graphs with rwkv::WKV4 (RWKV-4) or WKV5/6/7 custom nodes."""
     from rwkv_export.export import export_checkpoint
 
-    spec = quant_spec(quantize, block_size, symmetric, quant_format, keep_float)
+    spec = quant_spec(quantize, block_size, symmetric, quant_format, policy)
     result = export_checkpoint(checkpoint, output, dtype=dtype, opset=opset, all_logits=all_logits, force=force,
                                wkv_form=wkv_form, tokenizer=tokenizer, progress=progress_printer(quiet), quantize=spec)
     click.echo(str(result.directory))
 
 
-def quant_spec(quantize: str | None, block_size: int | None, symmetric: bool, quant_format: str, keep_float: str) -> QuantSpec | None:
+def quant_spec(quantize: str | None, block_size: int | None, symmetric: bool, quant_format: str, policy: str | None) -> QuantSpec | None:
     """The QuantSpec the options ask for; quantization options without --quantize are refused."""
-    keep = tuple(r.strip() for r in keep_float.split(",") if r.strip() and r.strip() != "none")
     if quantize is None:
-        if block_size is not None or symmetric or quant_format != "matmulnbits" or keep != DEFAULT_KEEP:
-            raise RwkvExportError("--block-size, --symmetric, --quant-format and --keep-float apply to a quantized export: add --quantize int8|int4")
+        if block_size is not None or symmetric or quant_format != "matmulnbits" or policy is not None:
+            raise RwkvExportError("--block-size, --symmetric, --quant-format and --policy apply to a quantized export: add --quantize int8|int4")
         return None
-    return QuantSpec(quantize, block_size or DEFAULT_BLOCK_SIZE, symmetric, quant_format, keep)
+    overrides = None
+    if policy is not None:
+        pairs = [item.strip().partition("=") for item in policy.split(",") if item.strip()]
+        if any(not sep for _, sep, _ in pairs):
+            raise RwkvExportError(f"--policy '{policy}': expected ROLE=PRECISION pairs, e.g. head=int8,lora=float")
+        overrides = tuple(dict(QuantSpec(quantize).to_dict()["policy"], **{r.strip(): p.strip() for r, _, p in pairs}).items())
+    return QuantSpec(quantize, block_size or DEFAULT_BLOCK_SIZE, symmetric, quant_format, overrides)
 
 
 COMMANDS = [export]
