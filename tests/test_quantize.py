@@ -148,7 +148,7 @@ def test_policy_roles_and_keep_float() -> None:
     bits = {n.name: helper.get_attribute_value(n.attribute[[a.name for a in n.attribute].index("bits")])
             for n in model.graph.node if n.op_type == "MatMulNBits"}
     assert bits == {"lin_Q4": 4, "head_Q8": 8}
-    assert QuantSpec("int4").precision("head") == "int8" and QuantSpec("int8").precision("lora") == "float"
+    assert QuantSpec("int4").precision("head") == "int4" and QuantSpec("int8").precision("lora") == "int8"
     assert QuantSpec("int4", format="qdq").precision("embedding") == "float"
 
 
@@ -217,7 +217,7 @@ def test_tiny_int8_export_accuracy_and_size(tiny_int8: Path) -> None:
 
     manifest = json.loads((tiny_int8 / "manifest.json").read_text())
     quant = manifest["export"]["quantization"]
-    assert quant["scheme"] == "int8" and quant["block_size"] == 32 and quant["policy"]["lora"] == "float"
+    assert quant["scheme"] == "int8" and quant["block_size"] == 32 and set(quant["policy"].values()) == {"int8"}
     assert quant["graphs"]["prefill"]["roles"] == quant["graphs"]["step"]["roles"] == {
         "matrix": {"int8": 28}, "lora": {}, "head": {"int8": 1}, "embedding": {"int8": 1}}
     for graph in ("prefill", "step"):
@@ -234,3 +234,16 @@ def test_tiny_int8_export_accuracy_and_size(tiny_int8: Path) -> None:
         ref_row, row = evaluate(ref, [q], text, 128)
     assert abs(row["perplexity"] / ref_row["perplexity"] - 1) < 0.01
     assert row["top1_agreement"] >= 0.98 and row["kl_mean"] < 1e-3
+
+
+@requires_shared
+@pytest.mark.slow
+def test_verify_judges_a_quantized_export_by_its_own_tolerance(tiny_int8: Path, tmp_path: Path) -> None:
+    args = ["verify", str(tiny_int8), "--backends", "ort-cpu-float32", "--seq", "16", "--steps", "4", "--batch", "1", "--threads", "1", "-q"]
+    result = CliRunner().invoke(cli, [*args, "--json", str(tmp_path / "p.json")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    backend = json.loads((tmp_path / "p.json").read_text())["backends"][0]
+    assert backend["dtype"] == "int8" and backend["tolerance"]["logits_rtol"] == 0.3
+    assert "tolerance int8" in result.stdout
+    tight = CliRunner().invoke(cli, [*args, "--tol", "int8=1e-4"], catch_exceptions=False)  # int8 rounding is far above 1e-4
+    assert tight.exit_code == 1, tight.output

@@ -31,6 +31,7 @@ from rwkv_export.checkpoint.versions import require_supported
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.export import read_manifest
 from rwkv_export.export.quantize import QUANT_SCHEMES, QuantSpec
+from rwkv_export.export.requantize import quantize_export
 from rwkv_export.fileio import atomic_write_json
 
 DEFAULT_SHAPE = (DEFAULT_169M["n_layer"], DEFAULT_169M["n_embd"], DEFAULT_169M["vocab_size"])
@@ -145,14 +146,18 @@ def ensure(ws: Workspace, make: Callable[[], Checkpoint], need_hf: bool, dtypes:
         progress(f"writing {ws.hf_dir}")
         save_checkpoint(ckpt, ws.hf_dir, "hf")
     form = default_wkv_form(version)
-    for dtype in dtypes:
+    quantized = [d for d in dtypes if d in QUANT_SCHEMES]
+    for dtype in sorted(set(dtypes) - set(quantized) | ({"float32"} if quantized else set())):
         out = ws.onnx_dir(dtype)
         if not fresh and _export_is_current(out, form, dtype):
             continue
         progress(f"exporting {dtype} ONNX graphs to {out} (once; cached)")
-        quantize = QuantSpec(dtype) if dtype in QUANT_SCHEMES else None  # int8/int4: float32 graphs with quantized weights
-        export_checkpoint(ckpt, out, dtype="float32" if quantize else dtype, force=True, progress=lambda m: progress(f"  {m}"),
-                          quantize=quantize)
+        export_checkpoint(ckpt, out, dtype=dtype, force=True, progress=lambda m: progress(f"  {m}"))
+    for dtype in quantized:  # int8 / int4: the float32 graphs with their weights quantized (no second trace)
+        out = ws.onnx_dir(dtype)
+        if fresh or not _export_is_current(out, form, dtype):
+            progress(f"quantizing the float32 graphs to {dtype} in {out} (once; cached)")
+            quantize_export(ws.onnx_dir("float32"), out, QuantSpec(dtype), force=True, progress=lambda m: progress(f"  {m}"))
     return ckpt
 
 
@@ -163,7 +168,7 @@ def _export_is_current(out: Path, form: str, dtype: str = "float32") -> bool:
 
     try:
         export = read_manifest(out)["export"]
-        quant = {k: v for k, v in (export.get("quantization") or {}).items() if k in ("scheme", "block_size", "symmetric", "format", "keep_float", "bits")}
+        quant = {k: v for k, v in (export.get("quantization") or {}).items() if k != "graphs"}
         if quant != (QuantSpec(dtype).to_dict() if dtype in QUANT_SCHEMES else {}):
             return False
         return bool(export["wkv_form"] == form

@@ -168,13 +168,20 @@ def plan(names: Sequence[str], checkpoint: Any, exports: dict[str, Path | str], 
         elif kind == "ort" and ORT_DEVICES[rest[0]] not in available:
             plans.append(Plan(name, dtype, None, f"onnxruntime has no {ORT_DEVICES[rest[0]]} (install onnxruntime-gpu)"))
         elif kind == "ort":
-            plans.append(Plan(name, dtype, partial(ExportedBackend, export, rest[0], name, threads)))
+            plans.append(Plan(name, _precision(export, dtype), partial(ExportedBackend, export, rest[0], name, threads)))
         else:
             from rwkv_export.export.manifest import read_manifest
 
             reason = tensorrt_unavailable(export, read_manifest(export))
             plans.append(Plan(name, dtype, None if reason else partial(ExportedBackend, export, "tensorrt", name, threads), reason))
     return plans
+
+
+def _precision(export: Path | str, dtype: str) -> str:
+    """The tolerance key of an export: its quantization scheme (int8, int4) when its weights are quantized."""
+    from rwkv_export.export.manifest import read_manifest
+
+    return (read_manifest(export)["export"].get("quantization") or {}).get("scheme") or dtype
 
 
 def needed_exports(names: Sequence[str]) -> list[str]:
