@@ -45,8 +45,10 @@ def _policy_text(scheme: str) -> str:
 @click.option("--block-size", type=int, default=None,
               help=f"Weights per quantization block along the input dimension (a power of two >= 16 dividing every "
                    f"matrix's input size; default {DEFAULT_BLOCK_SIZE}, measured: see README).")
-@click.option("--symmetric/--asymmetric", default=False, show_default=True,
-              help="Symmetric blocks (scale only) or asymmetric (scale and zero point: measured more accurate at int4).")
+@click.option("--symmetric/--asymmetric", default=None,
+              help="Symmetric blocks (scale only) or asymmetric (scale and zero point). Default: asymmetric for matmulnbits "
+                   "(measured more accurate at int4), symmetric for qdq (TensorRT takes signed weights without zero points: "
+                   "the TensorRT-RTX parser refuses the UINT4 weights of an asymmetric int4 export).")
 @click.option("--quant-format", type=click.Choice(QUANT_FORMATS), default="matmulnbits", show_default=True,
               help="matmulnbits: ONNX Runtime's MatMulNBits op (CPU/CUDA kernels); qdq: blocked DequantizeLinear -> MatMul "
                    "(opset 21) for TensorRT.")
@@ -57,7 +59,7 @@ def _policy_text(scheme: str) -> str:
 @force_flag
 @quiet_flag
 def export(checkpoint: str, output: str, dtype: str, opset: int | None, all_logits: bool, wkv_form: str | None,
-           tokenizer: str | None, quantize: str | None, block_size: int | None, symmetric: bool, quant_format: str,
+           tokenizer: str | None, quantize: str | None, block_size: int | None, symmetric: bool | None, quant_format: str,
            policy: str | None, force: bool, quiet: bool) -> None:
     """Export CHECKPOINT to ONNX: prefill and step graphs with rwkv::WKV4 (RWKV-4) or WKV5/6/7 custom nodes."""
     from rwkv_export.export import export_checkpoint
@@ -68,10 +70,10 @@ def export(checkpoint: str, output: str, dtype: str, opset: int | None, all_logi
     click.echo(str(result.directory))
 
 
-def quant_spec(quantize: str | None, block_size: int | None, symmetric: bool, quant_format: str, policy: str | None) -> QuantSpec | None:
+def quant_spec(quantize: str | None, block_size: int | None, symmetric: bool | None, quant_format: str, policy: str | None) -> QuantSpec | None:
     """The QuantSpec the options ask for; quantization options without --quantize are refused."""
     if quantize is None:
-        if block_size is not None or symmetric or quant_format != "matmulnbits" or policy is not None:
+        if block_size is not None or symmetric is not None or quant_format != "matmulnbits" or policy is not None:
             raise RwkvExportError("--block-size, --symmetric, --quant-format and --policy apply to a quantized export: add --quantize int8|int4")
         return None
     overrides = None
@@ -80,6 +82,7 @@ def quant_spec(quantize: str | None, block_size: int | None, symmetric: bool, qu
         if any(not sep for _, sep, _ in pairs):
             raise RwkvExportError(f"--policy '{policy}': expected ROLE=PRECISION pairs, e.g. head=int8,lora=float")
         overrides = tuple(dict(QuantSpec(quantize).to_dict()["policy"], **{r.strip(): p.strip() for r, _, p in pairs}).items())
+    symmetric = quant_format == "qdq" if symmetric is None else symmetric
     return QuantSpec(quantize, block_size or DEFAULT_BLOCK_SIZE, symmetric, quant_format, overrides)
 
 
