@@ -96,6 +96,18 @@ def test_finalize_derives_rates_ratios_and_limits() -> None:
     assert r["schema"] == "rwkv-export-bench/1"
 
 
+def test_quantized_backends_beside_float32() -> None:
+    raw = _raw()
+    raw["limits"]["step_floor_ms"]["int4"] = 10.0
+    raw["backends"]["ort-int4"] = {"status": "ok", "weight_dtype": "int4", "prefill": {"1x512": {"batch": 1, "seq": 512, "seconds": _summary(1.28)}},
+                                   "step": {"1": {"batch": 1, "steps": 4, "seconds": _summary(0.020)}}, "parity": {"max_abs": 0.5, "max_rel": 0.02}}
+    r = finalize(raw)
+    assert r["backends"]["ort-int4"]["step"]["1"]["x_floor"] == pytest.approx(2.0)  # 20 ms over its own 10 ms floor
+    text = format_table(r)
+    assert "Quantized weights vs ORT float32, batch 1" in text
+    assert "ort-int4      20.00    3.00     2.00            1.25     2.0e-02" in text  # 60/20 ms; 400/320 tok/s
+
+
 def test_targets_met_and_missed() -> None:
     r = finalize(_raw())
     prefill, step = r["targets"]
@@ -168,8 +180,14 @@ def test_bench_end_to_end_on_a_tiny_model(tmp_path) -> None:  # type: ignore[no-
     assert set(data) >= {"machine", "model", "settings", "limits", "backends", "targets"}
     assert set(data["backends"]) == set(REQUESTED)
     assert data["limits"]["bandwidth_gbs"] > 0 and data["limits"]["matmul_gflops"] > 0
-    for name in ("ort-int8", "tensorrt"):  # no quantized export; no GPU here (a GPU machine has no engines in tmp)
+    for name in ("tensorrt",):  # no GPU here (a GPU machine has no engines in tmp)
         assert data["backends"][name]["status"] == "skipped" and data["backends"][name]["reason"]
+    int8 = data["backends"]["ort-int8"]  # the float32 graphs with int8 weights (export --quantize int8)
+    assert int8["status"] == "ok" and int8["weight_dtype"] == "int8"
+    assert 1e-4 < int8["parity"]["max_rel"] < 5e-2  # really quantized, still the same model
+    assert 0.2 < data["model"]["step_weight_bytes"]["int8"] / data["model"]["step_weight_bytes"]["float32"] < 0.35
+    assert math.isfinite(int8["step"]["1"]["x_floor"]) and data["limits"]["step_floor_ms"]["int8"] < data["limits"]["step_floor_ms"]["float32"]
+    assert "Quantized weights vs ORT float32" in result.output
     for name in ("torch", "ort-fp32", "rwkv", "transformers"):
         b = data["backends"][name]
         assert b["status"] == "ok", (name, b.get("reason"))

@@ -178,7 +178,7 @@ def format_table(result: dict[str, Any]) -> str:
                 continue
             out.append(f"  {batch:<4} {n:<13} {cell['ms']:8.2f} {_spread(cell['seconds']):>20} {cell['tok_s']:8.1f} "
                        f"{_fmt(cell['vs_torch'], '.2f'):>8} {_fmt(cell['x_floor'], '.2f'):>8}")
-    out += _memory_lines(result, names) + _parity_lines(result, names)
+    out += _memory_lines(result, names) + _parity_lines(result, names) + _quantized_lines(result)
     skipped = [(n, b) for n, b in result["backends"].items() if b.get("status") != "ok"]
     if skipped:
         out += ["", "Not run:"] + [f"  {n}: {b['status']}: {b['reason']}" for n, b in skipped]
@@ -243,3 +243,29 @@ def _parity_lines(result: dict[str, Any], names: list[str]) -> list[str]:
         return []
     return ["", "Same weights check: max |logits - torch logits| after a 16-token prefill (relative to max |torch logits|)",
             "  " + ", ".join(f"{n} {p['max_abs']:.1e} ({p['max_rel']:.1e})" for n, p in rows)]
+
+
+QUANTIZED = ("ort-int8", "ort-int4")
+
+
+def _quantized_lines(result: dict[str, Any]) -> list[str]:
+    """Speed and accuracy cost of the weight-quantized backends side by side, batch 1, against ORT float32."""
+    backends = result["backends"]
+    base = backends.get("ort-fp32", {})
+    rows = [n for n in QUANTIZED if backends.get(n, {}).get("status") == "ok"]
+    if not rows or base.get("status") != "ok":
+        return []
+    seq = max((c["seq"] for c in base["prefill"].values() if c.get("batch") == 1 and "tok_s" in c), default=None)
+    key = cell_key(1, seq) if seq else None
+    out = ["", f"Quantized weights vs ORT float32, batch 1 (step and prefill({seq}) speed-ups: > 1 is faster; x floor = step / "
+               "the bandwidth floor of the backend's own weight bytes; logits error = the same-weights check above)",
+           f"  {'backend':<10} {'step ms':>8} {'x fp32':>7} {'x floor':>8} {'prefill x fp32':>15} {'logits err':>11}"]
+    base_step = base["step"].get("1", {}).get("ms")
+    base_prefill = base["prefill"].get(key, {}).get("tok_s") if key else None
+    for n in rows:
+        b = backends[n]
+        step, prefill = b["step"].get("1", {}), b["prefill"].get(key, {}) if key else {}
+        out.append(f"  {n:<10} {_fmt(step.get('ms'), '.2f'):>8} {_fmt(_ratio(base_step, step.get('ms')), '.2f'):>7} "
+                   f"{_fmt(step.get('x_floor'), '.2f'):>8} {_fmt(_ratio(prefill.get('tok_s'), base_prefill), '.2f'):>15} "
+                   f"{_fmt((b.get('parity') or {}).get('max_rel'), '.1e'):>11}")
+    return out
