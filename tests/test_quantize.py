@@ -210,9 +210,9 @@ def tiny_int8(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_tiny_int8_export_accuracy_and_size(tiny_int8: Path) -> None:
     """The tiny trained RWKV-4 in int8: both graphs quantized alike, manifest policy, <= 0.3x the float
     weight bytes of its matrices, and on held-out Shakespeare within 1% perplexity and >= 98% top-1."""
+    from rwkv_export.checkpoint import load_checkpoint
     from rwkv_export.parity.backends import ExportedBackend, TorchBackend
     from rwkv_export.parity.evaluate import evaluate, read_text, tokenize
-    from rwkv_export.checkpoint import load_checkpoint
     from rwkv_export.tokenizer import ByteTokenizer
 
     manifest = json.loads((tiny_int8 / "manifest.json").read_text())
@@ -255,10 +255,11 @@ def test_verify_judges_a_quantized_export_by_its_own_tolerance(tiny_int8: Path, 
 def test_qdq_export_builds_smaller_tensorrt_rtx_engines(tmp_path: Path) -> None:
     """TensorRT-RTX (CPU build) parses the symmetric int4/int8 DequantizeLinear -> MatMul graphs and
     serializes engines smaller than the float32 ones (measured: int4 step 3.1 MB vs 4.9 MB)."""
+    from rwkv_export.kernels import trt_compat
+
     from rwkv_export import engine
     from rwkv_export.export import export_checkpoint
     from rwkv_export.export.requantize import quantize_export
-    from rwkv_export.kernels import trt_compat
 
     if "tensorrt-rtx" not in trt_compat.available_targets():
         pytest.skip("needs TensorRT-RTX: pip install 'rwkv-export[tensorrt]'")

@@ -53,7 +53,7 @@ def eval_(sources: tuple[str, ...], text_file: str, chunk: int, max_tokens: int 
     text = tokenize(read_text(text_file, start, end), tok, chunk, max_tokens, where)
     ref, backends = _open(ckpt_path, dirs, reference, threads, sources)
     rows = _run(evaluate, ref, backends, text, chunk, quiet)
-    report = {"text": {"file": text_file, "start": start, "end": end, "tokens": int(len(text.tokens)), "bytes": text.n_bytes},
+    report = {"text": {"file": text_file, "start": start, "end": end, "tokens": len(text.tokens), "bytes": text.n_bytes},
               "chunk": chunk, "reference": ref.name, "rows": rows}
     click.echo(json.dumps(report, indent=2) if as_json else format_table(report))
 
@@ -73,6 +73,7 @@ def _tokenizer(dirs: list[Path], ckpt_path: str | None, override: str | None) ->
     from rwkv_export.checkpoint import load_checkpoint
     from rwkv_export.export import tokenizer_info
 
+    assert ckpt_path is not None  # SOURCES holds a checkpoint when it holds no directory
     return load_tokenizer(tokenizer_info(load_checkpoint(ckpt_path).config.vocab_size, False))
 
 
@@ -86,6 +87,7 @@ def _open(ckpt_path: str | None, dirs: list[Path], reference: str, threads: int,
         ckpt_path = manifests[0]["source"]["path"]
         if not Path(ckpt_path).exists():
             raise RwkvExportError(f"the reference checkpoint '{ckpt_path}' that {dirs[0]} was exported from is gone; give it among SOURCES")
+    assert ckpt_path is not None
     ckpt = load_checkpoint(ckpt_path)
     ref_dtype = reference if reference != "auto" else ("float32" if ckpt.parameter_count > BIG_MODEL_PARAMETERS else "float64")
     backends: list[Any] = []
@@ -95,7 +97,7 @@ def _open(ckpt_path: str | None, dirs: list[Path], reference: str, threads: int,
     for directory, precision in zip(dirs, precisions):
         name = f"ort-{precision}" if precisions.count(precision) == 1 else f"ort-{precision}[{directory.name}]"
         backend = ExportedBackend(directory, "cpu", name, threads)
-        backend.precision = precision
+        setattr(backend, "precision", precision)  # noqa: B010  (eval's label; ExportedBackend has only the graph dtype)
         backends.append(backend)
     return TorchBackend(ckpt, ref_dtype), backends
 
@@ -103,7 +105,7 @@ def _open(ckpt_path: str | None, dirs: list[Path], reference: str, threads: int,
 def _run(evaluate: Any, ref: Any, backends: list[Any], text: Any, chunk: int, quiet: bool) -> list[dict[str, Any]]:
     from contextlib import ExitStack
 
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]
 
     with ExitStack() as stack, tqdm(total=len(text.tokens) - 1, unit="tok", disable=quiet, desc="eval", leave=False) as bar:
         for backend in (ref, *backends):
@@ -114,8 +116,8 @@ def _run(evaluate: Any, ref: Any, backends: list[Any], text: Any, chunk: int, qu
 def format_table(report: dict[str, Any]) -> str:
     t = report["text"]
     ref = report["rows"][0]["perplexity"]
-    lines = [f"{t['file']} [{t['start']:g}, {t['end']:g}): {t['tokens']} tokens, {t['bytes']} bytes; chunk {report['chunk']}; "
-             f"reference {report['reference']}",
+    lines = [(f"{t['file']} [{t['start']:g}, {t['end']:g}): {t['tokens']} tokens, {t['bytes']} bytes; chunk {report['chunk']}; "
+              f"reference {report['reference']}"),
              f"{'backend':<22} {'ppl':>9} {'vs ref':>8} {'bits/byte':>9} {'KL mean':>10} {'KL p99':>10} {'top-1':>8}"]
     for r in report["rows"]:
         lines.append(f"{r['backend']:<22} {r['perplexity']:>9.4f} {100 * (r['perplexity'] / ref - 1):>+7.2f}% {r['bits_per_byte']:>9.4f} "

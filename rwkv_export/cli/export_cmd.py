@@ -81,7 +81,8 @@ def quant_spec(quantize: str | None, block_size: int | None, symmetric: bool | N
         pairs = [item.strip().partition("=") for item in policy.split(",") if item.strip()]
         if any(not sep for _, sep, _ in pairs):
             raise RwkvExportError(f"--policy '{policy}': expected ROLE=PRECISION pairs, e.g. head=int8,lora=float")
-        overrides = tuple(dict(QuantSpec(quantize).to_dict()["policy"], **{r.strip(): p.strip() for r, _, p in pairs}).items())
+        resolved = {role: QuantSpec(quantize).precision(role) for role in ROLES} | {r.strip(): p.strip() for r, _, p in pairs}
+        overrides = tuple(resolved.items())
     symmetric = quant_format == "qdq" if symmetric is None else symmetric
     return QuantSpec(quantize, block_size or DEFAULT_BLOCK_SIZE, symmetric, quant_format, overrides)
 

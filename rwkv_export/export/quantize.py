@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -198,8 +198,11 @@ def _gemms_to_matmuls(graph: onnx.GraphProto) -> None:
 def _ort_quantizer(spec: QuantSpec, bits: int):  # type: ignore[no-untyped-def]
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, DefaultWeightOnlyQuantizer
-    from onnxruntime.quantization.quant_utils import QuantFormat
+    from onnxruntime.quantization.matmul_nbits_quantizer import (  # type: ignore[import-untyped]
+        DefaultWeightOnlyQuantConfig,
+        DefaultWeightOnlyQuantizer,
+    )
+    from onnxruntime.quantization.quant_utils import QuantFormat  # type: ignore[import-untyped]
 
     root.handlers[:], root.level = handlers, level  # the module calls logging.basicConfig(level=INFO) on import
     fmt = QuantFormat.QDQ if spec.format == "qdq" else QuantFormat.QOperator
@@ -212,6 +215,7 @@ def _int8_gather(node: onnx.NodeProto, graph: onnx.GraphProto, inits: dict[str, 
     quantizes a Gather at 4 bits only); always with zero points (the op's uint8 data needs them)."""
     table = numpy_helper.to_array(inits[node.input[0]])
     q, scale, zero = block_quantize_int8(table.T, spec.block_size, symmetric=False)
+    assert zero is not None  # asymmetric blocks always have zero points
     base = node.input[0] + "_Q8"
     tensors = [numpy_helper.from_array(np.ascontiguousarray(q.T), base), numpy_helper.from_array(np.ascontiguousarray(scale.T), base + "_scales"),
                numpy_helper.from_array(np.ascontiguousarray(zero.T), base + "_zero_points")]

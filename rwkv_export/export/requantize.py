@@ -17,7 +17,13 @@ from typing import Any
 import onnx
 
 from rwkv_export.errors import RwkvExportError
-from rwkv_export.export.finalize import attach_wkv_function, default_opset, save_checked, set_metadata, wkv_function_sha256
+from rwkv_export.export.finalize import (
+    attach_wkv_function,
+    default_opset,
+    save_checked,
+    set_metadata,
+    wkv_function_sha256,
+)
 from rwkv_export.export.manifest import MANIFEST, read_manifest
 from rwkv_export.export.quantize import QuantSpec, quantization_manifest, quantize_graph
 from rwkv_export.fileio import atomic_directory, atomic_write_json, sha256_file
