@@ -100,7 +100,7 @@ CASES = [(s, f, sym) for s in ("int8", "int4") for f in ("matmulnbits", "qdq") f
 def test_quantized_graph_is_dequantize_then_matmul(scheme: str, fmt: str, symmetric: bool, gemm: bool) -> None:
     weights = _weights()
     model = _graph(weights, gemm)
-    spec = QuantSpec(scheme, 16, symmetric, fmt, (("lora", "float"),))
+    spec = QuantSpec(scheme, 16, symmetric, fmt, (("lora", "float"),), accuracy_level=0)  # 0: float32 activations
     info = quantize_graph(model, spec, N_EMBD)
     assert info["roles"] == {"matrix": {scheme: 1}, "lora": {"float": 2}, "head": {scheme: 1}, "embedding": {}}
     deq = _dequantized(model)
@@ -131,6 +131,12 @@ def test_quantized_graph_is_dequantize_then_matmul(scheme: str, fmt: str, symmet
         from onnx.reference import ReferenceEvaluator
 
         assert np.max(np.abs(ReferenceEvaluator(model).run(None, {"x": x})[0] - want)) <= 2e-5 * np.max(np.abs(want))
+    if fmt == "matmulnbits":  # the default accuracy level 4 rounds activations to int8 per block inside the kernel
+        fast = _graph(weights, gemm)
+        quantize_graph(fast, QuantSpec(scheme, 16, symmetric, fmt, (("lora", "float"),)), N_EMBD)
+        assert all(a.i == 4 for n in fast.graph.node for a in n.attribute if a.name == "accuracy_level")
+        got4 = ort.InferenceSession(fast.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        assert 1e-6 * np.max(np.abs(want)) < np.max(np.abs(got4 - want)) <= 2e-2 * np.max(np.abs(want))
     plain = _reference(weights, x, {})
     assert np.max(np.abs(got - plain)) > 1e-4 * np.max(np.abs(plain))  # the weights really are quantized
     fp32 = 4 * (K * N + weights["w_head"].size)
