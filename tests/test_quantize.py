@@ -168,6 +168,8 @@ def test_embedding_gather_is_block_quantized(scheme: str) -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
     info = quantize_graph(model, QuantSpec(scheme, 16), N_EMBD)
     assert info["roles"]["embedding"] == {scheme: 1}
+    # data + float32 scales + zero points of 50 rows in 4 blocks: int8 3200 + 800 + 200, int4 1600 + 800 + 100
+    assert info["embedding_bytes"] == {"int8": 4200, "int4": 2500}[scheme] == info["weight_bytes"]
     node = model.graph.node[0]
     assert node.op_type == "GatherBlockQuantized" and node.domain == "com.microsoft"
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}

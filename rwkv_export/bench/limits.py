@@ -143,11 +143,12 @@ def step_weight_bytes(config: ModelConfig, bytes_per_weight: int) -> int:
 
 def quantized_step_weight_bytes(export_dir: Path, config: ModelConfig) -> int:
     """Bytes a batch-1 step of a weight-quantized export reads: its step graph's stored weights (quantized
-    blocks, scales, zero points, the float tensors its policy keeps) less the float32 embedding but one row."""
+    blocks, scales, zero points, the float tensors its policy keeps) less the embedding table but one row."""
     from rwkv_export.export import read_manifest
 
-    stored = int(read_manifest(export_dir)["export"]["quantization"]["graphs"]["step"]["weight_bytes"])
-    return stored - (config.vocab_size - 1) * config.n_embd * 4
+    step = read_manifest(export_dir)["export"]["quantization"]["graphs"]["step"]
+    table = int(step.get("embedding_bytes", config.vocab_size * config.n_embd * 4))
+    return int(step["weight_bytes"]) - table + table // config.vocab_size
 
 
 def prefill_flop(config: ModelConfig, batch: int, seq: int) -> float:

@@ -127,8 +127,12 @@ def quantize_graph(model: onnx.ModelProto, spec: QuantSpec, n_embd: int) -> dict
     del graph.node[:]
     graph.node.extend(new_nodes)
     _drop_unused_initializers(graph)
+    sizes = {t.name: _tensor_bytes(t) for t in graph.initializer}
+    table_outputs = {n.output[0] for n in graph.node if roles.get(n.name) == "embedding"} | {
+        n.output[0] for n in new_nodes if n.op_type == "GatherBlockQuantized"}
+    table_bytes = sum(sizes.get(i, 0) for n in graph.node if n.output and n.output[0] in table_outputs for i in n.input)
     return {"roles": {r: {p: n for p, n in c.items() if n} for r, c in summary.items()},
-            "weight_bytes": sum(_tensor_bytes(t) for t in graph.initializer)}
+            "weight_bytes": sum(sizes.values()), "embedding_bytes": table_bytes}
 
 
 def _quantize_node(node: onnx.NodeProto, graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], spec: QuantSpec,
