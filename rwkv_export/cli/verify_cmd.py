@@ -107,6 +107,8 @@ def _resolve_source(source: str, checkpoint: str | None, export_root: str, dtype
     path = Path(source)
     if path.is_dir() and (path / MANIFEST).exists():
         manifest = Manifest.read(path)
+        for graph in ("prefill", "step"):
+            manifest.graph(graph)
         ckpt_path = checkpoint or (manifest.source.path if manifest.source else None)
         if not ckpt_path or not Path(ckpt_path).exists():
             raise RwkvExportError(f"the checkpoint of '{source}' ('{ckpt_path}', from its manifest) does not exist; pass --checkpoint FILE")

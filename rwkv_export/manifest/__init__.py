@@ -102,7 +102,8 @@ class Manifest:
         return manifest
 
     def check_files(self) -> None:
-        """Every graph, external-data, initial-state and tokenizer file: inside DIR, regular, sha256 as recorded."""
+        """Every graph, external-data, initial-state and tokenizer file: inside DIR, regular, sha256 as
+        recorded; initial-state files also hold finite floats of the state's shape."""
         directory = self._dir()
         expected: dict[Path, tuple[str, str]] = {}
         for name, graph in self.graphs.items():
@@ -115,6 +116,9 @@ class Manifest:
         if self.tokenizer.file is not None and self.tokenizer.sha256 is not None:
             expected[resolve(directory, self.tokenizer.file, "tokenizer.file")] = (self.tokenizer.sha256, "tokenizer.file")
         checked_sha256(expected, directory)
+        for i, spec in enumerate(self.state):
+            if spec.initial_file is not None:
+                self._initial_file(i, spec)  # shape, dtype, finite: before anyone allocates a batch of it
 
     def _dir(self) -> Path:
         if self.directory is None:

@@ -130,7 +130,7 @@ def dict_of(check: Check[T], key: Check[str] = string, min_len: int = 0) -> Chec
         if not isinstance(value, dict):
             raise FieldError(where, f"expected an object, got {kind(value)}")
         if len(value) < min_len:
-            raise FieldError(where, f"expected at least {min_len} entries, got {len(value)}")
+            raise FieldError(where, f"expected at least {min_len} {'entry' if min_len == 1 else 'entries'}, got {len(value)}")
         return {key(k, f"{where}.{k}"): check(v, f"{where}.{k}") for k, v in value.items()}
 
     return wrapped

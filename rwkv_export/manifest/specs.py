@@ -298,6 +298,9 @@ def _check_graph(m: Manifest, gname: str, graph: Graph, states: dict[str, tuple[
         got = inputs[name]
         if (got.shape, got.dtype) != (spec.shape, spec.dtype):
             raise F.FieldError(f"{where}.inputs", f"'{name}' is {got.dtype} {list(got.shape)}, state[{i}] {spec.dtype} {list(spec.shape)}")
+        if (got.initial, got.initial_file) != (spec.initial, spec.initial_file):
+            raise F.FieldError(f"{where}.inputs", f"'{name}' starts from {got.initial_file or got.initial}, "
+                                                  f"state[{i}] from {spec.initial_file or spec.initial}")
         out = outputs.get(spec.output)
         if out is None or out.feeds != name or out.shape != spec.shape:
             raise F.FieldError(f"{where}.outputs", f"no state output '{spec.output}' of shape {list(spec.shape)} feeding '{name}'")
