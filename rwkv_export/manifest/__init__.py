@@ -35,7 +35,7 @@ from rwkv_export.manifest.specs import (
 MANIFEST = "manifest.json"
 FORMAT = "rwkv-export/1"
 
-__all__ = ["Engine", "ExportOptions", "FORMAT", "Graph", "MANIFEST", "Manifest", "ModelInfo", "Source", "StateSpec",
+__all__ = ["FORMAT", "MANIFEST", "Engine", "ExportOptions", "Graph", "Manifest", "ModelInfo", "Source", "StateSpec",
            "TensorSpec", "TokenizerInfo", "read_manifest"]
 
 
@@ -46,7 +46,7 @@ class Manifest:
     graphs: dict[str, Graph]
     state: tuple[StateSpec, ...]
     export: ExportOptions
-    tokenizer: TokenizerInfo = TokenizerInfo("none", None)
+    tokenizer: TokenizerInfo = field(default_factory=lambda: TokenizerInfo("none", None))
     source: Source | None = None
     dynamic_dims: tuple[str, ...] | None = ("batch", "seq")
     versions: dict[str, str] | None = None

@@ -15,5 +15,5 @@ from rwkv_export.runtime.loaders import EngineFromPlan, SessionFromOnnx, engines
 from rwkv_export.runtime.onnxrt import PROVIDER_CHOICES, OrtRunner, resolve_providers
 from rwkv_export.runtime.session import ExportedModel, ModelSession, StateDict, initial_state
 
-__all__ = ["EngineFromPlan", "ExportedModel", "ModelSession", "OrtRunner", "PROVIDER_CHOICES", "Runner", "SessionFromOnnx", "StateDict",
+__all__ = ["PROVIDER_CHOICES", "EngineFromPlan", "ExportedModel", "ModelSession", "OrtRunner", "Runner", "SessionFromOnnx", "StateDict",
            "engines_unavailable", "initial_state", "resolve_providers"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -75,7 +75,7 @@ class Runner:
                 self._check_one(spec, value, bound)
 
     def _check_one(self, spec: TensorSpec, value: Any, bound: dict[str, tuple[int, str]]) -> None:
-        shape, dtype = _shape_dtype(value)
+        shape, dtype = _shape_dtype(value, f"{self.name}: input '{spec.name}'")
         if dtype is not None and dtype != np.dtype(spec.dtype):
             raise RwkvExportError(f"{self.name}: input '{spec.name}' has dtype {dtype}, expected {spec.dtype}")
         if len(shape) != len(spec.shape):
@@ -95,7 +95,7 @@ class Runner:
                 raise RwkvExportError(f"{self.name}: token id {int(value[bad].flat[0])} is out of range "
                                       f"(vocab {self.vocab_size}: ids 0..{self.vocab_size - 1})")
 
-    def __enter__(self) -> Runner:
+    def __enter__(self) -> Self:
         self.activate()
         return self
 
@@ -117,7 +117,7 @@ ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(i
              "tensor(bool)": "bool", "tensor(double)": "float64"}
 
 
-def _shape_dtype(value: Any) -> tuple[tuple[int, ...], np.dtype | None]:
+def _shape_dtype(value: Any, what: str) -> tuple[tuple[int, ...], np.dtype | None]:
     """(shape, dtype) of a numpy array or an ORT OrtValue (device state under CUDA)."""
     if isinstance(value, np.ndarray):
         return value.shape, value.dtype
@@ -125,4 +125,4 @@ def _shape_dtype(value: Any) -> tuple[tuple[int, ...], np.dtype | None]:
     if callable(shape):  # OrtValue
         kind = ORT_TYPES.get(value.data_type())
         return tuple(shape()), np.dtype(kind) if kind else None
-    raise RwkvExportError(f"expected a numpy array, got {type(value).__name__}")
+    raise RwkvExportError(f"{what} is a {type(value).__name__}, expected a numpy array")

@@ -20,7 +20,8 @@ from rwkv_export.manifest import Graph, TensorSpec
 from rwkv_export.runtime.base import ORT_TYPES, Runner
 from rwkv_export.runtime.loaders import PROVIDER_CHOICES, PROVIDERS, SessionFromOnnx, resolve_providers
 
-__all__ = ["OrtRunner", "PROVIDER_CHOICES", "PROVIDERS", "SessionFromOnnx", "resolve_providers"]
+__all__ = ["PROVIDERS", "PROVIDER_CHOICES", "OrtRunner", "SessionFromOnnx", "resolve_providers"]
+
 
 class OrtRunner(Runner):
     """Runs one .onnx file (or a SessionFromOnnx loader). Given the manifest's graph, the session's
