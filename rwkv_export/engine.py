@@ -21,7 +21,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -101,21 +101,22 @@ def normalize_compute_capabilities(values: tuple[str, ...], target: str) -> tupl
     return tuple(dict.fromkeys(out))
 
 
-def profile_for(graph: Graph, bounds: dict[str, tuple[int, int, int]]) -> dict[str, list[list[int]]]:
-    """{input name: [min, opt, max]} for every input with a symbolic dim; static inputs are omitted."""
+def profile_for(graph: Graph | Mapping[str, Any], bounds: dict[str, tuple[int, int, int]]) -> dict[str, list[list[int]]]:
+    """{input name: [min, opt, max]} for every input with a symbolic dim; static inputs are omitted.
+    `graph`: a manifest Graph, or its JSON form (a dict with "inputs")."""
+    inputs = ([(t.name, t.shape) for t in graph.inputs] if isinstance(graph, Graph)
+              else [(t["name"], tuple(t["shape"])) for t in graph["inputs"]])
     profile: dict[str, list[list[int]]] = {}
-    for spec in graph.inputs:
-        if all(isinstance(d, int) for d in spec.shape):
+    for name, shape in inputs:
+        if all(isinstance(d, int) for d in shape):
             continue
         triple: list[list[int]] = [[], [], []]
-        for dim in spec.shape:
+        for dim in shape:
             if isinstance(dim, str) and dim not in bounds:
-                raise RwkvExportError(
-                    f"input {spec.name!r} has symbolic dim {dim!r}; build knows only {', '.join(bounds)}"
-                )
+                raise RwkvExportError(f"input {name!r} has symbolic dim {dim!r}; build knows only {', '.join(bounds)}")
             for j in range(3):
                 triple[j].append(bounds[dim][j] if isinstance(dim, str) else int(dim))
-        profile[spec.name] = triple
+        profile[name] = triple
     return profile
 
 
