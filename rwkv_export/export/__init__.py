@@ -180,7 +180,7 @@ def _state_specs(cfg: Any, initial_files: dict[str, str], directory: Path) -> tu
     for t in graph_spec("step", cfg, initial_files=initial_files).inputs:
         if t.role == "state":
             digest = sha256_file(directory / t.initial_file) if t.initial_file else None
-            out.append(StateSpec(name=t.name, dtype=t.dtype, shape=tuple(t.shape), initial=float(t.initial), output=t.name + "_out",
+            out.append(StateSpec(name=t.name, dtype=t.dtype, shape=tuple(t.shape), initial=float(t.initial or 0.0), output=t.name + "_out",
                                  initial_file=t.initial_file, initial_sha256=digest))
     return tuple(out)
 

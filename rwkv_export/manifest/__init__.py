@@ -169,7 +169,7 @@ class Manifest:
     @property
     def fingerprint(self) -> str:
         """sha256 over every recorded file hash: two exports with the same fingerprint hold the same files."""
-        files = {f: d for g in self.graphs.values() for f, d in g.sha256.items()}
+        files: dict[str, str | None] = {f: d for g in self.graphs.values() for f, d in g.sha256.items()}
         files |= {s.initial_file: s.initial_sha256 for s in self.state if s.initial_file}
         if self.tokenizer.file:
             files[self.tokenizer.file] = self.tokenizer.sha256

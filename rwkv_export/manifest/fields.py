@@ -36,17 +36,18 @@ class Obj:
     def __init__(self, value: Any, where: str) -> None:
         if not isinstance(value, dict):
             raise FieldError(where or "manifest", f"expected an object, got {kind(value)}")
-        self.data, self.where, self.seen = value, where, set()
+        self.data, self.where = value, where
+        self.seen: set[str] = set()
 
     def at(self, key: str) -> str:
         return f"{self.where}.{key}" if self.where else key
 
-    def get(self, key: str, check: Check[T], default: Any = ..., ) -> T:
+    def get(self, key: str, check: Check[T], default: Any = ...) -> T:
         self.seen.add(key)
         if key not in self.data:
             if default is ...:
                 raise FieldError(self.at(key), "missing")
-            return default  # type: ignore[no-any-return]
+            return default
         return check(self.data[key], self.at(key))
 
     def done(self) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +95,7 @@ class Runner:
                 raise RwkvExportError(f"{self.name}: token id {int(value[bad].flat[0])} is out of range "
                                       f"(vocab {self.vocab_size}: ids 0..{self.vocab_size - 1})")
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Runner:
         self.activate()
         return self
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +41,7 @@ class ModelSession:
         self.name, self.dtype, self.vocab_size = name, dtype, vocab_size
         self.state_specs, self.runners, self.all_logits, self.device_state = state_specs, runners, all_logits, device_state
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> ModelSession:
         for runner in self.runners.values():
             runner.activate()
         return self
