@@ -14,21 +14,21 @@ import pytest
 import torch
 
 from rwkv_export.checkpoint import load_checkpoint
-from rwkv_export.checkpoint.random import random_v4_weights
+from rwkv_export.checkpoint.random import random_weights
 from rwkv_export.errors import RwkvExportError
-from rwkv_export.model import RWKV4, State, build_model, check_tokens, initial_state, random_state
+from rwkv_export.model import RWKV4, ChannelState, build_model, check_tokens, initial_state, random_state
 from tests.conftest import TINY, requires_shared, tiny_model
 
 TOL = {"float32": 1e-5, "float16": 2e-2, "bfloat16": 8e-2}
 
 
 def _model(dtype: str, layers: int = 3, embd: int = 48, vocab: int = 71, seed: int = 0) -> RWKV4:
-    config, weights = random_v4_weights(layers, embd, vocab, seed=seed)
+    config, weights = random_weights("4", layers, embd, vocab, seed=seed)
     return RWKV4(config, weights, dtype).eval()
 
 
-def _cast(state: State, dtype: torch.dtype) -> State:
-    return State(*(s.to(dtype) for s in state))
+def _cast(state: ChannelState, dtype: torch.dtype) -> ChannelState:
+    return ChannelState(*(s.to(dtype) for s in state))
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -39,7 +39,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_sequence_equals_steps_float64(T: int) -> None:
     model = _model("float64", layers=2, embd=32)
     tokens = torch.randint(0, 71, (2, T), generator=torch.Generator().manual_seed(T))
-    state0 = random_state(2, 2, 32, seed=1, dtype=torch.float64)
+    state0 = random_state(model.config, 2, seed=1, dtype=torch.float64)
     logits_seq, state_seq = model.forward_sequence(tokens, state0, all_logits=True)
     state = state0
     for t in range(T):
@@ -47,7 +47,7 @@ def test_sequence_equals_steps_float64(T: int) -> None:
         if t in (0, T - 1):
             diff = (logits - logits_seq[:, t]).abs().max().item()
             assert diff < 1e-12, f"T={T} t={t}: step vs sequence logits differ by {diff}"
-    for name, a, b in zip(State._fields, state, state_seq):
+    for name, a, b in zip(ChannelState._fields, state, state_seq):
         diff = (a - b).abs().max().item()
         assert diff < 1e-11 * max(1.0, b.abs().max().item()), f"T={T}: state {name} differs by {diff}"
 
@@ -57,13 +57,13 @@ def test_sequence_equals_steps_float64(T: int) -> None:
 def test_float32_matches_float64(T: int, from_initial: bool) -> None:
     m64, m32 = _model("float64"), _model("float32")
     tokens = torch.randint(0, 71, (3, T), generator=torch.Generator().manual_seed(7))
-    state = initial_state(3, 3, 48, torch.float64) if from_initial else random_state(3, 3, 48, seed=2, dtype=torch.float64)
+    state = initial_state(m64.config, 3, torch.float64) if from_initial else random_state(m64.config, 3, seed=2, dtype=torch.float64)
     ref_logits, ref_state = m64.forward_sequence(tokens, state, all_logits=True)
     logits, new_state = m32.forward_sequence(tokens, _cast(state, torch.float32), all_logits=True)
     assert logits.dtype == torch.float32 and all(s.dtype == torch.float32 for s in new_state)
     err = _rel(logits, ref_logits)
     assert err < TOL["float32"], f"float32 T={T}: logits rel error {err:.2e}"
-    for name, a, b in zip(State._fields, new_state, ref_state):
+    for name, a, b in zip(ChannelState._fields, new_state, ref_state):
         tol = 1e-4 if name == "pp" else TOL["float32"]  # pp is a log-scale max: compare relative to its size
         err = _rel(a, b)
         assert err < tol, f"float32 T={T}: state {name} rel error {err:.2e}"
@@ -72,10 +72,10 @@ def test_float32_matches_float64(T: int, from_initial: bool) -> None:
 def test_batch_rows_are_independent() -> None:
     model = _model("float64")
     tokens = torch.randint(0, 71, (4, 19), generator=torch.Generator().manual_seed(3))
-    state = random_state(3, 4, 48, seed=4, dtype=torch.float64)
+    state = random_state(model.config, 4, seed=4, dtype=torch.float64)
     batch_logits, batch_state = model.forward_sequence(tokens, state)
     for b in range(4):
-        row_state = State(*(s[:, b : b + 1] for s in state))
+        row_state = ChannelState(*(s[:, b : b + 1] for s in state))
         logits, new = model.forward_sequence(tokens[b : b + 1], row_state)
         assert (logits[0] - batch_logits[b]).abs().max().item() < 1e-12, f"row {b} depends on other rows"
         assert (new.aa[:, 0] - batch_state.aa[:, b]).abs().max().item() < 1e-12
@@ -84,7 +84,7 @@ def test_batch_rows_are_independent() -> None:
 def test_split_sequence_continues() -> None:
     model = _model("float64")
     tokens = torch.randint(0, 71, (2, 40), generator=torch.Generator().manual_seed(5))
-    state = initial_state(3, 2, 48, torch.float64)
+    state = initial_state(model.config, 2, torch.float64)
     whole, whole_state = model.forward_sequence(tokens, state)
     _, mid = model.forward_sequence(tokens[:, :17], state)
     part, part_state = model.forward_sequence(tokens[:, 17:], mid)
@@ -97,7 +97,7 @@ def test_low_precision_against_float32(dtype: str) -> None:
     # 13 layers so the float16 rescale (every 6 layers) happens twice.
     m32, mlo = _model("float32", layers=13, embd=64), _model(dtype, layers=13, embd=64)
     tokens = torch.randint(0, 71, (2, 33), generator=torch.Generator().manual_seed(11))
-    state = initial_state(13, 2, 64)
+    state = initial_state(m32.config, 2)
     ref, _ = m32.forward_sequence(tokens, state, all_logits=True)
     logits, new_state = mlo.forward_sequence(tokens, state, all_logits=True)
     assert all(s.dtype == torch.float32 for s in new_state), "state must stay float32"
@@ -108,7 +108,7 @@ def test_low_precision_against_float32(dtype: str) -> None:
 
 
 def test_float16_rescale_is_applied() -> None:
-    config, weights = random_v4_weights(13, 32, 20, seed=0)
+    config, weights = random_weights("4", 13, 32, 20, seed=0)
     m = RWKV4(config, weights, "float16")
     assert m.rescale_every == 6
     for i in (0, 6, 12):
@@ -125,7 +125,7 @@ def test_token_ids_out_of_range() -> None:
 
 
 def test_unknown_dtype() -> None:
-    config, weights = random_v4_weights(1, 8, 10)
+    config, weights = random_weights("4", 1, 8, 10)
     with pytest.raises(RwkvExportError, match="unknown dtype 'int8'"):
         RWKV4(config, weights, "int8")
 
@@ -138,7 +138,7 @@ def test_tiny_trained_v4_matches_rwkvcpp_expected(precision: str, sum_tol: float
     ckpt = load_checkpoint(tiny_model("4v0-660K", precision))
     for dtype in ("float64", "float32"):
         model = build_model(ckpt, dtype)
-        state = initial_state(4, 1, 128, model.state_dtype)
+        state = initial_state(ckpt.config, 1, model.state_dtype)
         logits = model.forward_sequence(torch.tensor([[34, 105, 110]]), state)[0][0].double().numpy()
         diff = logits - expected
         assert abs(diff.sum()) <= sum_tol, f"{precision}/{dtype}: |sum diff| {abs(diff.sum()):.3g} > {sum_tol}"
