@@ -1,6 +1,6 @@
 """Stage 2, model: the torch reference of each RWKV version, built from a loaded checkpoint.
 
-`build_model(checkpoint, dtype)` builds the class the version registry names (rwkv_export/versions.py);
+`build_model(checkpoint, dtype)` builds the class the version registry names (rwkv_export/versions/);
 every class is an `RWKVModel` (base.py: one skeleton, one block function per version) offering
 forward_sequence(tokens [B, T], state) and forward_step(tokens [B], state) over the version's state:
 `ChannelState` (RWKV-4: x_att, aa, bb, pp, x_ffn) or `HeadState` (RWKV-5/6/7: x_att, wkv, x_ffn).

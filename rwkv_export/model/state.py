@@ -2,7 +2,7 @@
 
 Every version's state is its two token shifts around its WKV op's state, in that order, float32 in
 every graph (float64 in the oracle); names, shapes and initial values come from the version registry
-(rwkv_export/versions.py), graph outputs carry the same names with an `_out` suffix:
+(rwkv_export/versions/), graph outputs carry the same names with an `_out` suffix:
     x_att  [n_layer, batch, n_embd]   previous token's LN1 output (time-mix token shift)
     ...    the WKV op's state:
            ChannelState (RWKV-4): aa, bb [n_layer, batch, n_embd] numerator / denominator divided by
