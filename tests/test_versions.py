@@ -7,15 +7,16 @@ import sys
 
 import pytest
 import torch
+from rwkv_export.ops.wkv4 import PP_INIT
 
+from rwkv_export.checkpoint import Checkpoint
 from rwkv_export.checkpoint.config import ModelConfig
 from rwkv_export.checkpoint.random import random_weights
 from rwkv_export.checkpoint.versions import infer_config
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.model import build_model, initial_state, model_class
-from rwkv_export.checkpoint import Checkpoint
-from rwkv_export.ops.wkv4 import PP_INIT
-from rwkv_export.versions import KNOWN_VERSIONS, PP_INIT as REGISTRY_PP_INIT, VERSIONS, detect_version, state_shapes, version_info
+from rwkv_export.versions import KNOWN_VERSIONS, VERSIONS, detect_version, state_shapes, version_info
+from rwkv_export.versions import PP_INIT as REGISTRY_PP_INIT
 
 
 @pytest.mark.parametrize("version", KNOWN_VERSIONS)

@@ -19,7 +19,7 @@ from rwkv_export.checkpoint.config import ModelConfig
 from rwkv_export.checkpoint.versions import expected_shapes
 from rwkv_export.versions import version_info
 
-DEFAULT_169M = dict(n_layer=12, n_embd=768, vocab_size=50277)
+DEFAULT_169M = {"n_layer": 12, "n_embd": 768, "vocab_size": 50277}
 
 
 class _Draw:

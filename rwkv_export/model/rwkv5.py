@@ -39,7 +39,7 @@ class RWKV5(RWKVModel):
 
     def _time_mix(self, i: int, b: Block, x: torch.Tensor, prev: torch.Tensor, wkv: WKVState,
                   ctx: dict[str, torch.Tensor]) -> tuple[torch.Tensor, WKVState]:
-        B, T, C = x.shape
+        B, T, _ = x.shape
         H, N = self.n_head, self.head_size
         r = F.linear(mix(x, prev, b.att_time_mix_r), b.att_receptance_weight).to(self.state_dtype)  # [B, T, A]
         k = F.linear(mix(x, prev, b.att_time_mix_k), b.att_key_weight).to(self.state_dtype)

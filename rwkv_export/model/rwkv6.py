@@ -33,7 +33,7 @@ class RWKV6(RWKVModel):
 
     def _time_mix(self, i: int, b: Block, x: torch.Tensor, prev: torch.Tensor, wkv: WKVState,
                   ctx: dict[str, torch.Tensor]) -> tuple[torch.Tensor, WKVState]:
-        B, T, C = x.shape
+        B, T, _ = x.shape
         H, N = self.n_head, self.head_size
         d = prev - x
         h = torch.tanh((x + d * b.att_time_maa_x) @ b.att_time_maa_w1).view(B, T, 5, -1)  # [B, T, 5, Dm]

@@ -16,7 +16,7 @@ Initial values are 0 except RWKV-4's pp (v6 checkpoints with `time_state` start 
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import torch
 
@@ -43,11 +43,11 @@ class HeadState(NamedTuple):
     x_ffn: torch.Tensor  # [L, B, C]
 
 
-ModelState = Union[ChannelState, HeadState]
-STATE_TYPES: dict[tuple[str, ...], type[ChannelState] | type[HeadState]] = {t._fields: t for t in (ChannelState, HeadState)}
+ModelState = ChannelState | HeadState
+STATE_TYPES: dict[tuple[str, ...], type[ChannelState | HeadState]] = {t._fields: t for t in (ChannelState, HeadState)}
 
 
-def state_type(version: str) -> type[ChannelState] | type[HeadState]:
+def state_type(version: str) -> type[ChannelState | HeadState]:
     """The NamedTuple whose fields are `version`'s state tensors (by the registry's names)."""
     return STATE_TYPES[version_info(version).state_names]
 
