@@ -5,7 +5,7 @@ after ids 34, 105, 110 from a fresh state); the float64 reference model (custom_
 for the ops alone); self-consistency (prefill(T) == T steps, split prefills); onnx.reference as a
 second executor. Tolerances as tests/test_export.py: relative to the largest |value| of the float64
 run, float32 1e-5 on logits and 1e-4 on the state (the float32 recurrence accumulates rounding over T),
-float16 2e-2 (3e-2 for 5.1, whose GroupNorm eps 1e-5 amplifies rounding: tests/test_models_v5_v7.py).
+float16 2e-2 (3e-2 for 5.1, whose GroupNorm eps 1e-5 amplifies rounding: tests/test_model.py).
 
 Both forms of the functions (scan; chunked for WKV5/6) are checked alone; the exports use scan,
 except the v6 time_state export, which uses chunked (its steps then take the If's scan branch).

@@ -1,9 +1,10 @@
-"""RWKV-5.1, 5.2, 6 and 7 references: rwkv.cpp's tiny trained models, the `rwkv` package, forms, dtypes.
+"""RWKV-5.1, 5.2, 6 and 7 references: rwkv.cpp's tiny trained models, the `rwkv` package, long context.
 
 Oracles: rwkv.cpp's expected logits for its tiny trained files (max abs within 1e-5 on FP32 files,
 its own |sum| rule on FP16 files, argmax equal); the `rwkv` PyPI package (float32, its own process
 per version family, v5 with its GroupNorm eps 64e-5) on random checkpoints and on the tiny files;
-float64 self-consistency (prefill(T) == T steps, split prefills, batch rows independent).
+float64 self-consistency (prefill(T) == T steps, split prefills, batch rows independent) and dtypes
+are checked for every version in tests/test_model.py.
 Tolerances relative to the largest |logit| of the float64 run: float32 1e-5 (rwkv package: 2e-5, it
 also rounds its weights path differently), float16 2e-2, bfloat16 8e-2 (as tests/test_model.py).
 """
@@ -27,7 +28,7 @@ from rwkv_export.ops.wkv7 import wkv7, wkv7_numpy
 from rwkv_export.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from rwkv_export.checkpoint.random import random_weights
 from rwkv_export.errors import RwkvExportError
-from rwkv_export.model import HeadState, RWKVModel, build_model, model_class, random_state
+from rwkv_export.model import HeadState, RWKVModel, build_model, model_class
 from tests.conftest import TINY, requires_shared, tiny_model
 
 VERSIONS = ["5.1", "5.2", "6", "7"]
@@ -103,81 +104,8 @@ def test_tiny_v5_eps_is_the_checkpoints(version: str) -> None:
     assert np.abs(logits - expected).max() > 0.5, "eps override had no effect"
 
 
-# --- the forms agree ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("T", [1, 23])
-def test_sequence_equals_steps_float64(version: str, T: int) -> None:
-    model = _model(version)
-    tokens = _tokens(2, T, seed=T)
-    state0 = random_state(model.config, 2, seed=1, dtype=torch.float64)
-    logits_seq, state_seq = model.forward_sequence(tokens, state0, all_logits=True)
-    state = state0
-    for t in range(T):
-        logits, state = model.forward_step(tokens[:, t], state)
-        diff = (logits - logits_seq[:, t]).abs().max().item()
-        assert diff < 1e-12, f"RWKV-{version} T={T} t={t}: step vs sequence logits differ by {diff:.2e}"
-    for name, a, b in zip(HeadState._fields, state, state_seq):
-        diff = (a - b).abs().max().item()
-        assert diff < 1e-11 * max(1.0, b.abs().max().item()), f"RWKV-{version} T={T}: state {name} differs by {diff:.2e}"
-
-
-@pytest.mark.parametrize("version", VERSIONS)
-def test_split_prefill_continues(version: str) -> None:
-    model = _model(version)
-    tokens = _tokens(2, 40, seed=5)
-    state = model.initial_state(2)
-    whole, whole_state = model.forward_sequence(tokens, state)
-    _, mid = model.forward_sequence(tokens[:, :17], state)
-    _, mid = model.forward_sequence(tokens[:, 17:18], mid)
-    part, part_state = model.forward_sequence(tokens[:, 18:], mid)
-    assert (whole - part).abs().max().item() < 1e-12, f"RWKV-{version}: split prefill logits differ"
-    for name, a, b in zip(HeadState._fields, whole_state, part_state):
-        assert (a - b).abs().max().item() < 1e-10, f"RWKV-{version}: split prefill state {name} differs"
-
-
-@pytest.mark.parametrize("version", VERSIONS)
-def test_batch_rows_are_independent(version: str) -> None:
-    model = _model(version)
-    tokens = _tokens(3, 19, seed=3)
-    state = random_state(model.config, 3, seed=4, dtype=torch.float64)
-    batch_logits, batch_state = model.forward_sequence(tokens, state)
-    for b in range(3):
-        row_state = HeadState(*(s[:, b : b + 1] for s in state))
-        logits, new = model.forward_sequence(tokens[b : b + 1], row_state)
-        assert (logits[0] - batch_logits[b]).abs().max().item() < 1e-12, f"RWKV-{version}: row {b} depends on other rows"
-        assert (new.wkv[:, 0] - batch_state.wkv[:, b]).abs().max().item() < 1e-12
-
-
-# --- dtypes ---------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("version", VERSIONS)
-def test_dtypes_against_float64(version: str) -> None:
-    # 13 layers so the float16 rescale (every 6 layers, v5/v6) happens twice.
-    config, weights = random_weights(version, 13, 64, 61, seed=2)
-    tokens = _tokens(2, 33, seed=11)
-    m64 = model_class(version)(config, weights, "float64")
-    ref, _ = m64.forward_sequence(tokens, m64.initial_state(2), all_logits=True)
-    for dtype in ("float32", "float16", "bfloat16"):
-        model = model_class(version)(config, weights, dtype)
-        logits, state = model.forward_sequence(tokens, model.initial_state(2), all_logits=True)
-        assert logits.dtype == torch.float32 and all(s.dtype == torch.float32 for s in state), f"{dtype}: state must stay float32"
-        err, tol = _rel(logits, ref), (TOL_V51 if version == "5.1" else TOL)[dtype]
-        agree = (logits.argmax(-1) == ref.argmax(-1)).float().mean().item()
-        assert err < tol, f"RWKV-{version} {dtype}: logits rel error {err:.2e} > {tol}"
-        assert agree >= 0.9, f"RWKV-{version} {dtype}: argmax agreement {agree:.2f}"
-
-
-@pytest.mark.parametrize("version,rescaled", [("5.2", True), ("6", True), ("7", False)])
-def test_float16_rescale(version: str, rescaled: bool) -> None:
-    config, weights = random_weights(version, 13, 32, 20, seed=0)
-    model = model_class(version)(config, weights, "float16")
-    assert model.rescale_every == (6 if rescaled else 0)
-    ratio = (weights["blocks.12.ffn.value.weight"].double() / model.blocks[12].ffn_value_weight.double()).median().item()
-    assert abs(ratio - (4 if rescaled else 1)) < 1e-2, f"RWKV-{version}: block 12 ffn.value scaled by {ratio}"
-    assert model_class(version)(config, weights, "float32").rescale_every == 0
+# --- long sequences ------------------------------------------------------------------------------
+# (forms agree, dtypes and the float16 rescale, for every version: tests/test_model.py)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
