@@ -16,6 +16,9 @@ from rwkv_export.versions.info import HEAD_STATE, BlockShapes, Shapes, VersionIn
 
 FIELDS = ("n_head", "head_size", "per_head_decay", "bonus_key", "group_norm_eps")
 RWKVCPP_EPS = {"rwkvcpp": 1e-5}
+# 5.1 normalises raw y with eps 1e-5 (5.2+: effectively 64e-5): heads with a small spread divide the
+# rounding error by a smaller std, so its half-precision error is ~3x the others' (measured 1.4e-2 / 9e-2).
+V51_LOGITS_RTOL = {"float32": 1e-5, "float16": 3e-2, "bfloat16": 0.15}
 
 
 def layer_shapes(config: Any, layer: int, gated: bool) -> tuple[Shapes, Shapes]:
@@ -48,6 +51,7 @@ RWKV51 = VersionInfo(
     "5.1", "rwkv_export.model.rwkv5:RWKV5", "WKV5", HEAD_STATE, markers=(("att.ln_x.weight",),),
     layer_shapes=partial(layer_shapes, gated=False), read_fields=read_fields, config_fields=FIELDS,
     random_config={"per_head_decay": True, "bonus_key": "time_first"}, group_norm_eps=1e-5, group_norm_eps_by_format=RWKVCPP_EPS,
+    logits_rtol=V51_LOGITS_RTOL,
 )  # fmt: skip
 RWKV52 = VersionInfo(
     "5.2", "rwkv_export.model.rwkv5:RWKV5", "WKV5", HEAD_STATE, markers=(("att.ln_x.weight", "att.gate.weight"),),
