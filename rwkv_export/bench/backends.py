@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from rwkv_export.bench.workspace import Workspace
+from rwkv_export.versions import version_info
 
 # The rwkv package reads these at import time. Its TorchScript path is what ChatRWKV enables and
 # is its faster CPU path; no CUDA build on a CPU benchmark.
@@ -112,7 +113,7 @@ def rwkv_package_class(version: str) -> Any:
     restored). Already imported for the other family: unavailable, with the reason; one process
     cannot hold both, and re-importing under another name would not be the package a user runs.
     """
-    want_v7 = version == "7"
+    want_v7 = version_info(version).rwkv_package_v7
     module = sys.modules.get("rwkv.model")
     if module is None:
         saved = os.environ.get("RWKV_V7_ON")
@@ -170,7 +171,7 @@ class Transformers(Backend):
 
     def __init__(self, ws: Workspace, threads: int) -> None:
         version = ws.version()
-        if version != "4":
+        if version_info(version).transformers_class != "RwkvForCausalLM":
             raise BackendUnavailable(f"transformers has RwkvForCausalLM for RWKV-4 only; this is RWKV-{version}")
         try:
             from transformers import RwkvForCausalLM

@@ -71,13 +71,8 @@ class TorchReference(ModelSession):
         pass  # usable after a `with` block too (callers keep one reference model for a whole session)
 
     def _initial(self, batch: int) -> Any:
-        """The model's own state NamedTuple (RWKV-4 State, or MatrixState for 5/6/7; v6 may hold its time_state)."""
-        own = getattr(self.model, "initial_state", None)
-        if callable(own):
-            return own(batch)
-        from rwkv_export.model import initial_state
-
-        return initial_state(self.n_layer, batch, self.n_embd, self.model.state_dtype)
+        """The model's own state NamedTuple (ChannelState for RWKV-4, HeadState for 5/6/7; v6 may start from its time_state)."""
+        return self.model.initial_state(batch)
 
     def initial_state(self, batch: int) -> StateDict:
         return {name: t.numpy() for name, t in self._initial(batch)._asdict().items()}
