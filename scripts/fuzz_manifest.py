@@ -68,10 +68,10 @@ class Tally:
 def make_export(root: Path) -> tuple[Path, Path]:
     """(checkpoint, export directory) of a 2 x 32, vocab-256 random RWKV-4."""
     from rwkv_export.checkpoint import Checkpoint, save_checkpoint
-    from rwkv_export.checkpoint.random import random_v4_weights
+    from rwkv_export.checkpoint.random import random_weights
     from rwkv_export.export import export_checkpoint
 
-    config, weights = random_v4_weights(2, 32, 256, None, 11)
+    config, weights = random_weights("4", 2, 32, 256, seed=11)
     ckpt = root / "fuzz-2x32.pth"
     save_checkpoint(Checkpoint(config, weights, "random", ckpt), ckpt)
     export_checkpoint(ckpt, root / "pristine")
