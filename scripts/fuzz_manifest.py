@@ -261,12 +261,18 @@ def special_cases(doc: Any) -> list[Case]:
             Case("special-file", "manifest.json is a directory", dir_manifest)]
 
 
+def optional_cases(doc: Any) -> list[Case]:
+    """Each optional field deleted: still a valid manifest (older exports lack some of them)."""
+    spots = [("source",), ("dynamic_dims",), ("versions",), ("tokenizer",), ("export", "wkv_function_sha256"), ("export", "wkv_op")]
+    return [Case("delete", f"delete optional {_label(p)}", _writer(_delete(doc, p)), benign=True) for p in spots]
+
+
 def all_cases(pristine: Path, n: int, seed: int) -> list[Case]:
     """About n cases: every fixed kind once, the random kinds filling the rest."""
     rng = random.Random(seed)
     text = (pristine / "manifest.json").read_bytes()
     doc = json.loads(text)
-    fixed = [*file_name_cases(doc, pristine), *value_cases(doc), *file_cases(doc, rng), *special_cases(doc)]
+    fixed = [*file_name_cases(doc, pristine), *value_cases(doc), *file_cases(doc, rng), *special_cases(doc), *optional_cases(doc)]
     n_bytes = max(4, (n - len(fixed)) // 5)
     fixed += byte_cases(text, rng, n_bytes)
     return fixed + field_cases(doc, rng, max(0, n - len(fixed)))
