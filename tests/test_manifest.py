@@ -138,3 +138,30 @@ def test_runtime_side_loads_no_exporter(module: str) -> None:
     heavy = sorted(m for m in loaded if m.split(".")[0] in ("torch", "onnx", "onnxscript", "onnxruntime") or m.startswith("rwkv_export.export"))
     assert not heavy, heavy
     assert module in loaded
+
+
+def test_initial_files_feed_every_runtime_path(copy: Path) -> None:
+    """A state with an initial file (as a v6 time_state is shipped): the manifest broadcasts it over the
+    batch, and the TensorRT runner's device state starts from the same values (no constant-only path)."""
+    import numpy as np
+
+    from rwkv_export.fileio import sha256_file
+    from rwkv_export.runtime.tensorrt_runner import DeviceState
+
+    value = np.random.default_rng(0).normal(size=(2, 1, 32)).astype(np.float32)
+    np.save(copy / "initial_aa.npy", value)
+
+    def with_file(d: dict[str, Any]) -> None:
+        for spec in (d["state"][1], d["graphs"]["prefill"]["inputs"][2], d["graphs"]["step"]["inputs"][2]):
+            spec["initial_file"] = "initial_aa.npy"
+        d["state"][1]["initial_sha256"] = sha256_file(copy / "initial_aa.npy")
+    _edit(copy, with_file)
+    manifest = Manifest.read(copy)
+    state = manifest.initial_state(3)
+    assert state["aa"].shape == (2, 3, 32) and all(np.array_equal(state["aa"][:, b], value[:, 0]) for b in range(3))
+    assert state["pp"].max() == np.float32(-1e38)
+    device = DeviceState.initial_for(manifest, batch=3)
+    assert device.shapes["aa"] == (2, 3, 32) and np.array_equal(device.initial["aa"], state["aa"])
+    np.save(copy / "initial_aa.npy", value[:, :, :31])
+    _edit(copy, lambda d: d["state"][1].update(initial_sha256=sha256_file(copy / "initial_aa.npy")))
+    _refused(copy, "state[1].initial_file: initial_aa.npy holds float32 [2, 1, 31], expected float [2, 1, 32]")
