@@ -72,12 +72,12 @@ def test_rows_saved_alone_and_joined_into_a_batch(model: ExportedModel, tmp_path
     """A server's view: save each conversation's row alone, assemble them in another order, continue."""
     _, state = model.prefill(PROMPTS)
     for row in range(3):
-        state_file.save_state(tmp_path / f"row{row}.npz", state, model.manifest, rows=[row])
+        model.save_state(tmp_path / f"row{row}.npz", state, rows=[row])
         assert state_file.read_meta(tmp_path / f"row{row}.npz")[0]["batch"] == 1
     joined = state_file.load_states([tmp_path / "row2.npz", tmp_path / "row0.npz"], model.manifest)
     for name, value in state.items():
         assert np.array_equal(joined[name], value[:, [2, 0]])
-    picked = state_file.load_state(tmp_path / "row2.npz", model.manifest, rows=[0, 0])
+    picked = model.load_state(tmp_path / "row2.npz", rows=[0, 0])
     assert picked["aa"].shape == (2, 2, 32)
     nxt = np.array([5, 9], np.int64)
     logits, _ = model.step(nxt, joined)

@@ -3,8 +3,8 @@ against the manifest, and the repository driven through a replay of the sequence
 documented semantics (tests/triton_replay.py; not a server: none is installable here) over ONNX
 Runtime, compared with `rwkv-export run`.
 
-Exports: random RWKV-4 (pp = -1e38: an initial_state data file), v6 with a time_state (a data file
-from initial_wkv.npy) and v7, 2 x 32 each, shared with the other serving tests of the session.
+Exports: random RWKV-4 (pp = -1e38: an initial_state data file), v5.2, v6 with a time_state (a data
+file from initial_wkv.npy) and v7, 2 x 32 each, shared with the other serving tests of the session.
 """
 
 from __future__ import annotations
@@ -21,12 +21,18 @@ from click.testing import CliRunner, Result
 from rwkv_export.cli import cli
 from rwkv_export.runtime import ExportedModel
 from tests.serving_exports import exported, random_checkpoint
-from tests.triton_replay import Request, SequenceBatcherReplay, parse_config, type_name, type_name_kind
+from tests.triton_replay import (
+    Request,
+    SequenceBatcherReplay,
+    parse_config,
+    type_name,
+    type_name_kind,
+)
 
 pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="needs tritonclient[grpc] (the test extra) for Triton's ModelConfig")
 
 TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64"}
-CASES = {"v4": ("4", False), "v6-time-state": ("6", True), "v7": ("7", False)}
+CASES = {"v4": ("4", False), "v5.2": ("5.2", False), "v6-time-state": ("6", True), "v7": ("7", False)}
 
 
 def invoke(*args: object) -> Result:

@@ -13,6 +13,8 @@ assemble a batch from single-conversation files).
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 import numpy as np
 
@@ -89,7 +91,7 @@ def run(model_dir: str, prompts: tuple[str, ...], token_lists: tuple[str, ...], 
 class _StateFiles:
     """--load-state / --save-state / --save-final-state around one generation."""
 
-    def __init__(self, manifest: dict, save: str | None, save_final: str | None, load: tuple[str, ...], prompts: int) -> None:  # type: ignore[type-arg]
+    def __init__(self, manifest: dict[str, Any], save: str | None, save_final: str | None, load: tuple[str, ...], prompts: int) -> None:
         from rwkv_export.serving import state_file
 
         self.manifest, self.save, self.save_final, self.module = manifest, save, save_final, state_file

@@ -109,7 +109,7 @@ def continuation(backend: Any, tokens: np.ndarray, steps: int, tol: Tolerance) -
     resumed = backend.prefill(full[:, split:], _through_file(backend, first))
     _compare(result, f"prefill({split}) + file + prefill({full.shape[1] - split})", whole, resumed, backend, tol)
     n = max(steps, 1)
-    if not np.array_equal(_greedy(backend, *whole, n), _greedy(backend, *resumed, n)):
+    if not np.array_equal(_greedy(backend, whole[0], whole[1], n), _greedy(backend, resumed[0], resumed[1], n)):
         result.greedy_identical, result.detail = False, f"the {n} greedy tokens after the prompt differ"
     return result
 

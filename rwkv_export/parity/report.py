@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from rwkv_export.parity.compare import LogitsMetrics, TensorMetrics, greedy_match_length, logits_metrics, per_layer_error, tensor_metrics
 from rwkv_export.parity.guarantees import NAMES as GUARANTEES
 from rwkv_export.parity.guarantees import GuaranteeResult
-from rwkv_export.parity.compare import LogitsMetrics, TensorMetrics, greedy_match_length, logits_metrics, per_layer_error, tensor_metrics
 from rwkv_export.parity.scenario import Trace
 from rwkv_export.parity.tolerances import Tolerance
 

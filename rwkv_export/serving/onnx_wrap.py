@@ -15,7 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rwkv_export.serving.manifest_view import BATCH, Manifest, external_files, graph_file, state_specs
+from rwkv_export.serving.manifest_view import (
+    BATCH,
+    Manifest,
+    external_files,
+    graph_file,
+    state_specs,
+)
 
 CONTROLS = ("START", "READY", "END")
 SUFFIX = "__layer_major"

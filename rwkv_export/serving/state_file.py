@@ -35,7 +35,15 @@ import numpy as np
 
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.fileio import atomic_write_bytes
-from rwkv_export.serving.manifest_view import Manifest, batch_axis, concrete_shape, describe, fingerprint, model_summary, state_specs
+from rwkv_export.serving.manifest_view import (
+    Manifest,
+    batch_axis,
+    concrete_shape,
+    describe,
+    fingerprint,
+    model_summary,
+    state_specs,
+)
 
 FORMAT = "rwkv-export-state/1"
 META = "__meta__"
@@ -76,7 +84,8 @@ def encode(state: Mapping[str, Any], manifest: Manifest, note: str = "") -> byte
             "tensors": {n: {"dtype": a.dtype.name, "shape": list(a.shape)} for n, a in arrays.items()},
             "content_sha256": content_hash(arrays), "note": note}
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays, **{META: np.frombuffer(json.dumps(meta).encode(), np.uint8)})
+    payload: dict[str, Any] = {**arrays, META: np.frombuffer(json.dumps(meta).encode(), np.uint8)}
+    np.savez(buffer, **payload)
     return buffer.getvalue()
 
 

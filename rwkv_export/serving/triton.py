@@ -28,7 +28,14 @@ import numpy as np
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.fileio import atomic_directory
 from rwkv_export.serving import onnx_wrap
-from rwkv_export.serving.manifest_view import BATCH, Manifest, engine_entry, graph_io, initial_value, state_specs
+from rwkv_export.serving.manifest_view import (
+    BATCH,
+    Manifest,
+    engine_entry,
+    graph_io,
+    initial_value,
+    state_specs,
+)
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
 BACKENDS = ("onnxruntime", "tensorrt")
