@@ -253,3 +253,24 @@ def test_tensorrt_repository_without_batching(v4_export: Path, tmp_path: Path) -
     assert (out / "rwkv_step" / "1" / "model.plan").read_bytes() == b"plan"
     pp = np.fromfile(out / "rwkv_step" / "initial_state" / "pp.bin", np.float32)
     assert pp.size == manifest["model"]["n_layer"] * manifest["model"]["n_embd"] and (pp == np.float32(-1e38)).all()
+
+
+def test_external_data_travels_with_the_model(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """An export with external data (large models) gives model.onnx + model.onnx.data per model, and
+    an --all-logits prefill serves logits [-1, V]; the replay still equals run."""
+    from rwkv_export.export import export_checkpoint
+
+    ckpt = random_checkpoint(tmp_path_factory, "4")
+    directory = export_checkpoint(ckpt, tmp_path / "ext", all_logits=True, external_data_threshold=0).directory
+    out = tmp_path / "repo"
+    assert invoke("triton", directory, "-o", out, "-q").exit_code == 0
+    for graph in ("prefill", "step"):
+        assert sorted(p.name for p in (out / f"rwkv_{graph}" / "1").iterdir()) == ["model.onnx", "model.onnx.data"]
+    config = parse_config(out / "rwkv_prefill")
+    assert list(config.output[0].dims) == [-1, 61]
+    prompt = np.random.default_rng(8).integers(0, 61, 5)
+    replay = SequenceBatcherReplay(out / "rwkv_prefill")
+    tokens = [_greedy(replay.execute([Request(3, prompt, start=True)])[0]["logits"][-1])]
+    for _ in range(2):
+        tokens.append(_greedy(replay.execute([Request(3, np.array([tokens[-1]]))])[0]["logits"][-1]))
+    assert tokens == run_greedy(directory, prompt.tolist(), 3)

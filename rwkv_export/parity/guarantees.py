@@ -131,6 +131,8 @@ def chunking(backend: Any, tokens: np.ndarray, tol: Tolerance) -> GuaranteeResul
     result = GuaranteeResult("chunking")
     batch, length = tokens.shape
     whole = backend.prefill(tokens, backend.initial_state(batch))
+    if length < 2:
+        result.detail = "a prompt of one token has no split (use --seq 2 or more)"
     for sizes in chunk_plans(length):
         state, start = backend.initial_state(batch), 0
         for size in sizes:
