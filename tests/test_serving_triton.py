@@ -226,6 +226,9 @@ def test_existing_target_needs_force(v4_export: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "already exists; pass --force" in result.output and (out / "keep.txt").exists()
     assert invoke("triton", v4_export, "-o", out, "--force", "-q").exit_code == 0
     assert not (out / "keep.txt").exists() and (out / "rwkv_step" / "config.pbtxt").is_file()
+    readme = (out / "README.md").read_text()  # the request flow, for this export
+    assert "RWKV-4 2x32 vocab 61 float32" in readme and "max_batch_size 8" in readme
+    assert "`rwkv_prefill`: request 1 (`sequence_start=True`)" in readme and "`rwkv_step`: one token per request" in readme
 
 
 def test_what_triton_cannot_express_is_refused(v4_export: Path, tmp_path: Path) -> None:

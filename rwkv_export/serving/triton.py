@@ -31,9 +31,11 @@ from rwkv_export.serving import onnx_wrap
 from rwkv_export.serving.manifest_view import (
     BATCH,
     Manifest,
+    describe,
     engine_entry,
     graph_io,
     initial_value,
+    model_summary,
     state_specs,
 )
 
@@ -189,10 +191,9 @@ def request_flow(manifest: Manifest, options: RepoOptions) -> str:
     """The repository's README: which model to call, with what, in which order."""
     prefill, step = options.model_name("prefill"), options.model_name("step")
     batch = "[1, T]" if options.max_batch_size > 0 else "[1, T] (no batching: max_batch_size 0)"
-    return f"""# Triton model repository (rwkv-export {manifest.get('versions', {}).get('rwkv-export', '')})
+    return f"""# Triton model repository (rwkv-export)
 
-Model: RWKV-{manifest['model']['version']} {manifest['model']['n_layer']} x {manifest['model']['n_embd']}, vocab
-{manifest['model']['vocab_size']}, {manifest['dtype']}; backend `{options.backend}`, max_batch_size {options.max_batch_size}.
+Model: {describe(model_summary(manifest))}; backend `{options.backend}`, max_batch_size {options.max_batch_size}.
 
 Both models are *sequence models*: Triton keeps the recurrent state ({', '.join(s['name'] for s in state_specs(manifest))})
 per sequence (correlation id) inside the model (implicit state) and resets it to its `initial_state` on the
