@@ -129,3 +129,25 @@ def test_chunk_plans_cover_the_prompt() -> None:
         for sizes in guarantees.chunk_plans(length):
             assert sum(sizes) == length and min(sizes) >= 1 and len(sizes) >= 2
     assert [1] * 8 in guarantees.chunk_plans(8) and [7, 1] in guarantees.chunk_plans(8)
+
+
+def test_a_broken_guarantee_fails_the_backend_in_the_report(checkpoint) -> None:  # type: ignore[no-untyped-def]
+    """verify's judgement: a backend that matches the oracle but breaks a guarantee fails (exit 1),
+    named in the reason, the second table and the JSON."""
+    from rwkv_export.parity import report, scenario
+
+    scen = Scenario.random(checkpoint.config.vocab_size, 2, 8, 3, seed=1)
+    with TorchBackend(checkpoint, "float64") as oracle:
+        reference = scenario.run(oracle, scen)
+    backend = RowLeak(checkpoint, "float32")
+    trace = scenario.run(backend, scen, scenario.step_feed(reference))
+    result = report.assess("leaky", "float32", reference, trace, F32)
+    assert result.status == "pass"  # the scenario's batch of 2 never takes the leaking path
+    result = report.add_guarantees(result, guarantees.check_all(backend, scen, F32))
+    assert result.failed and result.reason.startswith("guarantee 'batch' broken at row 1 of 3")
+    table = report.table([result])
+    row = next(line for line in table.splitlines() if line.startswith("leaky") and "ok" in line)
+    assert row.split()[2::2] == ["ok", "ok", "FAIL", "ok"]  # continuation, chunking, batch, step=prefill
+    promises = json.loads(report.to_json([result], {}))["backends"][0]["guarantees"]
+    assert promises["batch"]["status"] == "fail" and promises["batch"]["tolerance_used"] > 1
+    assert [promises[n]["status"] for n in ("continuation", "chunking", "step=prefill")] == ["pass"] * 3
