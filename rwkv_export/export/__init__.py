@@ -106,7 +106,7 @@ def export_checkpoint(
     graphs: dict[str, Any] = {}
     with atomic_directory(out_dir, force=force) as tmp:
         initial_files = _write_initial_state(model, tmp)
-        derived_step = None  # RWKV-5/6/7: the step graph made from the prefill graph (trace.py)
+        derived_step = None  # the step graph: the prefill graph at T = 1 (trace.py)
         for graph in GRAPHS:
             spec = graph_spec(graph, cfg, all_logits and graph == "prefill", initial_files)
             if graph == "step" and derived_step is not None:
@@ -115,7 +115,7 @@ def export_checkpoint(
             else:
                 progress(f"tracing {graph} graph ({dtype})")
                 proto = trace_graph(model, spec, opset, all_logits and graph == "prefill")
-                if matrix_info and graph == "prefill":  # derive before saving: external data moves the weights out
+                if graph == "prefill":  # derive before saving: external data moves the weights out
                     derived_step = step_from_prefill(proto)
             n_wkv = attach_wkv_function(proto, wkv_form, op)
             set_metadata(proto, {

@@ -142,7 +142,7 @@ def trace_graph(model: RWKVModel, spec: GraphSpec, opset: int | None, all_logits
 
 
 def step_from_prefill(prefill: onnx.ModelProto) -> onnx.ModelProto:
-    """The step graph of a matrix-state model from its traced prefill graph (a copy; see the docstring)."""
+    """The step graph from the traced prefill graph (a copy; see the module docstring)."""
     model = copy.deepcopy(prefill)
     graph = model.graph
     axes = onnx.numpy_helper.from_array(np.array([1], np.int64), "step_seq_axis")
