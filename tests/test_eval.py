@@ -35,12 +35,9 @@ def _one_line_error(result, needle: str) -> None:  # type: ignore[no-untyped-def
     assert "Traceback" not in result.output
 
 
-class LastLogitsOnly(TorchBackend):
+def LastLogitsOnly(ckpt, dtype):  # type: ignore[no-untyped-def]  # noqa: N802
     """The reference as an export without --all-logits behaves: prefill returns only the last position."""
-
-    def prefill(self, tokens, state=None):  # type: ignore[no-untyped-def]
-        logits, new = super().prefill(tokens, state)
-        return logits[:, -1], new
+    return TorchBackend(ckpt, dtype, all_logits=False)
 
 
 @requires_shared

@@ -219,7 +219,7 @@ def test_tiny_int8_export_accuracy_and_size(tiny_int8: Path) -> None:
     """The tiny trained RWKV-4 in int8: both graphs quantized alike, manifest policy, <= 0.3x the float
     weight bytes of its matrices, and on held-out Shakespeare within 1% perplexity and >= 98% top-1."""
     from rwkv_export.checkpoint import load_checkpoint
-    from rwkv_export.parity.backends import ExportedBackend, TorchBackend
+    from rwkv_export.parity.backends import TorchBackend, exported_backend
     from rwkv_export.parity.evaluate import evaluate, read_text, tokenize
     from rwkv_export.tokenizer import ByteTokenizer
 
@@ -238,7 +238,7 @@ def test_tiny_int8_export_accuracy_and_size(tiny_int8: Path) -> None:
         pytest.skip(f"needs {text_file}")
     text = tokenize(read_text(text_file, 0.9, 1.0), ByteTokenizer(), 128, 3000, "shakespeare")
     ckpt = load_checkpoint(tiny_model("4v0-660K"))
-    with TorchBackend(ckpt, "float64") as ref, ExportedBackend(tiny_int8, "cpu", "ort-int8", 1) as q:
+    with TorchBackend(ckpt, "float64") as ref, exported_backend(tiny_int8, "cpu", "ort-int8", 1) as q:
         ref_row, row = evaluate(ref, [q], text, 128)
     assert abs(row["perplexity"] / ref_row["perplexity"] - 1) < 0.01
     assert row["top1_agreement"] >= 0.98 and row["kl_mean"] < 1e-3
@@ -262,7 +262,8 @@ def test_verify_judges_a_quantized_export_by_its_own_tolerance(tiny_int8: Path, 
 @pytest.mark.tensorrt
 def test_qdq_export_builds_smaller_tensorrt_rtx_engines(tmp_path: Path) -> None:
     """TensorRT-RTX (CPU build) parses the symmetric int4/int8 DequantizeLinear -> MatMul graphs and
-    serializes engines smaller than the float32 ones (measured: int4 step 3.1 MB vs 4.9 MB)."""
+    serializes engines smaller than the float32 ones (measured: step engines int4 3.1-3.7 MB, int8 3.5-3.6 MB,
+    float32 4.9 MB; at this size the plan's kernels weigh as much as the weights)."""
     from rwkv_export.kernels import trt_compat
 
     from rwkv_export import engine
@@ -282,4 +283,4 @@ def test_qdq_export_builds_smaller_tensorrt_rtx_engines(tmp_path: Path) -> None:
     for name in ("f32", "int8", "int4"):
         engine.build(tmp_path / name, options)
         sizes[name] = (tmp_path / name / "step.plan").stat().st_size
-    assert sizes["int4"] < sizes["int8"] < sizes["f32"]
+    assert max(sizes["int4"], sizes["int8"]) < 0.85 * sizes["f32"], sizes

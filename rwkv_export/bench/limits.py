@@ -144,7 +144,7 @@ def step_weight_bytes(config: ModelConfig, bytes_per_weight: int) -> int:
 def quantized_step_weight_bytes(export_dir: Path, config: ModelConfig) -> int:
     """Bytes a batch-1 step of a weight-quantized export reads: its step graph's stored weights (quantized
     blocks, scales, zero points, the float tensors its policy keeps) less the embedding table but one row."""
-    from rwkv_export.export import read_manifest
+    from rwkv_export.manifest import read_manifest
 
     step = read_manifest(export_dir)["export"]["quantization"]["graphs"]["step"]
     table = int(step.get("embedding_bytes", config.vocab_size * config.n_embd * 4))

@@ -79,8 +79,8 @@ def _tokenizer(dirs: list[Path], ckpt_path: str | None, override: str | None) ->
 
 def _open(ckpt_path: str | None, dirs: list[Path], reference: str, threads: int, sources: tuple[str, ...]) -> tuple[Any, list[Any]]:
     from rwkv_export.checkpoint import load_checkpoint
-    from rwkv_export.export import read_manifest
-    from rwkv_export.parity.backends import ExportedBackend, TorchBackend
+    from rwkv_export.manifest import read_manifest
+    from rwkv_export.parity.backends import TorchBackend, exported_backend
 
     manifests = [read_manifest(d) for d in dirs]
     if ckpt_path is None:
@@ -96,8 +96,8 @@ def _open(ckpt_path: str | None, dirs: list[Path], reference: str, threads: int,
     precisions = [(m["export"].get("quantization") or {}).get("scheme") or m["dtype"] for m in manifests]
     for directory, precision in zip(dirs, precisions):
         name = f"ort-{precision}" if precisions.count(precision) == 1 else f"ort-{precision}[{directory.name}]"
-        backend = ExportedBackend(directory, "cpu", name, threads)
-        setattr(backend, "precision", precision)  # noqa: B010  (eval's label; ExportedBackend has only the graph dtype)
+        backend = exported_backend(directory, "cpu", name, threads)
+        setattr(backend, "precision", precision)  # noqa: B010  (eval's label; the session knows only the graph dtype)
         backends.append(backend)
     return TorchBackend(ckpt, ref_dtype), backends
 

@@ -24,7 +24,7 @@ from rwkv_export.export.finalize import (
     set_metadata,
     wkv_function_sha256,
 )
-from rwkv_export.export.manifest import MANIFEST, read_manifest
+from rwkv_export.manifest import MANIFEST, read_manifest
 from rwkv_export.export.quantize import QuantSpec, quantization_manifest, quantize_graph
 from rwkv_export.fileio import atomic_directory, atomic_write_json, sha256_file
 
@@ -57,7 +57,6 @@ def quantize_export(source: str | Path, out_dir: str | Path, spec: QuantSpec, fo
         export["opset"] = manifest["graphs"]["step"]["opset"]
         export["wkv_function_sha256"] = wkv_function_sha256(export["wkv_op"], export["opset"], export["wkv_form"])
         export["quantization"] = quantization_manifest(spec, quantized)
-        manifest["source"]["quantized_from"] = str(source)
         atomic_write_json(tmp / MANIFEST, manifest)
     progress(f"wrote {out_dir}")
     return manifest
