@@ -35,7 +35,7 @@ def _one_line_error(result, needle: str) -> None:  # type: ignore[no-untyped-def
     assert "Traceback" not in result.output
 
 
-def LastLogitsOnly(ckpt, dtype):  # type: ignore[no-untyped-def]  # noqa: N802
+def LastLogitsOnly(ckpt, dtype):  # type: ignore[no-untyped-def]
     """The reference as an export without --all-logits behaves: prefill returns only the last position."""
     return TorchBackend(ckpt, dtype, all_logits=False)
 

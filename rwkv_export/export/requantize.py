@@ -24,9 +24,9 @@ from rwkv_export.export.finalize import (
     set_metadata,
     wkv_function_sha256,
 )
-from rwkv_export.manifest import MANIFEST, read_manifest
 from rwkv_export.export.quantize import QuantSpec, quantization_manifest, quantize_graph
 from rwkv_export.fileio import atomic_directory, atomic_write_json, sha256_file
+from rwkv_export.manifest import MANIFEST, read_manifest
 
 
 def quantize_export(source: str | Path, out_dir: str | Path, spec: QuantSpec, force: bool = False,
