@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from rwkv_export.ops import wkv5, wkv6, wkv7
 from rwkv_export.checkpoint.config import ModelConfig
 from rwkv_export.model.matrix import MATRIX_STATE_INITIAL
 from rwkv_export.model.state import OUTPUT_SUFFIX, STATE_INITIAL, STATE_NAMES
@@ -57,9 +56,9 @@ class GraphSpec:
         return [t.name for t in self.outputs]
 
 
-# The WKV op of each version (custom_ops/wkv4.py .. wkv7.py) and its state layout.
+# The WKV op of each version; everything op-level (schema, state layout, bodies) is its entry in
+# rwkv_export.ops.registry.OPS.
 WKV_OPS = {"4": "WKV4", "5.1": "WKV5", "5.2": "WKV5", "6": "WKV6", "7": "WKV7"}
-STATE_LAYOUTS = {"WKV5": wkv5.STATE_LAYOUT, "WKV6": wkv6.STATE_LAYOUT, "WKV7": wkv7.STATE_LAYOUT}
 
 
 def state_shapes(config: ModelConfig) -> dict[str, tuple[int | str, ...]]:
