@@ -132,8 +132,8 @@ def _wkv4() -> OpSpec:
 def _head_op(module: ModuleType, body_module: ModuleType, bodies: tuple[str, ...], default_body: str) -> OpSpec:
     """WKV5, WKV6, WKV7: inputs [B, T, H, N] but for w_raw and u (per op), state [B, H, N, N]."""
     name = module.OP_TYPE
-    w_dims = ("H", "N") if name == "WKV5" else _SEQ4  # WKV5's decay is per head, not per token
-    dims = {n: _SEQ4 for n in (*module.INPUTS, *module.OUTPUTS)}
+    w_dims: Dims = ("H", "N") if name == "WKV5" else _SEQ4  # WKV5's decay is per head, not per token
+    dims: dict[str, Dims] = {n: _SEQ4 for n in (*module.INPUTS, *module.OUTPUTS)}
     dims |= {"w_raw": w_dims, "u": ("H", "N"), "state_in": _HEAD_STATE, "state_out": _HEAD_STATE}
     return OpSpec(
         name=name, module=module, inputs=module.INPUTS, outputs=module.OUTPUTS, dims=dims, sizes=_SEQ4,

@@ -66,7 +66,7 @@ def _define(trtp: Any, trt: Any, spec: OpSpec, ptx_arch: str) -> None:
     pid = f"{PLUGIN_NAMESPACE}::{spec.name}"
     names = tuple(spec.inputs)
     desc = dict.fromkeys(names, trtp.TensorDesc)
-    outs = Tuple[(trtp.TensorDesc,) * len(spec.outputs)]  # exact arity: trtp checks each element's class
+    outs: Any = Tuple[(trtp.TensorDesc,) * len(spec.outputs)]  # exact arity: trtp checks each element's class
     combination = ", ".join(["FP32"] * (len(names) + len(spec.outputs)))
     stem = spec.name.lower()
 

@@ -1,8 +1,14 @@
-"""Write a parseable copy of tensorrt-stubs for mypy (CI's type check of the TensorRT code; see .ci/run).
+"""Prepare CI's type check of the TensorRT code (see .ci/run and mypy.ini); a development tool, not
+part of the installed package.
 
-    python scripts/trt_stubs.py .mypy_cache/trt-stubs && mypy --config-file mypy.ini
+    python scripts/mypy_setup.py .mypy_cache && mypy --config-file mypy.ini
 
-A development tool, not part of the installed package.
+Writes two things under DIR:
+- DIR/trt-stubs: tensorrt-stubs with the lines no Python parser accepts repaired;
+- DIR/rwkv-src/rwkv_export: the package as a wheel installs it (custom_ops/ as rwkv_export.ops,
+  plugins/ as rwkv_export.kernels; pyproject's package-dir mapping), made of symlinks, because mypy
+  cannot follow that mapping (nor the editable install's import hook). mypy.ini checks the files
+  through it.
 """
 
 from __future__ import annotations
@@ -80,7 +86,24 @@ def _repair_def(line: str) -> str:
     return head + sep + ",".join(fixed) + tail
 
 
+NAMESPACE = {"ops": "custom_ops", "kernels": "plugins"}  # rwkv_export.<key> <- <value>/ (pyproject.toml)
+
+
+def write_namespace(dest: str | os.PathLike[str], repo: Path = Path(__file__).resolve().parents[1]) -> Path:
+    """DEST/rwkv_export: symlinks to every entry of rwkv_export/ plus ops and kernels. Returns DEST."""
+    out = Path(dest) / "rwkv_export"
+    if out.exists():
+        for entry in out.iterdir():
+            entry.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    links = {p.name: p for p in (repo / "rwkv_export").iterdir() if p.name != "__pycache__"}
+    links |= {name: repo / folder for name, folder in NAMESPACE.items()}
+    for name, target in links.items():
+        os.symlink(target, out / name)
+    return Path(dest)
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python scripts/trt_stubs.py DIR")
-    print(write_patched_stubs(sys.argv[1]))
+        sys.exit("usage: python scripts/mypy_setup.py DIR")
+    print(write_patched_stubs(Path(sys.argv[1]) / "trt-stubs"), write_namespace(Path(sys.argv[1]) / "rwkv-src"))
