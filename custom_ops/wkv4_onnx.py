@@ -21,7 +21,7 @@ Bodies (all float32; all stable from pp = -1e38, for |k| ~ 60 and over T = 4096)
   channels, [C, N, L] @ D^T[C, L, L] with D = e^(-(t-1-i) w) (e^u on the diagonal) and inputs
   e^(k_i - k_max(chunk)) <= 1; the rows' log scale (k_max + log d_t) is then merged with the
   incoming state. Exact while a chunk's k range + max |u| <= GEMM_MAX_RANGE (70); beyond that an
-  If runs the scan form instead (the check is one reduction over k).
+  If runs the scan body instead (the check is one reduction over k).
 All bodies put T == 1 through an If straight to the one-token body (the step graph runs WKV once
 per layer per token), and build their weight-only tensors (w = e^d, the [L, L] matrices) at the top
 of the function, where ORT constant-folds them once since time_decay / time_first are initializers.
@@ -39,7 +39,7 @@ Tried and dropped, none faster than scan here: unrolling the Scan 2-16 tokens pe
 (bit-identical, no gain: the per-iteration cost is small beside the ops); a Scan carrying only the
 state with y computed batched afterwards (9 ops a token in the loop, slower overall); a fused body
 with aa, bb stacked (17 ops a token, slower). A log-depth (Hillis-Steele) scan over T was not
-built: log2(T) levels of ~15 passes over [B, T, C] is more elementwise work than the chunked forms.
+built: log2(T) levels of ~15 passes over [B, T, C] is more elementwise work than the chunked bodies.
 
 ORT / onnx notes: ORT inlines model-local functions (the optimized graph has no WKV4 node) and
 ignores extra node attributes; `plugin_namespace` / `plugin_version` pass onnx.checker
@@ -47,7 +47,7 @@ ignores extra node attributes; `plugin_namespace` / `plugin_version` pass onnx.c
 a function whose default-domain opset differs from the model's (ORT accepts it): build with the
 model's opset. onnx.reference's Scan only scans axis 0 (hence the explicit transposes). ORT's Exp
 runs ~15x slower on arguments under ~-87 (results that underflow, e.g. exp(-1e38 - p)): the
-batched forms clamp exp arguments at -60 relative to the row max. ORT's broadcasting Where and
+batched bodies clamp exp arguments at -60 relative to the row max. ORT's broadcasting Where and
 general Transpose permutations are ~10-20x slower than Mul and single-axis transposes.
 """
 
@@ -100,7 +100,7 @@ def _step_graph(w: str, u: str, k: str, v: str, aa: str, bb: str, pp: str) -> on
 # --- forms ----------------------------------------------------------------------------------
 
 
-def _scan_form(g: Builder, w, T, u, k, v, aa, bb, pp) -> list[str]:
+def _scan_body(g: Builder, w, T, u, k, v, aa, bb, pp) -> list[str]:
     """Scan over T: the step body per token, y stacked per token.
 
     k, v are transposed to [T, B, C] and scanned along axis 0: ORT would transpose for another
@@ -222,7 +222,7 @@ def _chunked_weights(g: Builder, w: str, u: str, chunk: int = 4) -> str:
     return m_log
 
 
-def _chunked_form(g: Builder, w, T, u, k, v, aa, bb, pp, pre: str, chunk: int = 4) -> list[str]:
+def _chunked_body(g: Builder, w, T, u, k, v, aa, bb, pp, pre: str, chunk: int = 4) -> list[str]:
     """Chunks of L tokens: [L, L] log-sum-exps per chunk, a Scan over chunks for the carry."""
     t_col = _chunk_constants(chunk)[3]  # [L, 1]
     ch = _Chunks(g, T, k, v, chunk, "constant")
@@ -271,11 +271,11 @@ def _gemm_weights(g: Builder, w: str, u: str, chunk: int = 16) -> str:
     return d_mat_t
 
 
-def _gemm_form(g: Builder, w, T, u, k, v, aa, bb, pp, pre: str, chunk: int = 16) -> list[str]:
-    """Chunks of L tokens, in-chunk sums as a MatMul scaled by the chunk's max k; else the scan form.
+def _gemm_body(g: Builder, w, T, u, k, v, aa, bb, pp, pre: str, chunk: int = 16) -> list[str]:
+    """Chunks of L tokens, in-chunk sums as a MatMul scaled by the chunk's max k; else the scan body.
 
     Plain exponentials e^(k_i - k_max) are exact only while the chunk's k range is moderate; an If
-    sends inputs past GEMM_MAX_RANGE to the (always stable) scan form.
+    sends inputs past GEMM_MAX_RANGE to the (always stable) scan body.
     """
     _, _, _, t_col = _chunk_constants(chunk)
     ch = _Chunks(g, T, k, v, chunk, "edge")  # edge padding keeps each chunk's k range
@@ -297,7 +297,7 @@ def _gemm_form(g: Builder, w, T, u, k, v, aa, bb, pp, pre: str, chunk: int = 16)
     fast_outs = [ch.to_sequence(fast, T, fast.op("Div", num, den)), *final]
 
     slow = Builder("gs_")
-    slow_outs = _scan_form(slow, w, T, u, k, v, aa, bb, pp)
+    slow_outs = _scan_body(slow, w, T, u, k, v, aa, bb, pp)
     branches = [_branch_graph(b, outs, name) for b, outs, name in ((fast, fast_outs, "gemm"), (slow, slow_outs, "scan"))]
     return g.ops("If", fits, outputs=4, then_branch=branches[0], else_branch=branches[1])
 
@@ -310,7 +310,7 @@ def _branch_graph(b: Builder, outs: list[str], name: str) -> onnx.GraphProto:
     return helper.make_graph(b.nodes, f"wkv4_{name}", [], float_inputs(names))
 
 
-_BODIES: dict[str, Callable[..., list[str]]] = {"scan": _scan_form, "chunked": _chunked_form, "gemm": _gemm_form}
+_BODIES: dict[str, Callable[..., list[str]]] = {"scan": _scan_body, "chunked": _chunked_body, "gemm": _gemm_body}
 _BODY_WEIGHTS: dict[str, Callable[..., str]] = {"chunked": _chunked_weights, "gemm": _gemm_weights}
 
 

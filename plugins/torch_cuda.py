@@ -59,7 +59,6 @@ def _register(spec: OpSpec):  # type: ignore[no-untyped-def]
 
 
 KERNEL_OPS = {name: _register(spec) for name, spec in OPS.items()}  # op name -> its torch custom op
-wkv4, wkv5, wkv6, wkv7 = (KERNEL_OPS[n] for n in ("WKV4", "WKV5", "WKV6", "WKV7"))
 
 
 def use_kernels(model: torch.nn.Module) -> torch.nn.Module:

@@ -97,6 +97,8 @@ def _field(trt: Any, name: str, data: np.ndarray, kind: Any) -> Any:
 
 
 def _define(trt_module: ModuleType, spec: OpSpec) -> tuple[type, type]:
+    """The op's plugin and creator classes. Over 60 lines because it is a class factory: the classes
+    must derive from `trt_module`'s bases, known only at run time; each method is a few lines."""
     if TYPE_CHECKING:
         import tensorrt as trt  # the stubs: mypy checks these classes against TensorRT's API
     else:

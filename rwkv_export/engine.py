@@ -8,9 +8,10 @@ it, moves the plan into place atomically and records it in manifest.json with it
 
 One optimization profile per graph, from the manifest's symbolic dims ("batch", "seq"): min 1,
 opt and max from BuildOptions. Precision is the ONNX dtypes: networks are strongly typed.
-WKV nodes map to our plugin of their op (rwkv::WKV4 .. WKV7), through one of two fronts: "python" (class-based IPluginV3, both targets; the runtime
-needs our Python plugin), "aot" (standard TensorRT >= 10.9 decorator plugin with its PTX in the
-plan; the runtime needs no Python), or "none" (the parser inlines the model-local function).
+WKV nodes (rwkv::WKV4 .. WKV7) map to our plugin of their op through one of two fronts: "python"
+(class-based IPluginV3, both targets; the runtime needs our Python plugin) or "aot" (standard
+TensorRT >= 10.9 decorator plugin with its PTX in the plan; the runtime needs no Python); or "none":
+the parser inlines the model-local function.
 """
 
 from __future__ import annotations
