@@ -6,15 +6,13 @@ per-head state S [B, H, N(value), N(key)] (value-major) carried:
     sa_i = sum_j S_ij a_j;   S_ij <- S_ij w_j + sa_i b_j + v_i k_j;   y_i = sum_j S_ij r_j
 with w = exp(-exp(w_raw)) [B, T, H, N] computed in float32, batched before the Scan. Only the
 state-dependent work runs per token (b and k are stacked for one rank-2 update outside the loop):
-6 ops a token (14 before: T = 512 took 58.0 ms, now 28.9; benchmarks/results/onnx-bodies.md).
-r, k, v, a, b may be float16 (cast to float32 at the top of the body).
+6 ops a token (14 before). r, k, v, a, b may be float16 (cast to float32 at the top of the body).
 
 No chunked WKV7: the delta rule (S feeds back through a) chunks through a UT transform (within a
-chunk, h_t = S_{t-1} a_t solves a unit lower-triangular system; S_L = S_0 F + C). Built and
-measured on ORT CPU (B = 1, H = 12, N = 64), it was 1.6-6x slower than the scan body (T = 512: 57 /
-80 / 165 ms at L = 8 / 16 / 32 against 28 ms): the chunk's transition S_0 F alone costs N^3 per
+chunk, h_t = S_{t-1} a_t solves a unit lower-triangular system; S_L = S_0 F + C). Built and measured
+on ORT CPU, it was 1.6-6x slower than the scan body: the chunk's transition S_0 F alone costs N^3 per
 chunk, no less than the scan's per-token rank-2 updates, and the pairwise [L, L, N] decay factors
-come on top. Not kept.
+come on top. Not kept. The measurements: benchmarks/results/onnx-bodies.md.
 """
 
 from __future__ import annotations

@@ -68,18 +68,20 @@ def register(trt_module: ModuleType, events: list[dict[str, Any]] | None = None,
     """Register one creator per op of the registry in namespace "rwkv" of the global plugin registry;
     return them by op name.
 
-    `launch`: the kernel launch form ("auto" picks per shape at run time), recorded in the plan.
+    `launch`: the kernel launch form ("auto" picks per shape at run time), recorded in the plan; ops
+    without that launch form (e.g. "seq4" for WKV5/6/7) take "auto".
     `events`: when given, every build-time call a plugin receives is appended to it (the build
     report, and what tests assert: configure_plugin's min/opt/max per profile).
     """
-    for op_name in OPS:
+    for op_name, spec in OPS.items():
         key = (trt_module.__name__, op_name)
+        op_launch = launch if launch in spec.kernel.launches else "auto"
         if key in _CREATORS:  # once per process: a second register_creator for the same name fails
             creator = _CREATORS[key]
-            creator.launch, creator.events = launch, events
+            creator.launch, creator.events = op_launch, events
             continue
         _, creator_cls = plugin_classes(trt_module, op_name)
-        creator = creator_cls(launch=launch, events=events)
+        creator = creator_cls(launch=op_launch, events=events)
         registry = trt_module.get_plugin_registry()
         if not registry.register_creator(creator, PLUGIN_NAMESPACE):
             raise RuntimeError(f"TensorRT refused to register plugin {PLUGIN_NAMESPACE}::{op_name} v{PLUGIN_VERSION}")
