@@ -17,7 +17,7 @@ from rwkv_export.errors import RwkvExportError
 from rwkv_export.kernels import cuda_driver, launcher
 from rwkv_export.kernels.launcher import Launch, device_pointer, pack_args, plan_launch
 from rwkv_export.ops.registry import HEAD_SIZES, OPS
-from tests._wkv_cases import HEAD_OPS, make_case, oracle, wkv4_errors
+from tests._wkv_cases import HEAD_OPS, make_case, oracle, run_numpy, wkv4_errors
 
 HAVE_NVRTC = importlib.util.find_spec("cuda") is not None and importlib.util.find_spec("cuda.bindings") is not None
 needs_nvrtc = pytest.mark.skipif(not HAVE_NVRTC, reason="cuda-bindings (and nvidia-cuda-nvrtc) not installed: pip install 'cuda-bindings>=13.0,<14' 'nvidia-cuda-nvrtc==13.0.*'")
@@ -191,6 +191,24 @@ def test_torch_op_cpu_matches_oracle_and_opcheck():
     empty = [torch.from_numpy(x) for x in make_case("WKV4", (2, 0, 9), seed=4, state="warm").values()]
     y0, aa0, _, _ = torch.ops.rwkv_export.wkv4(*empty)
     assert y0.shape == (2, 0, 9) and torch.equal(aa0, empty[4])
+
+
+@pytest.mark.parametrize("op", HEAD_OPS)
+def test_head_torch_ops_cpu_match_oracle_and_opcheck(op: str) -> None:
+    import rwkv_export.kernels.torch_cuda  # noqa: F401  (registers rwkv_export::wkv5 .. wkv7)
+
+    fn = getattr(torch.ops.rwkv_export, op.lower())
+    case = make_case(op, (2, 5, 2, 8), seed=1, state="warm")
+    tensors = tuple(torch.from_numpy(a) for a in case.values())
+    torch.library.opcheck(fn.default, tensors)
+    y, state = fn(*tensors)
+    ref_y, ref_state = run_numpy(op, case)
+    assert y.dtype == state.dtype == torch.float32 and y.shape == (2, 5, 2, 8) and state.shape == (2, 2, 8, 8)
+    for got, ref in ((y, ref_y), (state, ref_state)):
+        assert np.abs(got.numpy() - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max()), op
+    empty = tuple(torch.from_numpy(a) for a in make_case(op, (2, 0, 2, 8), seed=1, state="warm").values())
+    y0, state0 = fn(*empty)
+    assert y0.shape == (2, 0, 2, 8) and torch.equal(state0, empty[-1])
 
 
 # --- the raw launch path against a fake driver ---------------------------------------------------
