@@ -62,11 +62,13 @@ KERNEL_OPS = {name: _register(spec) for name, spec in OPS.items()}  # op name ->
 
 
 def use_kernels(model: torch.nn.Module) -> torch.nn.Module:
-    """Route a reference model's WKV calls (`model.wkv`, the op's signature) through these custom ops:
-    the project's CUDA kernels when the model's tensors are on a GPU. Returns the model."""
-    current = getattr(model, "wkv", None)
-    for name, spec in OPS.items():
-        if current is spec.reference or current is KERNEL_OPS[name]:
-            model.wkv = KERNEL_OPS[name]
-            return model
-    raise ValueError(f"no WKV kernel op for RWKV-{model.config.version}: its wkv is not a registry op")  # type: ignore[union-attr]
+    """Route a reference model's WKV calls (`model.wkv`, the op's signature) through these custom ops
+    (the version registry names the model's op): the project's CUDA kernels when the model's tensors
+    are on a GPU. Returns the model."""
+    from rwkv_export.versions import version_info
+
+    op = version_info(model.config.version).op  # type: ignore[union-attr]
+    if op not in KERNEL_OPS:
+        raise ValueError(f"no WKV kernel op for RWKV-{model.config.version} ({op})")  # type: ignore[union-attr]
+    model.wkv = KERNEL_OPS[op]
+    return model

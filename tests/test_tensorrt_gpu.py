@@ -135,15 +135,15 @@ def _reference(model_dir: Path) -> Any:
 
 @requires_engine_gpu
 def test_model_engines_match_the_torch_reference(built_model: Path) -> None:
-    from rwkv_export.model.state import State, initial_state
+    from rwkv_export.model.state import ChannelState, initial_state
     from rwkv_export.runtime.tensorrt_runner import TensorRTRunner
 
-    model, names = _reference(built_model), State._fields
+    model, names = _reference(built_model), ChannelState._fields
     tokens = torch.randint(0, 97, (2, 11), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        ref_logits, ref_state = model.forward_sequence(tokens, initial_state(3, 2, 64))
+        ref_logits, ref_state = model.forward_sequence(tokens, initial_state(model.config, 2))
         ref_step_logits, ref_step_state = model.forward_step(tokens[:, 0], ref_state)
-    state = {n: t.numpy() for n, t in zip(names, initial_state(3, 2, 64))}
+    state = {n: t.numpy() for n, t in zip(names, initial_state(model.config, 2))}
     with TensorRTRunner(built_model, "prefill") as prefill, TensorRTRunner(built_model, "step") as step:
         out = prefill.infer({"tokens": tokens.numpy(), **state})
         np.testing.assert_allclose(out["logits"], ref_logits.numpy(), rtol=1e-4, atol=1e-4, err_msg=f"{TARGET} prefill logits")
@@ -158,12 +158,12 @@ def test_model_engines_match_the_torch_reference(built_model: Path) -> None:
 
 @requires_engine_gpu
 def test_device_resident_state_equals_host_state(built_model: Path) -> None:
-    from rwkv_export.model.state import State, initial_state
+    from rwkv_export.model.state import ChannelState, initial_state
     from rwkv_export.runtime.tensorrt_runner import DeviceState, TensorRTRunner
 
     manifest = json.loads((built_model / "manifest.json").read_text())
     tokens = np.random.default_rng(1).integers(0, 97, (1, 9))
-    host = {n: t.numpy() for n, t in zip(State._fields, initial_state(3, 1, 64))}
+    host = {n: t.numpy() for n, t in zip(ChannelState._fields, initial_state(_reference(built_model).config, 1))}
     device = DeviceState.initial_for(manifest, batch=1)
     with TensorRTRunner(built_model, "prefill") as p_host, TensorRTRunner(built_model, "step") as s_host, \
             TensorRTRunner(built_model, "prefill", state=device) as p_dev, TensorRTRunner(built_model, "step", state=device) as s_dev:
@@ -171,12 +171,12 @@ def test_device_resident_state_equals_host_state(built_model: Path) -> None:
         assert set(out_d) == {"logits"}  # the state stayed on the device
         np.testing.assert_array_equal(out_d["logits"], out_h["logits"])
         for t in range(5):
-            host = {n: out_h[f"{n}_out"] for n in State._fields}
+            host = {n: out_h[f"{n}_out"] for n in ChannelState._fields}
             token = np.array([t], np.int64)
             out_h, out_d = s_host.infer({"tokens": token, **host}), s_dev.infer({"tokens": token})
             np.testing.assert_array_equal(out_d["logits"], out_h["logits"], err_msg=f"step {t}")
         final = device.to_host()
-        for n in State._fields:
+        for n in ChannelState._fields:
             np.testing.assert_array_equal(final[n], out_h[f"{n}_out"], err_msg=n)
     device.free()
 

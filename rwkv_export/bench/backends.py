@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from rwkv_export.bench.workspace import Workspace
+from rwkv_export.versions import version_info
 
 # The rwkv package reads these at import time. Its TorchScript path is what ChatRWKV enables and
 # is its faster CPU path; no CUDA build on a CPU benchmark.
@@ -76,14 +77,8 @@ class TorchReference(Backend):
         del ckpt
 
     def _initial(self, batch: int) -> Any:
-        """The model's own initial state: MatrixRWKV has `initial_state` (v6 may start from its
-        time_state); RWKV-4's five-tensor State comes from the model package's function."""
-        own = getattr(self.model, "initial_state", None)
-        if callable(own):
-            return own(batch)
-        from rwkv_export.model import initial_state
-
-        return initial_state(self.cfg.n_layer, batch, self.cfg.n_embd)
+        """The model's own initial state (v6 may start from its time_state)."""
+        return self.model.initial_state(batch)
 
     def prefill(self, tokens: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -133,7 +128,7 @@ def rwkv_package_class(version: str) -> Any:
     restored). Already imported for the other family: unavailable, with the reason; one process
     cannot hold both, and re-importing under another name would not be the package a user runs.
     """
-    want_v7 = version == "7"
+    want_v7 = version_info(version).rwkv_package_v7
     module = sys.modules.get("rwkv.model")
     if module is None:
         saved = os.environ.get("RWKV_V7_ON")
@@ -191,7 +186,7 @@ class Transformers(Backend):
 
     def __init__(self, ws: Workspace, threads: int) -> None:
         version = ws.version()
-        if version != "4":
+        if version_info(version).transformers_class != "RwkvForCausalLM":
             raise BackendUnavailable(f"transformers has RwkvForCausalLM for RWKV-4 only; this is RWKV-{version}")
         try:
             from transformers import RwkvForCausalLM

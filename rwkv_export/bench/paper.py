@@ -79,7 +79,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     """Generate spec['tokens'] tokens with one model; cumulative seconds and peak MB after each."""
     from rwkv_export.bench.memory import _rss_mb
 
-    config = ModelConfig(**spec["config"])
+    config = ModelConfig.from_dict(spec["config"])
     if spec["model"] == "gpt-neox":
         step, params = _neox(config, spec["tokens"], spec["threads"])
     else:
@@ -98,12 +98,10 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run(ws: Workspace, config: ModelConfig, n_tokens: int, threads: int,
         progress: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
-    from dataclasses import asdict
-
     series: dict[str, Any] = {}
     for model in MODELS:
         progress(f"paper: generating {n_tokens} tokens with {model} (fresh process)")
-        spec = {"model": model, "workspace": ws.to_dict(), "config": asdict(config), "tokens": n_tokens, "threads": threads}
+        spec = {"model": model, "workspace": ws.to_dict(), "config": config.to_dict(), "tokens": n_tokens, "threads": threads}
         proc = subprocess.run([sys.executable, "-m", "rwkv_export.bench.paper", json.dumps(spec)], capture_output=True, text=True)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         if proc.returncode != 0 or not lines:

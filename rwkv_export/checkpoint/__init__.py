@@ -23,6 +23,7 @@ from rwkv_export.checkpoint.config import ModelConfig
 from rwkv_export.checkpoint.versions import detect_version, infer_config
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.fileio import atomic_output_path, atomic_write_json
+from rwkv_export.versions import version_info
 
 __all__ = ["Checkpoint", "ModelConfig", "load_checkpoint", "save_checkpoint", "read_tensor_file", "FORMATS"]
 
@@ -104,7 +105,7 @@ def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike[str], fmt: str | N
     elif fmt == "hf":
         from safetensors.torch import save_file
 
-        if cfg.version != "4":
+        if version_info(cfg.version).transformers_class is None:
             raise RwkvExportError(f"cannot write RWKV-{cfg.version} as a Hugging Face directory: transformers has RwkvForCausalLM (RWKV-4) only")
 
         path.mkdir(parents=True, exist_ok=True)

@@ -28,10 +28,11 @@ from rwkv_export.export.finalize import (
     EXTERNAL_DATA_THRESHOLD, attach_wkv_function, default_opset, save_checked, set_metadata, wkv_function_sha256,
 )
 from rwkv_export.export.manifest import FORMAT, MANIFEST, package_versions, read_manifest
-from rwkv_export.export.spec import GRAPHS, WKV_OPS, graph_spec
+from rwkv_export.export.spec import GRAPHS, graph_spec
 from rwkv_export.export.trace import step_from_prefill, trace_graph
 from rwkv_export.fileio import atomic_directory, atomic_write_json, sha256_file
-from rwkv_export.model import MATRIX_STATE_INITIAL, MatrixRWKV, build_model
+from rwkv_export.model import RWKVModel, build_model
+from rwkv_export.versions import version_info
 
 __all__ = ["EXPORT_DTYPES", "ExportResult", "default_wkv_form", "export_checkpoint", "read_manifest", "MANIFEST", "tokenizer_info"]
 
@@ -62,7 +63,7 @@ def tokenizer_info(vocab_size: int, has_file: bool) -> dict[str, Any]:
 
 def default_wkv_form(version: str) -> str:
     """The WKV function body an export of RWKV-`version` carries unless --wkv-form says otherwise."""
-    return op_spec(WKV_OPS[version]).default_body
+    return op_spec(version_info(version).op).default_body
 
 
 def export_checkpoint(
@@ -92,7 +93,7 @@ def export_checkpoint(
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     cfg = ckpt.config
     require_supported(cfg.version)  # every known version exports; kept for versions added to loading first
-    op = WKV_OPS[cfg.version]
+    op = version_info(cfg.version).op
     forms = op_spec(op).bodies
     wkv_form = wkv_form or default_wkv_form(cfg.version)
     if wkv_form not in forms:
@@ -169,7 +170,7 @@ def export_checkpoint(
     return ExportResult(out_dir, manifest, seconds)
 
 
-def _head_state_info(model: Any, op: str) -> dict[str, Any]:
+def _head_state_info(model: RWKVModel, op: str) -> dict[str, Any]:
     """What a runtime of an op with a per-head state (WKV5/6/7) needs beyond the model's sizes
     (empty for an op whose state is per channel: WKV4)."""
     layout = op_spec(op).state_layout
@@ -179,15 +180,14 @@ def _head_state_info(model: Any, op: str) -> dict[str, Any]:
             "wkv_state_layout": layout}
 
 
-def _write_initial_state(model: Any, directory: Path) -> dict[str, str]:
-    """Write each state tensor whose initial value is not the spec's constant (a v6 `time_state`) as
-    DIR/initial_<name>.npy, float32 with a batch axis of 1; return name -> file name."""
-    if not isinstance(model, MatrixRWKV):
-        return {}
+def _write_initial_state(model: RWKVModel, directory: Path) -> dict[str, str]:
+    """Write each state tensor whose initial value is not the registry's constant (a v6 `time_state`)
+    as DIR/initial_<name>.npy, float32 with a batch axis of 1; return name -> file name."""
+    constants = version_info(model.config.version).state_initial
     files = {}
     for name, tensor in model.initial_state(1)._asdict().items():
         value = tensor.to(torch.float32).numpy()
-        if np.any(value != MATRIX_STATE_INITIAL[name]):
+        if np.any(value != np.float32(constants[name])):
             files[name] = f"initial_{name}.npy"
             np.save(directory / files[name], value)
     return files

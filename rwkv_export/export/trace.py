@@ -6,7 +6,7 @@ the output shapes of the op's registry entry; the node's model-local function is
 (finalize.py), since the exporter would inline an onnxscript function.
 
 RWKV-5/6/7 step graphs are not traced again: their step *is* the sequence form at T = 1
-(MatrixRWKV.forward_step), so `step_from_prefill` wraps the traced prefill graph (tokens [batch] ->
+(RWKVModel.forward_step), so `step_from_prefill` wraps the traced prefill graph (tokens [batch] ->
 Unsqueeze -> [batch, 1]; logits [batch, 1, vocab] -> Squeeze for an --all-logits prefill). That
 computes exactly what tracing forward_step would and saves one trace (~40% of an export's time).
 """
@@ -18,7 +18,6 @@ import copy
 import io
 import logging
 import warnings
-from typing import Any
 
 import numpy as np
 import onnx
@@ -26,8 +25,10 @@ import torch
 from torch.export import Dim
 
 from rwkv_export.errors import RwkvExportError
-from rwkv_export.export.spec import WKV_OPS, GraphSpec
+from rwkv_export.export.spec import GraphSpec
+from rwkv_export.model import RWKVModel
 from rwkv_export.ops.registry import DOMAIN, DOMAIN_VERSION, PLUGIN_NAMESPACE, PLUGIN_VERSION, op_spec
+from rwkv_export.versions import version_info
 
 
 def symbolic_wkv(op: str):  # type: ignore[no-untyped-def]
@@ -48,7 +49,7 @@ def symbolic_wkv(op: str):  # type: ignore[no-untyped-def]
 class _Graph(torch.nn.Module):
     """(tokens, *state) -> (logits, *state) through the model's sequence form (prefill) or step form."""
 
-    def __init__(self, model: Any, step: bool, all_logits: bool) -> None:
+    def __init__(self, model: RWKVModel, step: bool, all_logits: bool) -> None:
         super().__init__()
         self.model, self.step, self.all_logits = model, step, all_logits
         self.state_type = type(model.initial_state(1))
@@ -73,10 +74,10 @@ def _quiet_torch_onnx_logs():  # type: ignore[no-untyped-def]
         logger.setLevel(level)
 
 
-def trace_graph(model: Any, spec: GraphSpec, opset: int | None, all_logits: bool = False) -> onnx.ModelProto:
+def trace_graph(model: RWKVModel, spec: GraphSpec, opset: int | None, all_logits: bool = False) -> onnx.ModelProto:
     """Export one graph (spec.name: prefill or step) of `model`; WKV as custom nodes, no function yet."""
     original = model.wkv
-    model.wkv = symbolic_wkv(WKV_OPS[model.config.version])
+    model.wkv = symbolic_wkv(version_info(model.config.version).op)
     batch, seq = Dim("batch", min=1), Dim("seq", min=1)
     # Example sizes > 1 so the exporter does not specialise the dynamic dims to 1.
     state = tuple(torch.zeros_like(t, dtype=torch.float32) for t in model.initial_state(2))

@@ -45,13 +45,8 @@ class TorchBackend:
         pass
 
     def _initial(self, batch: int) -> Any:
-        """The model's own state NamedTuple (RWKV-4 State, or MatrixState for 5/6/7)."""
-        own = getattr(self.model, "initial_state", None)
-        if callable(own):
-            return own(batch)
-        from rwkv_export.model import initial_state
-
-        return initial_state(self.n_layer, batch, self.n_embd, self.model.state_dtype)
+        """The model's own state NamedTuple (ChannelState for RWKV-4, HeadState for 5/6/7)."""
+        return self.model.initial_state(batch)
 
     def initial_state(self, batch: int) -> dict[str, np.ndarray]:
         return {name: t.numpy() for name, t in self._initial(batch)._asdict().items()}
