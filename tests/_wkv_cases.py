@@ -102,6 +102,37 @@ def oracle(td, tf, k, v, aa, bb, pp):  # type: ignore[no-untyped-def]
     return wkv4_numpy(td, tf, np.asarray(k, np.float64), np.asarray(v, np.float64), aa, bb, pp)
 
 
+WKV4_METRICS = ("y_abs", "y_rel", "pp_abs", "bb_rel", "aa_rel")
+F16_Y = 2.0**-11  # one fp16 rounding of y, relative to max(|y|, 1)
+
+
+def wkv4_as_read(case, io: str):  # type: ignore[no-untyped-def]
+    """A WKV4 tuple case as the kernel reads it (k, v rounded to fp16 for f16 I/O)."""
+    if io == "f32":
+        return case
+    td, tf, k, v, aa, bb, pp = case
+    return (td, tf, k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32), aa, bb, pp)
+
+
+def assert_wkv4_close(got, case, io: str, label: str, ref=None, base=None, target: float | None = None) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """WKV4 outputs against the float64 oracle: no worse than 2x numpy's own float32 run + 1e-5, plus
+    one fp16 rounding of y for f16 I/O; `target`: an absolute bound on y_rel where float32 reaches it.
+    ref / base: the oracle's outputs and numpy float32's errors, when the caller caches them."""
+    ref = oracle(*case) if ref is None else ref
+    base = wkv4_errors(wkv4_numpy(*case, dtype=np.float32), ref, case[3]) if base is None else base
+    err = wkv4_errors(got, ref, case[3])
+    assert err["finite"] == 1.0, f"{label}: non-finite output"
+    y_scale = max(1.0, float(np.abs(ref[0]).max(initial=0.0)))
+    f16_y = {"y_abs": F16_Y * y_scale, "y_rel": F16_Y} if io == "f16" else {}
+    for m in WKV4_METRICS:
+        bound = 2.0 * base[m] + 1e-5 + f16_y.get(m, 0.0)
+        assert err[m] <= bound, f"{label}: {m} = {err[m]:.3e} > {bound:.3e} (numpy float32: {base[m]:.3e})"
+    if target is not None:
+        y_target = target + (F16_Y if io == "f16" else 0.0)
+        assert err["y_rel"] <= y_target, f"{label}: y_rel = {err['y_rel']:.3e} > {y_target:.1e}"
+    return err
+
+
 def _head_case(op: str, B: int, T: int, H: int, N: int, *, seed: int, state: str = "zero") -> dict[str, np.ndarray]:
     """float32 inputs of `op` by name, in the op's INPUTS order."""
     g = np.random.default_rng(seed)

@@ -21,14 +21,11 @@ import pytest
 
 from rwkv_export.kernels.launcher import Launch, plan_launch
 from rwkv_export.ops.registry import HEAD_SIZES, OPS
-from rwkv_export.ops.wkv4 import wkv4_numpy
-from tests._wkv_cases import HEAD_OPS, as_read, assert_close, make_case, oracle, run_numpy, wkv4_errors
+from tests._wkv_cases import HEAD_OPS, as_read, assert_close, assert_wkv4_close, make_case, run_numpy, wkv4_as_read
 
 HERE = Path(__file__).parent
 GXX = shutil.which("g++")
 pytestmark = pytest.mark.skipif(GXX is None, reason="g++ not found: the CPU kernel proof compiles plugins/*.cu with g++")
-METRICS = ("y_abs", "y_rel", "pp_abs", "bb_rel", "aa_rel")
-F16_Y = 2.0**-11  # one fp16 rounding of y, relative to max(|y|, 1)
 
 
 def _compile(tmp_path_factory, name: str) -> Path:  # type: ignore[no-untyped-def]
@@ -79,28 +76,8 @@ def run_host(exe: Path, form: str, io: str, case, launch: Launch | None = None, 
     return y, aa_o, bb_o, pp_o
 
 
-def rounded(case, io: str):
-    """The inputs as the kernel reads them (k, v rounded to fp16 for f16 I/O)."""
-    if io == "f32":
-        return case
-    td, tf, k, v, aa, bb, pp = case
-    return (td, tf, k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32), aa, bb, pp)
-
-
-def assert_matches_oracle(got, case, io: str, label: str, target: float | None = None):
-    ref = oracle(*case)
-    err = wkv4_errors(got, ref, case[3])
-    base = wkv4_errors(wkv4_numpy(*case, dtype=np.float32), ref, case[3])
-    assert err["finite"] == 1.0, f"{label}: non-finite output"
-    y_scale = max(1.0, float(np.abs(ref[0]).max(initial=0.0)))
-    f16_y = {"y_abs": F16_Y * y_scale, "y_rel": F16_Y} if io == "f16" else {}
-    for m in METRICS:
-        bound = 2.0 * base[m] + 1e-5 + f16_y.get(m, 0.0)
-        assert err[m] <= bound, f"{label}: {m} = {err[m]:.3e} > {bound:.3e} (numpy float32: {base[m]:.3e})"
-    if target is not None:
-        y_target = target + (F16_Y if io == "f16" else 0.0)
-        assert err["y_rel"] <= y_target, f"{label}: y_rel = {err['y_rel']:.3e} > {y_target:.1e}"
-    return err
+def assert_matches_oracle(got, case, io: str, label: str, target: float | None = None):  # type: ignore[no-untyped-def]
+    return assert_wkv4_close(got, case, io, label, target=target)
 
 
 CASES = [  # (B, T, C, state, extreme)
@@ -120,7 +97,7 @@ CASES = [  # (B, T, C, state, extreme)
 @pytest.mark.parametrize("form", ["seq", "seq4", "chunked"])
 @pytest.mark.parametrize("B,T,C,state,extreme", CASES)
 def test_forms_match_float64_oracle(harness, form, io, B, T, C, state, extreme):
-    case = rounded(_case4(B, T, C, seed=B * 7919 + T * 31 + C, state=state, extreme=extreme), io)
+    case = wkv4_as_read(_case4(B, T, C, seed=B * 7919 + T * 31 + C, state=state, extreme=extreme), io)
     # Moderate k from the zero state is where float32 reaches 1e-5 relative on y.
     target = 1e-5 if (not extreme and state == "zero") else None
     label = f"{form}/{io} B={B} T={T} C={C} state={state} extreme={extreme}"
@@ -153,7 +130,7 @@ def test_chunked_beats_sequential_drift(harness):
 def test_seq4_scalar_fallback(harness, io):
     # C % 4 != 0 and a misaligned base both force seq4's scalar loads; results must not change.
     for C, misalign in ((37, False), (64, True)):
-        case = rounded(_case4(2, 50, C, seed=C, state="warm"), io)
+        case = wkv4_as_read(_case4(2, 50, C, seed=C, state="warm"), io)
         got = run_host(harness, "seq4", io, case, misalign=misalign)
         assert_matches_oracle(got, case, io, f"seq4/{io} C={C} misalign={misalign}")
         ref = run_host(harness, "seq", io, case)
@@ -188,7 +165,7 @@ def test_initial_state_is_exactly_neutral(harness):
 @pytest.mark.parametrize("io", ["f32", "f16"])
 def test_prefill_then_step_equals_stepping(harness, io):
     T0, steps = 300, 5
-    case = rounded(_case4(2, T0 + steps, 37, seed=9, state="warm"), io)
+    case = wkv4_as_read(_case4(2, T0 + steps, 37, seed=9, state="warm"), io)
     td, tf, k, v, aa, bb, pp = case
     for form in ("seq", "chunked"):
         y0, aa_s, bb_s, pp_s = run_host(harness, form, io, (td, tf, k[:, :T0], v[:, :T0], aa, bb, pp))
