@@ -288,17 +288,14 @@ def test_forms_a_version_lacks_are_refused(tmp_path: Path) -> None:
 
 def test_tensorrt_build_front_per_op() -> None:
     """WKV5/6/7 build through the Python plugin front by default ("auto" resolves to it; the AOT one
-    only when asked for); no engine for a non-constant initial state (a v6 time_state)."""
-    from rwkv_export.engine import _check_supported
+    only when asked for). A non-constant initial state (a v6 time_state) needs nothing of the engine:
+    the TensorRT runner feeds the manifest's initial state, so build takes such exports too."""
+    from rwkv_export.engine import plugin_front
 
-    manifest = {"model": {"version": "6"}, "export": {"wkv_op": "WKV6"}, "state": [{"name": "wkv", "initial": 0.0}]}
-    assert _check_supported(manifest, "auto") == "python"
-    assert _check_supported(manifest, "python") == "python" and _check_supported(manifest, "none") == "none"
-    assert _check_supported(manifest, "aot") == "aot"
-    manifest["state"][0]["initial_file"] = "initial_wkv.npy"
-    with pytest.raises(RwkvExportError, match=r"non-constant initial state yet \(wkv"):
-        _check_supported(manifest, "none")
-    assert _check_supported({"model": {"version": "4"}, "export": {"wkv_op": "WKV4"}, "state": []}, "auto") == "auto"
+    assert plugin_front("WKV6", "auto") == "python"
+    assert plugin_front("WKV6", "python") == "python" and plugin_front("WKV6", "none") == "none"
+    assert plugin_front("WKV6", "aot") == "aot"
+    assert plugin_front("WKV4", "auto") == "auto"
 
 
 def test_external_data_and_derived_step(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ reason otherwise, so CPU CI reports them as skipped, never as passed.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,8 @@ import torch
 from rwkv_export.ops import wkv4 as op
 from rwkv_export.kernels import trt_compat
 from rwkv_export import engine
+from rwkv_export.fileio import sha256_file
+from rwkv_export.manifest import ExportOptions, Graph, Manifest, ModelInfo, TensorSpec
 from tests.conftest import make_checkpoint
 
 pytestmark = [pytest.mark.tensorrt, pytest.mark.gpu]
@@ -71,13 +72,14 @@ def _plugin_only_dir(tmp_path: Path, plugin: str) -> Path:
                 dim.dim_param = rename[dim.dim_param]
     onnx.save(model, str(tmp_path / "wkv4.onnx"))
 
-    def spec(v: Any) -> dict[str, Any]:
-        dims = [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-        return {"name": v.name, "dtype": "float32", "shape": dims}
+    def spec(v: Any) -> TensorSpec:
+        dims = tuple(d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim)
+        return TensorSpec(v.name, "float32", dims, "data")
 
-    manifest = {"format": "rwkv-export/1", "graphs": {"wkv4": {
-        "file": "wkv4.onnx", "inputs": [spec(v) for v in model.graph.input], "outputs": [spec(v) for v in model.graph.output]}}}
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    graph = Graph("wkv4.onnx", 18, 1, (), {"wkv4.onnx": sha256_file(tmp_path / "wkv4.onnx")},
+                  tuple(spec(v) for v in model.graph.input), tuple(spec(v) for v in model.graph.output))
+    Manifest(model=ModelInfo("4", 1, C, 1, 1, 0), dtype="float32", graphs={"wkv4": graph}, state=(),
+             export=ExportOptions("float32", 18, False, "scan", 0, "rwkv", "rwkv", "1")).write(tmp_path)
     engine.build(tmp_path, engine.BuildOptions(target=TARGET, max_batch=4, max_seq=64, plugin=plugin), graphs=("wkv4",))
     return tmp_path
 
@@ -161,7 +163,7 @@ def test_device_resident_state_equals_host_state(built_model: Path) -> None:
     from rwkv_export.model.state import ChannelState, initial_state
     from rwkv_export.runtime.tensorrt_runner import DeviceState, TensorRTRunner
 
-    manifest = json.loads((built_model / "manifest.json").read_text())
+    manifest = Manifest.read(built_model)
     tokens = np.random.default_rng(1).integers(0, 97, (1, 9))
     host = {n: t.numpy() for n, t in zip(ChannelState._fields, initial_state(_reference(built_model).config, 1))}
     device = DeviceState.initial_for(manifest, batch=1)

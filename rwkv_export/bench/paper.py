@@ -19,7 +19,6 @@ from typing import Any
 
 from rwkv_export.bench.workspace import Workspace
 from rwkv_export.checkpoint import ModelConfig
-from rwkv_export.runtime import initial_state
 
 MODELS = ("rwkv-onnx", "gpt-neox")
 
@@ -55,16 +54,16 @@ def _neox(config: ModelConfig, n_tokens: int, threads: int):  # type: ignore[no-
 def _rwkv(ws: Workspace, threads: int):  # type: ignore[no-untyped-def]
     import numpy as np
 
-    from rwkv_export.export import read_manifest
+    from rwkv_export.manifest import Manifest
     from rwkv_export.runtime import OrtRunner
 
     # The step graph alone (ExportedModel would also open prefill.onnx, a second copy of the
     # weights that generation from one token never uses and the Transformer does not pay for).
-    directory = ws.onnx_dir("float32")
-    manifest = read_manifest(directory)
-    runner = OrtRunner(directory / manifest["graphs"]["step"]["file"], "cpu", threads).__enter__()
-    state = initial_state(directory, manifest, 1)
-    outputs = {s["name"]: s["output"] for s in manifest["state"]}
+    manifest = Manifest.read(ws.onnx_dir("float32"))
+    graph = manifest.graph("step")
+    runner = OrtRunner(manifest.path(graph.file), "cpu", threads, graph=graph, vocab_size=manifest.model.vocab_size).__enter__()
+    state = manifest.initial_state(1)
+    outputs = {s.name: s.output for s in manifest.state}
 
     def step(token: int) -> int:
         nonlocal state
@@ -72,7 +71,7 @@ def _rwkv(ws: Workspace, threads: int):  # type: ignore[no-untyped-def]
         state = {name: out[output] for name, output in outputs.items()}
         return int(out["logits"][0].argmax())
 
-    return step, int(manifest["model"]["parameters"])
+    return step, manifest.model.parameters
 
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:

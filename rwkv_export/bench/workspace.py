@@ -29,8 +29,8 @@ from rwkv_export.checkpoint.make import check_sizes, random_checkpoint
 from rwkv_export.checkpoint.random import DEFAULT_169M
 from rwkv_export.checkpoint.versions import require_supported
 from rwkv_export.errors import RwkvExportError
-from rwkv_export.export import read_manifest
 from rwkv_export.fileio import atomic_write_json
+from rwkv_export.manifest import Manifest
 from rwkv_export.versions import version_info
 
 DEFAULT_SHAPE = (DEFAULT_169M["n_layer"], DEFAULT_169M["n_embd"], DEFAULT_169M["vocab_size"])
@@ -161,8 +161,7 @@ def _export_is_current(out: Path, form: str) -> bool:
     from rwkv_export.export.finalize import wkv_function_sha256
 
     try:
-        export = read_manifest(out)["export"]
-        return bool(export["wkv_form"] == form
-                    and export["wkv_function_sha256"] == wkv_function_sha256(export["wkv_op"], export["opset"], form))
-    except (RwkvExportError, KeyError, TypeError):  # missing, half-written or older-format: export again
+        export = Manifest.read(out).export
+    except RwkvExportError:  # missing, half-written, damaged or older-format: export again
         return False
+    return export.wkv_form == form and export.wkv_function_sha256 == wkv_function_sha256(export.op, export.opset, form)

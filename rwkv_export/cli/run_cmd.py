@@ -37,7 +37,13 @@ from rwkv_export.errors import RwkvExportError
 @quiet_flag
 def run(model_dir: str, prompts: tuple[str, ...], token_lists: tuple[str, ...], max_tokens: int, temperature: float, top_p: float,
         top_k: int, seed: int | None, provider: str, tokenizer: str | None, threads: int, print_ids: bool, quiet: bool) -> None:
-    """Generate from the exported model in DIR: prefill the prompt, then step, sampling each token."""
+    """Generate from the exported model in DIR: prefill the prompt, then step, sampling each token.
+
+    DIR is checked first: every file its manifest names must lie inside DIR and match its sha256.
+    A file fully hashed once is then trusted while its size and modification time are unchanged
+    (cache: $RWKV_EXPORT_CACHE or ~/.cache/rwkv-export/sha256-cache.json; RWKV_EXPORT_HASH_CACHE=0
+    hashes every time).
+    """
     from rwkv_export.generate import Sampling, Stats, generate
     from rwkv_export.runtime import ExportedModel
     from rwkv_export.tokenizer import StreamDecoder, describe, load_tokenizer

@@ -2,17 +2,19 @@
 
 Both graphs are traced from the reference model (trace.py), get the WKV op's function (rwkv::WKV4 for
 RWKV-4, rwkv::WKV5 for 5.1/5.2, rwkv::WKV6, rwkv::WKV7) and metadata (finalize.py), and are described
-in manifest.json (manifest.py). A state whose initial value is not a constant (a v6 checkpoint's
+in manifest.json (rwkv_export.manifest, the typed contract every later stage reads). A state whose initial value is not a constant (a v6 checkpoint's
 `time_state`) is written as DIR/initial_<name>.npy and named by the manifest (spec.py). The directory
 is assembled in a temporary sibling and renamed into place only when everything succeeded.
 """
 
 from __future__ import annotations
 
+import platform
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +23,19 @@ import torch
 
 from rwkv_export.ops.onnx_builder import MIN_OPSET
 from rwkv_export.ops.registry import ALL_BODIES, DOMAIN, PLUGIN_NAMESPACE, PLUGIN_VERSION, op_spec
+from rwkv_export import __version__
 from rwkv_export.checkpoint import Checkpoint, load_checkpoint
 from rwkv_export.checkpoint.versions import require_supported
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.export.finalize import (
     EXTERNAL_DATA_THRESHOLD, attach_wkv_function, default_opset, save_checked, set_metadata, wkv_function_sha256,
 )
-from rwkv_export.export.manifest import FORMAT, MANIFEST, package_versions, read_manifest
 from rwkv_export.export.spec import GRAPHS, graph_spec
 from rwkv_export.export.trace import step_from_prefill, trace_graph
-from rwkv_export.fileio import atomic_directory, atomic_write_json, sha256_file
+from rwkv_export.fileio import atomic_directory, sha256_file
+from rwkv_export.manifest import (
+    FORMAT, MANIFEST, ExportOptions, Graph, Manifest, ModelInfo, Source, StateSpec, TensorSpec, TokenizerInfo, read_manifest,
+)
 from rwkv_export.model import RWKVModel, build_model
 from rwkv_export.versions import version_info
 
@@ -44,8 +49,18 @@ ALL_FORMS = ALL_BODIES  # every op's ONNX function bodies (--wkv-form)
 @dataclass
 class ExportResult:
     directory: Path
-    manifest: dict[str, Any]
+    manifest: dict[str, Any]  # manifest.json as written (typed: Manifest.read(directory))
     seconds: float
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"rwkv-export": __version__, "python": platform.python_version()}
+    for name in ("torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
 
 
 def tokenizer_info(vocab_size: int, has_file: bool) -> dict[str, Any]:
@@ -102,10 +117,10 @@ def export_checkpoint(
     model = build_model(ckpt, dtype)
     head_info = _head_state_info(model, op)
     tok_info = tokenizer_info(cfg.vocab_size, tokenizer_path is not None)
-    graphs: dict[str, Any] = {}
+    graphs: dict[str, Graph] = {}
     with atomic_directory(out_dir, force=force) as tmp:
         initial_files = _write_initial_state(model, tmp)
-        derived_step = None  # RWKV-5/6/7: the step graph made from the prefill graph (trace.py)
+        derived_step = None  # the step graph: the prefill graph at T = 1 (trace.py)
         for graph in GRAPHS:
             spec = graph_spec(graph, cfg, all_logits and graph == "prefill", initial_files)
             if graph == "step" and derived_step is not None:
@@ -114,7 +129,7 @@ def export_checkpoint(
             else:
                 progress(f"tracing {graph} graph ({dtype})")
                 proto = trace_graph(model, spec, opset, all_logits and graph == "prefill")
-                if head_info and graph == "prefill":  # derive before saving: external data moves the weights out
+                if graph == "prefill":  # derive before saving: external data moves the weights out
                     derived_step = step_from_prefill(proto)
             n_wkv = attach_wkv_function(proto, wkv_form, op)
             set_metadata(proto, {
@@ -131,43 +146,43 @@ def export_checkpoint(
             })  # fmt: skip
             progress(f"checking and saving {graph}.onnx ({n_wkv} rwkv::{op} nodes)")
             files = save_checked(proto, tmp / f"{graph}.onnx", external_data_threshold)
-            graphs[graph] = {
-                "file": f"{graph}.onnx",
-                "opset": default_opset(proto),
-                "wkv_nodes": n_wkv,
-                "external_data": [f.name for f in files[1:]],
-                "sha256": {f.name: sha256_file(f) for f in files},
-                "inputs": [t.to_dict() for t in spec.inputs],
-                "outputs": [t.to_dict() for t in spec.outputs],
-            }
+            graphs[graph] = Graph(
+                file=f"{graph}.onnx", opset=default_opset(proto), wkv_nodes=n_wkv, external_data=tuple(f.name for f in files[1:]),
+                sha256={f.name: sha256_file(f) for f in files}, inputs=_specs(spec.inputs), outputs=_specs(spec.outputs),
+            )
         if tokenizer_path is not None:
             shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
             tok_info["sha256"] = sha256_file(tmp / TOKENIZER_FILE)
-        state = [{**t.to_dict(), "output": t.name + "_out"} for t in graph_spec("step", cfg, initial_files=initial_files).inputs
-                 if t.role == "state"]
-        for entry in state:
-            if "initial_file" in entry:
-                entry["initial_sha256"] = sha256_file(tmp / entry["initial_file"])
-        manifest = {
-            "format": FORMAT,
-            "model": {"version": cfg.version, "n_layer": cfg.n_layer, "n_embd": cfg.n_embd,
-                      "vocab_size": cfg.vocab_size, "ffn_size": cfg.ffn_size, "parameters": ckpt.parameter_count, **head_info},
-            "source": {"path": str(ckpt.path), "format": ckpt.format, "dtype": cfg.dtype},
-            "dtype": dtype,
-            "graphs": graphs,
-            "state": state,
-            "dynamic_dims": ["batch", "seq"],
-            "tokenizer": tok_info,
-            "export": {"dtype": dtype, "opset": graphs["step"]["opset"], "all_logits": all_logits, "wkv_form": wkv_form,
-                       "wkv_function_sha256": wkv_function_sha256(op, graphs["step"]["opset"], wkv_form),
-                       "rescale_every": model.rescale_every, "wkv_domain": DOMAIN, "wkv_op": op,
-                       "plugin_namespace": PLUGIN_NAMESPACE, "plugin_version": PLUGIN_VERSION},
-            "versions": package_versions(),
-        }  # fmt: skip
-        atomic_write_json(tmp / MANIFEST, manifest)
+        typed = Manifest(
+            model=ModelInfo(cfg.version, cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.ffn_size, ckpt.parameter_count, **head_info),
+            source=Source(str(ckpt.path), ckpt.format, cfg.dtype), dtype=dtype, graphs=graphs,
+            state=_state_specs(cfg, initial_files, tmp), tokenizer=TokenizerInfo(**tok_info),
+            export=ExportOptions(dtype=dtype, opset=graphs["step"].opset, all_logits=all_logits, wkv_form=wkv_form,
+                                 wkv_function_sha256=wkv_function_sha256(op, graphs["step"].opset, wkv_form),
+                                 rescale_every=model.rescale_every, wkv_domain=DOMAIN, wkv_op=op,
+                                 plugin_namespace=PLUGIN_NAMESPACE, plugin_version=PLUGIN_VERSION),
+            versions=package_versions(),
+        )
+        typed.write(tmp)
+        manifest = typed.to_dict()
     seconds = time.perf_counter() - start
     progress(f"wrote {out_dir} in {seconds:.1f} s")
     return ExportResult(out_dir, manifest, seconds)
+
+
+def _specs(specs: Any) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(t.name, t.dtype, tuple(t.shape), t.role, t.feeds, t.initial, t.initial_file) for t in specs)
+
+
+def _state_specs(cfg: Any, initial_files: dict[str, str], directory: Path) -> tuple[StateSpec, ...]:
+    """The step graph's state inputs, each with the output that feeds it (and its initial file's sha256)."""
+    out = []
+    for t in graph_spec("step", cfg, initial_files=initial_files).inputs:
+        if t.role == "state":
+            digest = sha256_file(directory / t.initial_file) if t.initial_file else None
+            out.append(StateSpec(name=t.name, dtype=t.dtype, shape=tuple(t.shape), initial=float(t.initial or 0.0), output=t.name + "_out",
+                                 initial_file=t.initial_file, initial_sha256=digest))
+    return tuple(out)
 
 
 def _head_state_info(model: RWKVModel, op: str) -> dict[str, Any]:

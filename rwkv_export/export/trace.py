@@ -5,7 +5,7 @@ the op's signature, which emits a bodiless custom node carrying the TensorRT plu
 the output shapes of the op's registry entry; the node's model-local function is attached afterwards
 (finalize.py), since the exporter would inline an onnxscript function.
 
-RWKV-5/6/7 step graphs are not traced again: their step *is* the sequence form at T = 1
+Step graphs are not traced again: every version's step *is* its sequence form at T = 1
 (RWKVModel.forward_step), so `step_from_prefill` wraps the traced prefill graph (tokens [batch] ->
 Unsqueeze -> [batch, 1]; logits [batch, 1, vocab] -> Squeeze for an --all-logits prefill). That
 computes exactly what tracing forward_step would and saves one trace (~40% of an export's time).
@@ -106,7 +106,7 @@ def trace_graph(model: RWKVModel, spec: GraphSpec, opset: int | None, all_logits
 
 
 def step_from_prefill(prefill: onnx.ModelProto) -> onnx.ModelProto:
-    """The step graph of a model whose step is its sequence form at T = 1, from its traced prefill graph (a copy)."""
+    """The step graph from the traced prefill graph (a copy; see the module docstring)."""
     model = copy.deepcopy(prefill)
     graph = model.graph
     axes = onnx.numpy_helper.from_array(np.array([1], np.int64), "step_seq_axis")
