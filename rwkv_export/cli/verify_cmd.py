@@ -37,6 +37,10 @@ the oracle's greedy tokens, and the prefill split in two chunks with the state c
 step against the torch float64 oracle: logits and every state tensor (max/mean/median/p99 abs and
 rel error), argmax and top-5 agreement, KL divergence, greedy-match length.
 
+Each backend is also checked against itself (second table; "guarantees" in the JSON): continuation
+through a state file, chunked prefill, batch invariance and step = prefill at T = 1, within its
+dtype's state tolerance and with identical greedy tokens.
+
 Backends: torch-float32, torch-float16, ort-{{cpu,cuda}}-{{float32,float16}}, tensorrt-{{float32,float16}}
 (built engines); unavailable ones are reported as skipped.
 
