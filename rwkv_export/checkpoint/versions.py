@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 import torch
 
 from rwkv_export.checkpoint.config import ModelConfig
+from rwkv_export.checkpoint.validate import check_keys, check_rank
 from rwkv_export.errors import RwkvExportError
 
 KNOWN_VERSIONS = ("4", "5.1", "5.2", "6", "7")
@@ -153,14 +154,13 @@ def expected_shapes(config: ModelConfig) -> tuple[dict[str, tuple[int, ...]], di
 
 def infer_config(weights: Mapping[str, torch.Tensor], where: str, fmt: str = "pth") -> ModelConfig:
     """Read the version and hyper-parameters off the keys and shapes; check every key against them."""
+    n_layer = check_keys(weights, where)  # before any table is built from what the keys claim
     for needed in ("emb.weight", "blocks.0.ffn.key.weight"):
         if needed not in weights:
             raise RwkvExportError(f"{where}: not an RWKV checkpoint: key '{needed}' is missing")
     version = detect_version(weights)
-    vocab, n_embd = weights["emb.weight"].shape
-    ffn = weights["blocks.0.ffn.key.weight"].shape[0]
-    layer_ids = {int(m.group(1)) for k in weights if (m := re.match(r"blocks\.(\d+)\.", k))}
-    n_layer = max(layer_ids) + 1
+    vocab, n_embd = check_rank(weights, "emb.weight", 2, where)
+    ffn = check_rank(weights, "blocks.0.ffn.key.weight", 2, where)[0]
     extra = _version_extra(version, weights, where, fmt)
     dtype = _DTYPE_NAMES.get(weights["blocks.0.att.key.weight"].dtype, str(weights["blocks.0.att.key.weight"].dtype)) \
         if "blocks.0.att.key.weight" in weights else "float32"
@@ -199,17 +199,14 @@ def _version_extra(version: str, weights: Mapping[str, torch.Tensor], where: str
     def shape(key: str, ndim: int) -> tuple[int, ...]:
         if p + key not in weights:
             raise RwkvExportError(f"{where}: RWKV-{version} key '{p + key}' is missing")
-        found = tuple(weights[p + key].shape)
-        if len(found) != ndim:
-            raise RwkvExportError(f"{where}: '{p + key}' has shape {list(found)}, expected {ndim} dimensions")
-        return found
+        return check_rank(weights, p + key, ndim, where)
 
     dim_att = shape("key.weight", 2)[0]
     extra: dict[str, object] = {}
     if version in ("5.1", "5.2"):
         decay = weights.get(p + "time_decay")
-        if decay is None or decay.dim() not in (1, 2):
-            raise RwkvExportError(f"{where}: RWKV-{version} needs '{p}time_decay' shaped [H] or [H, N]")
+        if decay is None or decay.dim() not in (1, 2) or decay.numel() == 0:
+            raise RwkvExportError(f"{where}: RWKV-{version} needs '{p}time_decay' shaped [H] or [H, N] (H, N >= 1)")
         h = decay.shape[0]
         if dim_att % h:
             raise RwkvExportError(f"{where}: dim_att {dim_att} is not a multiple of the {h} heads of '{p}time_decay'")

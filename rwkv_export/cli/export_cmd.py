@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from rwkv_export.ops.wkv4_onnx import DEFAULT_FORM
-from rwkv_export.cli.options import checkpoint_arg, examples, force_flag, quiet_flag
+from rwkv_export.cli.options import allow_nonfinite_flag, checkpoint_arg, examples, force_flag, quiet_flag
 from rwkv_export.export import ALL_FORMS
 
 
@@ -33,13 +33,16 @@ def progress_printer(quiet: bool):  # type: ignore[no-untyped-def]
                    f"the fastest measured for batch-1 prefill; chunked for RWKV-5/6, scan for RWKV-7).")
 @click.option("--tokenizer", type=click.Path(path_type=str), default=None, help="tokenizer.json to ship with the export.")
 @force_flag
+@allow_nonfinite_flag
 @quiet_flag
 def export(checkpoint: str, output: str, dtype: str, opset: int | None, all_logits: bool, wkv_form: str | None,
-           tokenizer: str | None, force: bool, quiet: bool) -> None:
+           tokenizer: str | None, force: bool, allow_nonfinite: bool, quiet: bool) -> None:
     """Export CHECKPOINT to ONNX: prefill and step graphs with rwkv::WKV4 (RWKV-4) or WKV5/6/7 custom nodes."""
+    from rwkv_export.checkpoint import load_checkpoint
     from rwkv_export.export import export_checkpoint
 
-    result = export_checkpoint(checkpoint, output, dtype=dtype, opset=opset, all_logits=all_logits, force=force,
+    source = load_checkpoint(checkpoint, allow_nonfinite=True) if allow_nonfinite else checkpoint
+    result = export_checkpoint(source, output, dtype=dtype, opset=opset, all_logits=all_logits, force=force,
                                wkv_form=wkv_form, tokenizer=tokenizer, progress=progress_printer(quiet))
     click.echo(str(result.directory))
 
