@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import random
 import resource
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests import _checkpoint_mutations as mut  # noqa: E402
+from tests import _checkpoint_mutations as mut
 
 
 def _limited() -> None:

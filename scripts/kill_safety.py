@@ -23,8 +23,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rwkv_export.kernels import trt_compat  # noqa: E402
-from tests import _kill_safety as ks  # noqa: E402
+from rwkv_export.kernels import trt_compat
+
+from tests import _kill_safety as ks
 
 
 def main() -> int:

@@ -14,9 +14,14 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from rwkv_export.fileio import atomic_directory, atomic_update, atomic_write_bytes, clean_stale_siblings
 from rwkv_export.kernels import trt_compat
+
+from rwkv_export.fileio import (
+    atomic_directory,
+    atomic_update,
+    atomic_write_bytes,
+    clean_stale_siblings,
+)
 from tests import _kill_safety as ks
 
 

@@ -8,7 +8,14 @@ import click
 
 from rwkv_export.checkpoint.make import DEFAULT_HEAD_SIZE, DEFAULT_LORA
 from rwkv_export.checkpoint.versions import KNOWN_VERSIONS
-from rwkv_export.cli.options import SEED, allow_nonfinite_flag, checkpoint_arg, examples, force_flag, json_flag
+from rwkv_export.cli.options import (
+    SEED,
+    allow_nonfinite_flag,
+    checkpoint_arg,
+    examples,
+    force_flag,
+    json_flag,
+)
 
 
 @click.command(epilog=examples("rwkv-export info model.pth", "rwkv-export info tiny-rwkv-4v0-660K-FP32.bin --json"))

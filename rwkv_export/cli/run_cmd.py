@@ -11,7 +11,15 @@ from __future__ import annotations
 import click
 import numpy as np
 
-from rwkv_export.cli.options import SEED, TEMPERATURE, TOKEN_IDS, TOP_P, bounded, examples, quiet_flag
+from rwkv_export.cli.options import (
+    SEED,
+    TEMPERATURE,
+    TOKEN_IDS,
+    TOP_P,
+    bounded,
+    examples,
+    quiet_flag,
+)
 from rwkv_export.errors import RwkvExportError
 
 
