@@ -357,7 +357,7 @@ def worker_main() -> None:
             message = str(exc)
             one_line = bool(message) and "\n" not in message and "Traceback" not in message
             answer = {"outcome": "clean" if one_line else "crash", "detail": message[:300]}
-        except BaseException as exc:
+        except BaseException as exc:  # every other exception is a finding
             frame = traceback.extract_tb(exc.__traceback__)[-1]
             answer = {"outcome": "crash", "detail": f"{type(exc).__name__}: {str(exc)[:150]} at {Path(frame.filename).name}:{frame.lineno}"}
         print(json.dumps(answer), flush=True)
