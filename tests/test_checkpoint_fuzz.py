@@ -129,10 +129,11 @@ def test_non_string_keys(v4: tuple[dict[str, torch.Tensor], Path], tmp_path: Pat
 
 
 @pytest.mark.parametrize("key,tensor,match", [
-    ("emb.weight", torch.zeros(()), r"'emb.weight' has shape \[\], expected 2 non-empty dimensions"),
+    ("emb.weight", torch.zeros(()), r"'emb.weight' has shape \[\]: every tensor needs one or more dimensions, each >= 1"),
     ("emb.weight", torch.zeros(50, 32, 1), r"'emb.weight' has shape \[50, 32, 1\], expected 2"),
     ("blocks.0.ffn.key.weight", torch.zeros(128), r"'blocks.0.ffn.key.weight' has shape \[128\], expected 2"),
-    ("emb.weight", torch.zeros(0, 32), r"expected 2 non-empty dimensions"),
+    ("emb.weight", torch.zeros(0, 32), r"'emb.weight' has shape \[0, 32\]: every tensor needs"),
+    ("blocks.1.ln1.weight", torch.zeros(0), r"'blocks.1.ln1.weight' has shape \[0\]: every tensor needs"),
 ])  # fmt: skip
 def test_ranks_checked_before_use(v4: tuple[dict[str, torch.Tensor], Path], tmp_path: Path, key: str, tensor: torch.Tensor,
                                   match: str) -> None:
@@ -144,7 +145,7 @@ def test_decay_with_zero_heads(tmp_path: Path) -> None:
     weights = random_weights("5.2", 2, 32, 50)[1]
     weights["blocks.0.att.time_decay"] = torch.zeros(0, 8)
     torch.save(weights, tmp_path / "h.pth")
-    _refused(tmp_path / "h.pth", r"time_decay' shaped \[H\] or \[H, N\] \(H, N >= 1\)")
+    _refused(tmp_path / "h.pth", r"'blocks.0.att.time_decay' has shape \[0, 8\]: every tensor needs one or more dimensions")
 
 
 def test_nonfinite_weights_named_and_allowed_by_option(v4: tuple[dict[str, torch.Tensor], Path], tmp_path: Path) -> None:

@@ -75,6 +75,14 @@ def check_rank(weights: Mapping[str, torch.Tensor], key: str, ndim: int, where: 
     return shape
 
 
+def check_nonempty(weights: Mapping[str, torch.Tensor], where: str) -> None:
+    """Every tensor has one or more dimensions, each >= 1 (a 0-D or empty tensor describes no layer)."""
+    for key, tensor in weights.items():
+        if tensor.dim() == 0 or min(tensor.shape) < 1:
+            raise RwkvExportError(f"{where}: '{key}' has shape {list(tensor.shape)}: every tensor needs one or more "
+                                  "dimensions, each >= 1")
+
+
 def check_finite(weights: Mapping[str, torch.Tensor], where: str) -> None:
     """Refuse NaN / Inf weights, naming the first tensor that holds any."""
     for key, tensor in weights.items():

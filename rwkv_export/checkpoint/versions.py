@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 import torch
 
 from rwkv_export.checkpoint.config import ModelConfig
-from rwkv_export.checkpoint.validate import check_keys, check_rank
+from rwkv_export.checkpoint.validate import check_keys, check_nonempty, check_rank
 from rwkv_export.errors import RwkvExportError
 
 KNOWN_VERSIONS = ("4", "5.1", "5.2", "6", "7")
@@ -155,6 +155,7 @@ def expected_shapes(config: ModelConfig) -> tuple[dict[str, tuple[int, ...]], di
 def infer_config(weights: Mapping[str, torch.Tensor], where: str, fmt: str = "pth") -> ModelConfig:
     """Read the version and hyper-parameters off the keys and shapes; check every key against them."""
     n_layer = check_keys(weights, where)  # before any table is built from what the keys claim
+    check_nonempty(weights, where)  # every dimension >= 1: the version readers divide by them
     for needed in ("emb.weight", "blocks.0.ffn.key.weight"):
         if needed not in weights:
             raise RwkvExportError(f"{where}: not an RWKV checkpoint: key '{needed}' is missing")
