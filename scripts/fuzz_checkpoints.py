@@ -35,18 +35,19 @@ def _limited() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (mut.MEMORY_LIMIT, mut.MEMORY_LIMIT))
 
 
-def cli_outcome(path: str, timeout: float) -> str:
+def cli_outcome(path: str, timeout: float) -> tuple[str, str]:
     """`rwkv-export info PATH` in its own process: clean (exit 2, one 'error:' line), accepted (exit 0), crash, hang."""
     cmd = [sys.executable, "-c", "from rwkv_export.cli import main; main()", "info", path]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, preexec_fn=_limited,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
     except subprocess.TimeoutExpired:
-        return "hang"
+        return "hang", f"no exit in {timeout:.0f} s"
     lines = proc.stderr.splitlines()
     if proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "):
-        return "clean"
-    return "accepted" if proc.returncode == 0 else "crash"
+        return "clean", lines[0]
+    tail = " | ".join(lines[-3:])[:300]
+    return ("accepted" if proc.returncode == 0 and not lines else "crash"), f"exit {proc.returncode}: {tail}"
 
 
 def main() -> int:
@@ -55,6 +56,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=16)
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds before a case counts as a hang")
     parser.add_argument("--cli-every", type=int, default=50, help="also run `rwkv-export info` on every N-th case (0: never)")
+    parser.add_argument("--cli-startup", type=float, default=100.0,
+                        help="seconds added to --timeout for the CLI's interpreter start (torch import; minutes on a loaded machine)")
     parser.add_argument("--formats", default=",".join(mut.FORMATS))
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "models" / "rwkv-cpp-tiny")
     args = parser.parse_args()
@@ -66,10 +69,10 @@ def main() -> int:
     def on_case(fmt: str, answer: dict[str, str]) -> None:
         n = next(counter)
         if args.cli_every and n % args.cli_every == 0:
-            got = cli_outcome(answer["path"], args.timeout + 30)  # + interpreter start-up
+            got, detail = cli_outcome(answer["path"], args.timeout + args.cli_startup)
             cli[fmt][got] += 1
             if got != answer["outcome"]:
-                mismatches.append(f"{fmt} {answer['kind']}: in-process {answer['outcome']}, CLI {got}")
+                mismatches.append(f"{fmt} {answer['kind']}: in-process {answer['outcome']}, CLI {got} ({detail})")
         if answer["outcome"] not in ("clean", "accepted"):
             print(f"  {fmt} {answer['kind']} ({answer['base']}): {answer['outcome']}: {answer['detail'][:160]}", file=sys.stderr)
 
@@ -93,7 +96,7 @@ def main() -> int:
     kinds = collections.Counter(r["kind"] for rows in results.values() for r in rows)
     print(f"\nmutation kinds: {dict(sorted(kinds.items()))}")
     if mismatches:
-        print(f"CLI and in-process outcomes differ in {len(mismatches)} case(s): {mismatches[:5]}")
+        print(f"CLI and in-process outcomes differ in {len(mismatches)} case(s):", *mismatches[:10], sep="\n  ")
     bad = sum(1 for rows in results.values() for r in rows if r["outcome"] not in ("clean", "accepted"))
     return 1 if bad or mismatches else 0
 

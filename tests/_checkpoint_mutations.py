@@ -341,6 +341,7 @@ def worker_main() -> None:
     """Child: load each path read from stdin; answer one JSON line {outcome, detail}."""
     import resource
     import traceback
+    import warnings
 
     limit = int(os.environ.get("FUZZ_MEMORY_LIMIT", MEMORY_LIMIT))
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -349,11 +350,20 @@ def worker_main() -> None:
 
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
+        warnings.resetwarnings()  # "default": every warning is recorded below, once per case
         try:
-            ckpt = load_checkpoint(line.strip())
+            with warnings.catch_warnings(record=True) as warned:
+                warnings.simplefilter("always")
+                ckpt = load_checkpoint(line.strip())
+            if warned:  # printed on stderr: the one error line would not be alone
+                raise RuntimeError(f"warning on stderr: {warned[0].message}")
             finite = all(bool(torch.isfinite(t).all()) for t in ckpt.weights.values() if t.is_floating_point())
             answer = {"outcome": "accepted" if finite else "nonfinite", "detail": ckpt.config.version}
         except RwkvExportError as exc:
+            if warned:
+                answer = {"outcome": "crash", "detail": f"warning on stderr: {warned[0].message}"[:300]}
+                print(json.dumps(answer), flush=True)
+                continue
             message = str(exc)
             one_line = bool(message) and "\n" not in message and "Traceback" not in message
             answer = {"outcome": "clean" if one_line else "crash", "detail": message[:300]}

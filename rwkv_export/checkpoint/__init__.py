@@ -13,6 +13,7 @@ for RWKV-4 (transformers has no v5-v7 class); other model types are refused by n
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +53,9 @@ def read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
         raise RwkvExportError(f"{path}: not a readable PyTorch checkpoint (not a zip archive; torch.save writes one since torch 1.6)")
     validate.check_zip_sizes(path, size)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 18": the error line below says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except Exception as exc:  # the unpickler raises anything (IndexError, KeyError...) on garbage
         if isinstance(exc, (KeyboardInterrupt, MemoryError)):
             raise
@@ -75,7 +78,9 @@ def _read_safetensors(path: Path, size: int) -> dict[str, torch.Tensor]:
     if not 0 < header_len <= size - 8:
         raise RwkvExportError(f"{path}: not a readable safetensors file (header length {header_len} does not fit its {size} bytes)")
     try:
-        tensors = load_file(str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tensors = load_file(str(path))
     except Exception as exc:  # SafetensorError, OSError, ValueError, TypeError of an unsupported dtype...
         if isinstance(exc, (KeyboardInterrupt, MemoryError)):
             raise
