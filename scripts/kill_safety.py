@@ -49,7 +49,7 @@ def main() -> int:
             rows.append((title, counts))
     print(f"\n{args.trials} SIGKILLed runs per mode, seed {args.seed}, {time.time() - start:.0f} s"
           f"{'' if rtx else ' (TensorRT-RTX absent: no build modes)'}\n")
-    print("| mode | killed | target absent | old complete | new complete | mixed | runs leaving siblings | siblings after next run |")
+    print("| mode | killed | target absent | old complete | new complete | mixed | trials ending with a stale sibling (this or an earlier killed run) | siblings after the next complete run |")
     print("|---|---|---|---|---|---|---|---|")
     for title, c in rows:
         print(f"| {title} | {c.get('killed', 0)} | {c.get('absent', 0)} | {c.get('old', 0)} | {c.get('new', 0)} | {c.get('mixed', 0)} "
