@@ -29,7 +29,7 @@ from tests.conftest import make_checkpoint  # noqa: E402
 def _logits(path: Path, tokens: torch.Tensor, dtype: str) -> np.ndarray:
     ckpt = load_checkpoint(path)
     model = build_model(ckpt, dtype)
-    state = initial_state(ckpt.config.n_layer, tokens.shape[0], ckpt.config.n_embd, model.state_dtype)
+    state = initial_state(ckpt.config, tokens.shape[0], model.state_dtype)
     with torch.no_grad():
         return model.forward_sequence(tokens, state)[0].double().numpy()
 

@@ -21,14 +21,14 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rwkv_export.kernels import trt_compat
-from rwkv_export.export.manifest import read_manifest
 from rwkv_export.errors import RwkvExportError
-from rwkv_export.fileio import atomic_update, atomic_write_bytes, atomic_write_json, sha256_file
+from rwkv_export.fileio import atomic_update, atomic_write_bytes, sha256_file
+from rwkv_export.kernels import trt_compat
+from rwkv_export.manifest import Engine, Graph, Manifest
 
 GRAPHS = ("prefill", "step")
 PLUGIN_FRONTS = ("auto", "python", "aot", "none")
@@ -101,22 +101,22 @@ def normalize_compute_capabilities(values: tuple[str, ...], target: str) -> tupl
     return tuple(dict.fromkeys(out))
 
 
-def profile_for(graph: dict[str, Any], bounds: dict[str, tuple[int, int, int]]) -> dict[str, list[list[int]]]:
-    """{input name: [min, opt, max]} for every input with a symbolic dim; static inputs are omitted."""
+def profile_for(graph: Graph | Mapping[str, Any], bounds: dict[str, tuple[int, int, int]]) -> dict[str, list[list[int]]]:
+    """{input name: [min, opt, max]} for every input with a symbolic dim; static inputs are omitted.
+    `graph`: a manifest Graph, or its JSON form (a dict with "inputs")."""
+    inputs = ([(t.name, t.shape) for t in graph.inputs] if isinstance(graph, Graph)
+              else [(t["name"], tuple(t["shape"])) for t in graph["inputs"]])
     profile: dict[str, list[list[int]]] = {}
-    for spec in graph["inputs"]:
-        shape = spec["shape"]
+    for name, shape in inputs:
         if all(isinstance(d, int) for d in shape):
             continue
         triple: list[list[int]] = [[], [], []]
         for dim in shape:
             if isinstance(dim, str) and dim not in bounds:
-                raise RwkvExportError(
-                    f"input {spec['name']!r} has symbolic dim {dim!r}; build knows only {', '.join(bounds)}"
-                )
+                raise RwkvExportError(f"input {name!r} has symbolic dim {dim!r}; build knows only {', '.join(bounds)}")
             for j in range(3):
                 triple[j].append(bounds[dim][j] if isinstance(dim, str) else int(dim))
-        profile[spec["name"]] = triple
+        profile[name] = triple
     return profile
 
 
@@ -196,8 +196,8 @@ def build(model_dir: str | os.PathLike[str], options: BuildOptions = BuildOption
     target = resolve_target(options.target)  # first: "TensorRT is missing" beats any other complaint
     plugin = resolve_plugin(options.plugin, target)
     model_dir = Path(model_dir)
-    manifest = read_manifest(model_dir)
-    plugin = _check_supported(manifest, plugin)
+    manifest = Manifest.read(model_dir)
+    plugin = plugin_front(manifest.export.op, plugin)
     bounds = options.dim_bounds()
     engines: dict[str, Any] = {}
     staged: dict[Path, Path] = {}  # final plan -> finished temp plan: nothing moves until all graphs built
@@ -208,54 +208,43 @@ def build(model_dir: str | os.PathLike[str], options: BuildOptions = BuildOption
         for final, tmp in staged.items():
             os.replace(tmp, final)
         _record_engines(stage, engines)
-    return engines
+    return {name: entry.to_dict() for name, entry in engines.items()}
 
 
-def _check_supported(manifest: dict[str, Any], plugin: str) -> str:
+def plugin_front(op: str, plugin: str) -> str:
     """The plugin front for this model's op. Both fronts implement every op, but the AOT front of
     WKV5/6/7 (plugins/trt_aot_matrix.py) has never been built (no standard TensorRT here), so
     "auto" takes the Python front, built in CI through TensorRT-RTX, for RWKV-5 and later; --plugin
-    aot asks for the AOT one explicitly. The engine runner feeds constant initial states only."""
-    op = manifest.get("export", {}).get("wkv_op", "WKV4")
-    if op != "WKV4" and plugin == "auto":
-        plugin = "python"
-    files = [s["name"] for s in manifest.get("state", []) if s.get("initial_file")]
-    if files:
-        raise RwkvExportError(f"TensorRT engines do not support a non-constant initial state yet ({', '.join(files)}: a v6 time_state); "
-                              "run this export with ONNX Runtime")
-    return plugin
+    aot asks for the AOT one explicitly. Initial files (a v6 time_state) need nothing of the engine:
+    the runner feeds the manifest's initial state, as ONNX Runtime does."""
+    return "python" if op != "WKV4" and plugin == "auto" else plugin
 
 
-def _build_each(model_dir: Path, manifest: dict[str, Any], graphs: tuple[str, ...], options: BuildOptions, target: str,
-                plugin: str, bounds: dict[str, tuple[int, int, int]], engines: dict[str, Any], staged: dict[Path, Path],
+def _build_each(model_dir: Path, manifest: Manifest, graphs: tuple[str, ...], options: BuildOptions, target: str,
+                plugin: str, bounds: dict[str, tuple[int, int, int]], engines: dict[str, Engine], staged: dict[Path, Path],
                 on_report: Callable[[str, dict[str, Any]], None] | None) -> None:
     for name in graphs:
-        graph = manifest["graphs"].get(name)
-        if graph is None:
-            raise RwkvExportError(f"manifest.json has no graph {name!r}; found {', '.join(manifest['graphs'])}")
-        onnx_path = model_dir / graph["file"]
-        if not onnx_path.is_file():
-            raise RwkvExportError(f"{onnx_path} is missing; re-export the model")
+        graph = manifest.graph(name)
+        onnx_path = manifest.path(graph.file, f"graphs.{name}.file")
         plan_path = model_dir / f"{name}.plan"
         staged[plan_path] = model_dir / f".{name}.plan.partial"
         profile = profile_for(graph, bounds)
         report = build_graph(onnx_path, staged[plan_path], profile, options, target, plugin)
         if on_report is not None:
             on_report(name, report)
-        engines[name] = {
-            "file": plan_path.name, "sha256": sha256_file(staged[plan_path]), "target": target,
-            "tensorrt_version": report["version"], "plugin": report["plugin"],
-            "ptx_arch": report["ptx_arch"] if report["plugin"] == "aot" else None,  # "python" JITs per GPU
-            "compute_capabilities": report["compute_capabilities"], "profile": profile,
-            "plugin_layers": report["plugin_layers"],
-        }
+        engines[name] = Engine(
+            file=plan_path.name, sha256=sha256_file(staged[plan_path]), target=target,
+            tensorrt_version=report["version"], plugin=report["plugin"],
+            ptx_arch=report["ptx_arch"] if report["plugin"] == "aot" else None,  # "python" JITs per GPU
+            compute_capabilities=tuple(report["compute_capabilities"]),
+            profile={k: tuple(tuple(b) for b in v) for k, v in profile.items()}, plugin_layers=report["plugin_layers"],
+        )
 
 
-def _record_engines(model_dir: Path, engines: dict[str, Any]) -> None:
+def _record_engines(model_dir: Path, engines: dict[str, Engine]) -> None:
     """Read-modify-write manifest.json (atomic replace), keeping engines of graphs not rebuilt."""
-    manifest = read_manifest(model_dir)
-    manifest["engines"] = {**manifest.get("engines", {}), **engines}
-    atomic_write_json(model_dir / "manifest.json", manifest)
+    manifest = Manifest.read(model_dir, check_files=False)
+    dataclasses.replace(manifest, engines={**(manifest.engines or {}), **engines}).write(model_dir)
 
 
 # --- child side -----------------------------------------------------------------------------------

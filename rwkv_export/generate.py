@@ -100,12 +100,14 @@ def last_logits(logits: np.ndarray) -> np.ndarray:
     return logits[:, -1] if logits.ndim == 3 else logits
 
 
-def prefill_prompts(model: Backend, prompts: Sequence[Sequence[int]], chunk: int | None = None) -> tuple[np.ndarray, State]:
+def prefill_prompts(model: Backend, prompts: Sequence[Sequence[int]], chunk: int | None = None,
+                    initial: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, State]:
     """Prefill prompts of any lengths without padding: one batch per distinct length.
 
     Returns logits [B, V] of each prompt's last token and the state with rows in prompt order.
     `chunk` feeds long prompts in pieces of at most that many tokens (the carried state makes
-    the result the same up to rounding).
+    the result the same up to rounding). `initial` (host arrays, batch on axis 1, rows in prompt
+    order) continues each prompt from a saved state instead of the model's initial state.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise RwkvExportError("every prompt needs at least one token")
@@ -116,7 +118,7 @@ def prefill_prompts(model: Backend, prompts: Sequence[Sequence[int]], chunk: int
     state_rows: list[State | None] = [None] * len(prompts)
     for length, rows in groups.items():
         tokens = np.array([prompts[r] for r in rows], dtype=np.int64)  # [b, length]
-        state = model.initial_state(len(rows))
+        state = model.initial_state(len(rows)) if initial is None else {n: np.ascontiguousarray(v[:, rows]) for n, v in initial.items()}
         step = chunk or length
         for start in range(0, length, step):
             logits, state = model.prefill(tokens[:, start : start + step], state)
@@ -144,6 +146,7 @@ class Stats:
     steps: int = 0  # step-graph calls (one token per prompt each)
     step_s: float = 0.0
     generated: list[list[int]] = field(default_factory=list)
+    state: State | None = None  # the latest state: after the prompt, then after each fed token
 
     def summary(self) -> str:
         prefill = self.prompt_tokens / self.prefill_s if self.prefill_s else float("inf")
@@ -153,13 +156,17 @@ class Stats:
 
 
 def generate(model: Backend, prompts: Sequence[Sequence[int]], max_tokens: int, sampling: Sampling = Sampling(),
-             stats: Stats | None = None, chunk: int | None = None) -> Iterator[np.ndarray]:
-    """Yield the next token of every prompt ([B] int64), max_tokens times: prefill, then steps."""
+             stats: Stats | None = None, chunk: int | None = None, initial: dict[str, np.ndarray] | None = None) -> Iterator[np.ndarray]:
+    """Yield the next token of every prompt ([B] int64), max_tokens times: prefill, then steps.
+
+    `stats.state` is the state after the prompt and every token fed back so far (the last yielded
+    token is not fed: step it once more to continue). `initial`: see `prefill_prompts`."""
     stats = stats if stats is not None else Stats()
     stats.generated = [[] for _ in prompts]
     rngs = row_generators(sampling.seed, len(prompts))
     start = time.perf_counter()
-    logits, state = prefill_prompts(model, prompts, chunk)
+    logits, state = prefill_prompts(model, prompts, chunk, initial)
+    stats.state = state
     stats.prefill_s = time.perf_counter() - start
     stats.prompt_tokens = sum(len(p) for p in prompts)
     for i in range(max_tokens):
@@ -170,6 +177,7 @@ def generate(model: Backend, prompts: Sequence[Sequence[int]], max_tokens: int, 
         if i + 1 < max_tokens:  # the last token needs no logits after it
             start = time.perf_counter()
             logits, state = model.step(tokens, state)
+            stats.state = state
             logits = np.asarray(logits)
             stats.step_s += time.perf_counter() - start
             stats.steps += 1

@@ -169,16 +169,15 @@ def _from_file(path: Path) -> Tokenizer:
 
 
 def _tokenizer_info(source: str | Path | Mapping[str, Any]) -> tuple[Path | None, Mapping[str, Any]]:
-    """(directory the tokenizer file is relative to, manifest['tokenizer'])."""
+    """(directory the tokenizer file is relative to, manifest['tokenizer']); a directory's manifest
+    is read through the typed Manifest, so its tokenizer file is inside it and matches its sha256."""
     if isinstance(source, Mapping):
         info = source.get("tokenizer", source)
         return None, info if isinstance(info, Mapping) else {}
-    from rwkv_export.export.manifest import read_manifest
+    from rwkv_export.manifest import Manifest
 
     directory = Path(source)
-    manifest = read_manifest(directory)
-    info = manifest.get("tokenizer") or {}
-    return directory, info
+    return directory, Manifest.read(directory).tokenizer.to_dict()
 
 
 def describe(tokenizer: Tokenizer) -> str:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rwkv_export.checkpoint import Checkpoint, save_checkpoint
-from rwkv_export.checkpoint.random import random_v4_weights
+from rwkv_export.checkpoint.random import random_weights
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RWKV_EXPORT_SHARED", REPO.parent / "shared"))
@@ -27,7 +27,7 @@ def tiny_model(stem: str, precision: str = "FP32") -> Path:
 
 def make_checkpoint(path: Path, layers: int = 3, embd: int = 64, vocab: int = 97, ffn: int | None = None, seed: int = 0,
                     dtype: torch.dtype = torch.float32) -> Path:
-    config, weights = random_v4_weights(layers, embd, vocab, ffn, seed, dtype)
+    config, weights = random_weights("4", layers, embd, vocab, ffn, seed=seed, dtype=dtype)
     save_checkpoint(Checkpoint(config, weights, "random", path), path)
     return path
 

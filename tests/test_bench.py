@@ -339,8 +339,8 @@ def test_workspace_keeps_the_sources_group_norm_eps(tmp_path) -> None:  # type: 
         pytest.skip(f"needs the tiny trained models in {TINY}")
     ws, make = source_workspace(tmp_path, str(tiny_model("5v2-730K")))
     ckpt = ensure(ws, make, need_hf=False, dtypes=[], progress=lambda _: None)
-    assert load_checkpoint(ws.pth).config.extra["group_norm_eps"] == pytest.approx(64e-5)  # why the workspace must say it
-    assert ckpt.config.extra["group_norm_eps"] == pytest.approx(1e-5) == ws.checkpoint().config.extra["group_norm_eps"]
+    assert load_checkpoint(ws.pth).config.group_norm_eps == pytest.approx(64e-5)  # why the workspace must say it
+    assert ckpt.config.group_norm_eps == pytest.approx(1e-5) == ws.checkpoint().config.group_norm_eps
 
 
 def test_cached_export_with_an_older_function_body_is_stale(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rwkv_export.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from rwkv_export.checkpoint.random import random_v4_weights, random_weights
+from rwkv_export.checkpoint.random import random_weights
 from rwkv_export.checkpoint.versions import EXPORT_VERSIONS
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.model import build_model, initial_state
@@ -19,7 +19,7 @@ from tests.conftest import requires_shared, tiny_model
 
 def _logits(ckpt: Checkpoint, tokens: list[int]) -> torch.Tensor:
     model = build_model(ckpt, "float64")
-    state = initial_state(ckpt.config.n_layer, 1, ckpt.config.n_embd, torch.float64)
+    state = initial_state(ckpt.config, 1, torch.float64)
     return model.forward_sequence(torch.tensor([tokens]), state)[0]
 
 
@@ -44,7 +44,7 @@ def test_round_trip_is_identical(tmp_path: Path, random_ckpt: Path, fmt: str) ->
 
 def test_fp16_and_bf16_checkpoints_load(tmp_path: Path) -> None:
     for dtype, name in ((torch.float16, "float16"), (torch.bfloat16, "bfloat16")):
-        config, weights = random_v4_weights(2, 32, 50, seed=3, dtype=dtype)
+        config, weights = random_weights("4", 2, 32, 50, seed=3, dtype=dtype)
         path = tmp_path / f"m-{name}.safetensors"
         save_checkpoint(Checkpoint(config, weights, "random", path), path)
         ckpt = load_checkpoint(path)
@@ -77,8 +77,8 @@ def test_v5_pth_loads_by_name(tmp_path: Path) -> None:
     config, weights = random_weights("5.2", 2, 32, 50, seed=1)
     torch.save(weights, tmp_path / "v5.pth")
     ckpt = load_checkpoint(tmp_path / "v5.pth")
-    assert ckpt.config == config and ckpt.config.extra["group_norm_eps"] == 64e-5
-    mixed = dict(random_v4_weights(2, 32, 50)[1])
+    assert ckpt.config == config and ckpt.config.group_norm_eps == 64e-5
+    mixed = dict(random_weights("4", 2, 32, 50)[1])
     mixed["blocks.0.att.ln_x.weight"] = torch.ones(32)
     mixed["blocks.0.att.gate.weight"] = torch.ones(32, 32)
     torch.save(mixed, tmp_path / "mixed.pth")
@@ -103,7 +103,7 @@ def test_rwkvcpp_tiny_later_versions_config(precision: str) -> None:
     for stem, (version, embd, ffn, extra) in expect.items():
         cfg = load_checkpoint(tiny_model(stem, precision)).config
         assert (cfg.version, cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.ffn_size) == (version, 12, embd, 256, ffn), stem
-        assert {k: cfg.extra[k] for k in extra} == extra, stem
+        assert {k: getattr(cfg, k) for k in extra} == extra, stem
         assert cfg.dtype == ("float16" if precision == "FP16" else "float32")
     w = load_checkpoint(tiny_model("5v1-730K", precision)).weights
     assert w["blocks.0.att.time_decay"].shape == (8,) and w["blocks.0.att.time_mix_k"].shape == (1, 1, 64)
@@ -121,8 +121,8 @@ def test_later_versions_round_trip(tmp_path: Path, version: str, fmt: str) -> No
     save_checkpoint(Checkpoint(config, weights, "random", out), out, fmt)
     back = load_checkpoint(out)
     assert set(back.weights) == set(weights)
-    eps = 1e-5 if fmt.startswith("rwkvcpp") and version.startswith("5") else config.extra["group_norm_eps"]  # rwkv.cpp runs v5 at 1e-5
-    assert back.config.extra == {**config.extra, "group_norm_eps": eps}
+    eps = 1e-5 if fmt.startswith("rwkvcpp") and version.startswith("5") else config.group_norm_eps  # rwkv.cpp runs v5 at 1e-5
+    assert back.config.to_dict()["extra"] == {**config.to_dict()["extra"], "group_norm_eps": eps}
     for key, tensor in weights.items():
         found = back.weights[key].double()
         if fmt == "pth" or fmt == "safetensors":

@@ -47,11 +47,11 @@ def test_each_version_loads_back_and_info_reports_it(tmp_path: Path, version: st
     cfg = ckpt.config
     assert (cfg.version, cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.ffn_size) == (version, 2, 64, 97, ffn)
     if n_head is not None:
-        assert (cfg.extra["n_head"], cfg.extra["head_size"]) == (n_head, 64 // n_head)
+        assert (cfg.n_head, cfg.head_size) == (n_head, 64 // n_head)
     if version == "6":
-        assert cfg.extra["lora_mix"] == cfg.extra["lora_decay"] == 8
+        assert cfg.lora_mix == cfg.lora_decay == 8
     if version == "7":
-        assert cfg.extra["lora_decay"] == cfg.extra["lora_a"] == cfg.extra["lora_gate"] == 12
+        assert cfg.lora_decay == cfg.lora_a == cfg.lora_gate == 12
     # same seed, same weights as the maker called directly
     _, direct = random_weights(version, 2, 64, 97, None, 64 // (n_head or 1), int(lora or 32), seed=3)
     assert set(direct) == set(ckpt.weights)
@@ -82,7 +82,7 @@ def test_half_precision_later_version(tmp_path: Path) -> None:
                      "--dtype", "bfloat16", "-o", str(out))
     assert result.exit_code == 0, result.output
     cfg = load_checkpoint(out).config
-    assert (cfg.version, cfg.dtype, cfg.extra["n_head"]) == ("7", "bfloat16", 4)
+    assert (cfg.version, cfg.dtype, cfg.n_head) == ("7", "bfloat16", 4)
 
 
 def test_bad_combinations_exit_2_with_one_line(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from onnx import helper, numpy_helper
 
 from rwkv_export.checkpoint import load_checkpoint
 from rwkv_export.cli import cli
+from rwkv_export.fileio import sha256_file
 from rwkv_export.generate import Sampling, Stats, generate
 from rwkv_export.parity.backends import TorchBackend
 from rwkv_export.tokenizer import ByteTokenizer, HuggingFaceTokenizer
@@ -80,6 +81,16 @@ def _broken_copy(verified: tuple[Result, Path, Path], tmp_path: Path) -> Path:
     return out
 
 
+def reseal(directory: Path) -> None:
+    """Record the graphs' new sha256 in the manifest: the planted fault then models an exporter bug
+    (a wrong graph, consistently recorded), which only parity can find; without this, the manifest's
+    file check refuses the changed file (test_manifest_fuzz.py covers that)."""
+    manifest = json.loads((directory / "manifest.json").read_text())
+    for graph in manifest["graphs"].values():
+        graph["sha256"] = {name: sha256_file(directory / name) for name in graph["sha256"]}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
 def perturb_weight(path: Path, name: str, delta: float) -> None:
     model = onnx.load(path)
     init = next(i for i in model.graph.initializer if i.name == name)
@@ -87,6 +98,7 @@ def perturb_weight(path: Path, name: str, delta: float) -> None:
     array.flat[0] += delta
     init.CopyFrom(numpy_helper.from_array(array, name))
     onnx.save(model, path)
+    reseal(path.parent)
 
 
 def swap_outputs(path: Path, a: str, b: str) -> None:
@@ -96,6 +108,7 @@ def swap_outputs(path: Path, a: str, b: str) -> None:
     for node in model.graph.node:
         node.output[:] = [rename.get(o, o) for o in node.output]
     onnx.save(model, path)
+    reseal(path.parent)
 
 
 def drop_carry(path: Path, name: str) -> None:
@@ -105,6 +118,7 @@ def drop_carry(path: Path, name: str) -> None:
         node.output[:] = [o + "_dropped" if o == name + "_out" else o for o in node.output]
     model.graph.node.append(helper.make_node("Identity", [name], [name + "_out"]))
     onnx.save(model, path)
+    reseal(path.parent)
 
 
 @pytest.mark.parametrize("graph, where", [("step", "step 1"), ("prefill", "prefill")])
@@ -256,10 +270,12 @@ def test_tensorrt_backend_skipped_with_reason_without_tensorrt(verified: tuple[R
     monkeypatch.setattr(trt_compat, "load", missing)
     built = _broken_copy(verified, tmp_path)
     manifest = json.loads((built / "manifest.json").read_text())
-    manifest["engines"] = {g: {"file": f"{g}.plan", "target": "tensorrt-rtx"} for g in ("prefill", "step")}
-    (built / "manifest.json").write_text(json.dumps(manifest))
     for graph in ("prefill", "step"):
         (built / f"{graph}.plan").write_bytes(b"not an engine")
+    manifest["engines"] = {g: {"file": f"{g}.plan", "sha256": sha256_file(built / f"{g}.plan"), "target": "tensorrt-rtx",
+                               "tensorrt_version": "1.0", "plugin": "python", "ptx_arch": None, "compute_capabilities": [],
+                               "profile": {"tokens": [[1], [1], [1]]}, "plugin_layers": 2} for g in ("prefill", "step")}
+    (built / "manifest.json").write_text(json.dumps(manifest))
     result = invoke("verify", built, "--backends", "tensorrt,ort-cpu-float32", "--seq", 4, "--steps", 1, "-q")
     assert result.exit_code == 0, result.output
     assert "tensorrt-float32: skipped: tensorrt-rtx is not installed" in result.stdout

@@ -23,10 +23,12 @@ import torch
 from rwkv_export.ops.wkv4 import DOMAIN, OP_TYPE
 from rwkv_export.checkpoint import load_checkpoint
 from rwkv_export.export import export_checkpoint
-from rwkv_export.model import State, build_model, initial_state, random_state
+from rwkv_export.checkpoint.random import random_config
+from rwkv_export.model import ChannelState, build_model, initial_state, random_state
 from tests.conftest import requires_shared, tiny_model
 
-NAMES = State._fields
+NAMES = ChannelState._fields
+CFG = random_config("4", 3, 64, 97)  # the shape of conftest's random_ckpt
 TOL = {"float32": 1e-5, "float16": 2e-2}
 STATE_TOL_F32 = 1e-4
 
@@ -46,7 +48,7 @@ def _session(directory: Path, graph: str) -> ort.InferenceSession:
     return ort.InferenceSession(str(directory / f"{graph}.onnx"), options, providers=["CPUExecutionProvider"])
 
 
-def _run(session: ort.InferenceSession, tokens: np.ndarray, state: State) -> tuple[np.ndarray, list[np.ndarray]]:
+def _run(session: ort.InferenceSession, tokens: np.ndarray, state: ChannelState) -> tuple[np.ndarray, list[np.ndarray]]:
     out = session.run(None, {"tokens": tokens.astype(np.int64), **{n: s.float().numpy() for n, s in zip(NAMES, state)}})
     return out[0], out[1:]
 
@@ -61,7 +63,7 @@ def _rel(a: np.ndarray, b: torch.Tensor | np.ndarray) -> float:
 def test_prefill_matches_reference(exports: dict[str, Path], random_ckpt: Path, dtype: str, T: int) -> None:
     model = build_model(load_checkpoint(random_ckpt), "float64")
     tokens = np.random.default_rng(T).integers(0, 97, (3, T))
-    state = random_state(3, 3, 64, seed=T, dtype=torch.float64)
+    state = random_state(CFG, 3, seed=T, dtype=torch.float64)
     ref, ref_state = model.forward_sequence(torch.from_numpy(tokens), state, all_logits=True)
     logits, new_state = _run(_session(exports[dtype], "prefill"), tokens, state)
     assert logits.dtype == np.float32 and logits.shape == (3, T, 97)
@@ -78,15 +80,15 @@ def test_prefill_matches_reference(exports: dict[str, Path], random_ckpt: Path, 
 def test_prefill_equals_steps_and_split_prefill(exports: dict[str, Path], dtype: str) -> None:
     prefill, step = _session(exports[dtype], "prefill"), _session(exports[dtype], "step")
     tokens = np.random.default_rng(1).integers(0, 97, (2, 24))
-    state0 = initial_state(3, 2, 64)
+    state0 = initial_state(CFG, 2)
     whole, whole_state = _run(prefill, tokens, state0)
     state = state0
     for t in range(24):
         logits, state_list = _run(step, tokens[:, t], state)
-        state = State(*(torch.from_numpy(s) for s in state_list))
+        state = ChannelState(*(torch.from_numpy(s) for s in state_list))
         assert np.abs(logits - whole[:, t]).max() < 1e-4 * np.abs(whole).max(), f"{dtype}: step {t} != prefill position {t}"
     _, mid = _run(prefill, tokens[:, :10], state0)
-    part, part_state = _run(prefill, tokens[:, 10:], State(*(torch.from_numpy(s) for s in mid)))
+    part, part_state = _run(prefill, tokens[:, 10:], ChannelState(*(torch.from_numpy(s) for s in mid)))
     assert np.abs(part - whole[:, 10:]).max() < 1e-4 * np.abs(whole).max(), f"{dtype}: split prefill differs"
     for name, a, b, c in zip(NAMES, (s.numpy() for s in state), whole_state, part_state):
         scale = max(np.abs(b).max(), 1.0)
@@ -125,7 +127,7 @@ def test_reference_evaluator_runs_step(exports: dict[str, Path], random_ckpt: Pa
     from onnx.reference import ReferenceEvaluator
 
     model = build_model(load_checkpoint(random_ckpt), "float64")
-    state = random_state(3, 2, 64, seed=5, dtype=torch.float64)
+    state = random_state(CFG, 2, seed=5, dtype=torch.float64)
     tokens = np.array([3, 90])
     ref, ref_state = model.forward_step(torch.from_numpy(tokens), state)
     evaluator = ReferenceEvaluator(str(exports["float32"] / "step.onnx"))
@@ -157,7 +159,7 @@ def test_bare_onnxruntime_subprocess(exports: dict[str, Path], random_ckpt: Path
     assert proc.returncode == 0, proc.stderr[-2000:]
     logits = np.array(json.loads(proc.stdout))
     model = build_model(load_checkpoint(random_ckpt), "float64")
-    _, state = model.forward_sequence(torch.tensor(tokens), initial_state(3, 2, 64, torch.float64))
+    _, state = model.forward_sequence(torch.tensor(tokens), initial_state(CFG, 2, torch.float64))
     ref, _ = model.forward_step(torch.tensor([5, 9]), state)
     assert _rel(logits, ref.numpy()) < 1e-5
 
@@ -169,8 +171,8 @@ def test_tiny_trained_v4_exported(tmp_path: Path, precision: str, dtype: str) ->
     out = export_checkpoint(path, tmp_path / "out", dtype=dtype).directory
     model = build_model(load_checkpoint(path), "float64")
     tokens = np.array([list(b"Hello, world! RWKV is an RNN.")])
-    ref, _ = model.forward_sequence(torch.from_numpy(tokens), initial_state(4, 1, 128, torch.float64))
-    logits, _ = _run(_session(out, "prefill"), tokens, initial_state(4, 1, 128))
+    ref, _ = model.forward_sequence(torch.from_numpy(tokens), initial_state(model.config, 1, torch.float64))
+    logits, _ = _run(_session(out, "prefill"), tokens, initial_state(model.config, 1))
     err = _rel(logits, ref.numpy())
     assert err < TOL[dtype], f"tiny {precision} exported as {dtype}: logits rel {err:.2e}"
     assert logits.argmax() == ref.numpy().argmax()
@@ -183,9 +185,9 @@ def test_external_data(tmp_path: Path, random_ckpt: Path) -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["graphs"]["step"]["external_data"] == ["step.onnx.data"]
     assert (out / "step.onnx.data").stat().st_size > (out / "step.onnx").stat().st_size
-    logits, _ = _run(_session(out, "step"), np.array([1]), initial_state(3, 1, 64))
+    logits, _ = _run(_session(out, "step"), np.array([1]), initial_state(CFG, 1))
     model = build_model(load_checkpoint(random_ckpt), "float64")
-    ref, _ = model.forward_step(torch.tensor([1]), initial_state(3, 1, 64, torch.float64))
+    ref, _ = model.forward_step(torch.tensor([1]), initial_state(CFG, 1, torch.float64))
     assert _rel(logits, ref.numpy()) < 1e-5
 
 
@@ -198,6 +200,6 @@ def test_chosen_opset_and_wkv_form(tmp_path: Path, random_ckpt: Path) -> None:
     assert json.loads((out / "manifest.json").read_text())["export"]["wkv_form"] == "chunked"
     tokens = np.random.default_rng(3).integers(0, 97, (2, 33))
     ref_model = build_model(load_checkpoint(random_ckpt), "float64")
-    ref, _ = ref_model.forward_sequence(torch.from_numpy(tokens), initial_state(3, 2, 64, torch.float64))
-    logits, _ = _run(_session(out, "prefill"), tokens, initial_state(3, 2, 64))
+    ref, _ = ref_model.forward_sequence(torch.from_numpy(tokens), initial_state(CFG, 2, torch.float64))
+    logits, _ = _run(_session(out, "prefill"), tokens, initial_state(CFG, 2))
     assert _rel(logits, ref.numpy()) < TOL["float32"], f"opset 18 chunked: rel {_rel(logits, ref.numpy()):.2e}"

@@ -5,7 +5,7 @@ after ids 34, 105, 110 from a fresh state); the float64 reference model (custom_
 for the ops alone); self-consistency (prefill(T) == T steps, split prefills); onnx.reference as a
 second executor. Tolerances as tests/test_export.py: relative to the largest |value| of the float64
 run, float32 1e-5 on logits and 1e-4 on the state (the float32 recurrence accumulates rounding over T),
-float16 2e-2 (3e-2 for 5.1, whose GroupNorm eps 1e-5 amplifies rounding: tests/test_models_v5_v7.py).
+float16 2e-2 (3e-2 for 5.1, whose GroupNorm eps 1e-5 amplifies rounding: tests/test_model.py).
 
 Both forms of the functions (scan; chunked for WKV5/6) are checked alone; the exports use scan,
 except the v6 time_state export, which uses chunked (its steps then take the If's scan branch).
@@ -37,6 +37,7 @@ from rwkv_export.errors import RwkvExportError
 from rwkv_export.export import export_checkpoint
 from rwkv_export.model import build_model
 from rwkv_export.runtime import ExportedModel
+from rwkv_export.versions import version_info
 from tests.conftest import TINY, requires_shared, tiny_model
 
 VERSIONS = ["5.1", "5.2", "6", "7"]
@@ -322,7 +323,7 @@ def test_float16_export(tmp_path: Path, version: str) -> None:
             step_logits, stepped = exported.step(tokens[:, t], stepped)
     # steps and prefill run the same float16 ops (the step graph is the prefill graph at T = 1)
     assert _rel(step_logits, logits[:, -1]) < 1e-3, f"ORT float16 RWKV-{version}: steps != prefill, rel {_rel(step_logits, logits[:, -1]):.2e}"
-    tol = 3e-2 if version == "5.1" else TOL["float16"]
+    tol = version_info(version).logits_rtol["float16"]  # 2e-2; 5.1: 3e-2
     assert logits.dtype == np.float32 and _rel(logits, ref) < tol, f"ORT float16 RWKV-{version}: logits rel {_rel(logits, ref):.2e}"
     for name, value in state.items():
         assert value.dtype == np.float32 and _rel(value, ref_state[name]) < tol, f"ORT float16 RWKV-{version}: {name}"
@@ -342,17 +343,14 @@ def test_forms_a_version_lacks_are_refused(tmp_path: Path) -> None:
 
 def test_tensorrt_build_front_per_op() -> None:
     """WKV5/6/7 build through the Python plugin front by default ("auto" resolves to it; the AOT one
-    only when asked for); no engine for a non-constant initial state (a v6 time_state)."""
-    from rwkv_export.engine import _check_supported
+    only when asked for). A non-constant initial state (a v6 time_state) needs nothing of the engine:
+    the TensorRT runner feeds the manifest's initial state, so build takes such exports too."""
+    from rwkv_export.engine import plugin_front
 
-    manifest = {"model": {"version": "6"}, "export": {"wkv_op": "WKV6"}, "state": [{"name": "wkv", "initial": 0.0}]}
-    assert _check_supported(manifest, "auto") == "python"
-    assert _check_supported(manifest, "python") == "python" and _check_supported(manifest, "none") == "none"
-    assert _check_supported(manifest, "aot") == "aot"
-    manifest["state"][0]["initial_file"] = "initial_wkv.npy"
-    with pytest.raises(RwkvExportError, match=r"non-constant initial state yet \(wkv"):
-        _check_supported(manifest, "none")
-    assert _check_supported({"model": {"version": "4"}, "export": {"wkv_op": "WKV4"}, "state": []}, "auto") == "auto"
+    assert plugin_front("WKV6", "auto") == "python"
+    assert plugin_front("WKV6", "python") == "python" and plugin_front("WKV6", "none") == "none"
+    assert plugin_front("WKV6", "aot") == "aot"
+    assert plugin_front("WKV4", "auto") == "auto"
 
 
 def test_external_data_and_derived_step(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ TOL = 2e-5
 def _reference(ckpt_path: Path, tokens: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray]]:
     ckpt = load_checkpoint(ckpt_path)
     model = build_model(ckpt, "float64")
-    state = initial_state(ckpt.config.n_layer, tokens.shape[0], ckpt.config.n_embd, torch.float64)
+    state = initial_state(ckpt.config, tokens.shape[0], torch.float64)
     logits, new = model.forward_sequence(tokens, state)
     return logits.numpy(), [s.numpy() for s in new]
 

@@ -291,6 +291,7 @@ def _with_function(model_dir: Path, out_dir: Path, **form_options: Any) -> Path:
         del model.functions[:]
         model.functions.extend([*kept, wkv4_function(opset, **form_options)])
         onnx.save(model, str(out_dir / graph["file"]))
+        graph["sha256"] = {graph["file"]: sha256_file(out_dir / graph["file"])}  # the new body, recorded as an export would
     (out_dir / "manifest.json").write_text(json.dumps(manifest))
     return out_dir
 

@@ -7,7 +7,6 @@ reason otherwise, so CPU CI reports them as skipped, never as passed.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,8 @@ import torch
 from rwkv_export.ops import wkv4 as op
 from rwkv_export.kernels import trt_compat
 from rwkv_export import engine
+from rwkv_export.fileio import sha256_file
+from rwkv_export.manifest import ExportOptions, Graph, Manifest, ModelInfo, TensorSpec
 from tests.conftest import make_checkpoint
 
 pytestmark = [pytest.mark.tensorrt, pytest.mark.gpu]
@@ -71,13 +72,14 @@ def _plugin_only_dir(tmp_path: Path, plugin: str) -> Path:
                 dim.dim_param = rename[dim.dim_param]
     onnx.save(model, str(tmp_path / "wkv4.onnx"))
 
-    def spec(v: Any) -> dict[str, Any]:
-        dims = [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-        return {"name": v.name, "dtype": "float32", "shape": dims}
+    def spec(v: Any) -> TensorSpec:
+        dims = tuple(d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim)
+        return TensorSpec(v.name, "float32", dims, "data")
 
-    manifest = {"format": "rwkv-export/1", "graphs": {"wkv4": {
-        "file": "wkv4.onnx", "inputs": [spec(v) for v in model.graph.input], "outputs": [spec(v) for v in model.graph.output]}}}
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    graph = Graph("wkv4.onnx", 18, 1, (), {"wkv4.onnx": sha256_file(tmp_path / "wkv4.onnx")},
+                  tuple(spec(v) for v in model.graph.input), tuple(spec(v) for v in model.graph.output))
+    Manifest(model=ModelInfo("4", 1, C, 1, 1, 0), dtype="float32", graphs={"wkv4": graph}, state=(),
+             export=ExportOptions("float32", 18, False, "scan", 0, "rwkv", "rwkv", "1")).write(tmp_path)
     engine.build(tmp_path, engine.BuildOptions(target=TARGET, max_batch=4, max_seq=64, plugin=plugin), graphs=("wkv4",))
     return tmp_path
 
@@ -135,15 +137,15 @@ def _reference(model_dir: Path) -> Any:
 
 @requires_engine_gpu
 def test_model_engines_match_the_torch_reference(built_model: Path) -> None:
-    from rwkv_export.model.state import State, initial_state
+    from rwkv_export.model.state import ChannelState, initial_state
     from rwkv_export.runtime.tensorrt_runner import TensorRTRunner
 
-    model, names = _reference(built_model), State._fields
+    model, names = _reference(built_model), ChannelState._fields
     tokens = torch.randint(0, 97, (2, 11), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        ref_logits, ref_state = model.forward_sequence(tokens, initial_state(3, 2, 64))
+        ref_logits, ref_state = model.forward_sequence(tokens, initial_state(model.config, 2))
         ref_step_logits, ref_step_state = model.forward_step(tokens[:, 0], ref_state)
-    state = {n: t.numpy() for n, t in zip(names, initial_state(3, 2, 64))}
+    state = {n: t.numpy() for n, t in zip(names, initial_state(model.config, 2))}
     with TensorRTRunner(built_model, "prefill") as prefill, TensorRTRunner(built_model, "step") as step:
         out = prefill.infer({"tokens": tokens.numpy(), **state})
         np.testing.assert_allclose(out["logits"], ref_logits.numpy(), rtol=1e-4, atol=1e-4, err_msg=f"{TARGET} prefill logits")
@@ -158,12 +160,12 @@ def test_model_engines_match_the_torch_reference(built_model: Path) -> None:
 
 @requires_engine_gpu
 def test_device_resident_state_equals_host_state(built_model: Path) -> None:
-    from rwkv_export.model.state import State, initial_state
+    from rwkv_export.model.state import ChannelState, initial_state
     from rwkv_export.runtime.tensorrt_runner import DeviceState, TensorRTRunner
 
-    manifest = json.loads((built_model / "manifest.json").read_text())
+    manifest = Manifest.read(built_model)
     tokens = np.random.default_rng(1).integers(0, 97, (1, 9))
-    host = {n: t.numpy() for n, t in zip(State._fields, initial_state(3, 1, 64))}
+    host = {n: t.numpy() for n, t in zip(ChannelState._fields, initial_state(_reference(built_model).config, 1))}
     device = DeviceState.initial_for(manifest, batch=1)
     with TensorRTRunner(built_model, "prefill") as p_host, TensorRTRunner(built_model, "step") as s_host, \
             TensorRTRunner(built_model, "prefill", state=device) as p_dev, TensorRTRunner(built_model, "step", state=device) as s_dev:
@@ -171,12 +173,12 @@ def test_device_resident_state_equals_host_state(built_model: Path) -> None:
         assert set(out_d) == {"logits"}  # the state stayed on the device
         np.testing.assert_array_equal(out_d["logits"], out_h["logits"])
         for t in range(5):
-            host = {n: out_h[f"{n}_out"] for n in State._fields}
+            host = {n: out_h[f"{n}_out"] for n in ChannelState._fields}
             token = np.array([t], np.int64)
             out_h, out_d = s_host.infer({"tokens": token, **host}), s_dev.infer({"tokens": token})
             np.testing.assert_array_equal(out_d["logits"], out_h["logits"], err_msg=f"step {t}")
         final = device.to_host()
-        for n in State._fields:
+        for n in ChannelState._fields:
             np.testing.assert_array_equal(final[n], out_h[f"{n}_out"], err_msg=n)
     device.free()
 

@@ -7,7 +7,7 @@
 
 Backends: the torch reference (sequence form for prefill, step form for steps), ONNX Runtime on the
 float32 and float16 exports (int8 once a quantized export exists), TensorRT engines where a GPU and
-TensorRT are present, and the peers a user would pick instead: the `rwkv` package (`cpu fp32`) and
+TensorRT are present (these three are the runtime's own sessions and runners, runtime/), and the peers a user would pick instead: the `rwkv` package (`cpu fp32`) and
 transformers' RwkvForCausalLM. All read the files of one `Workspace`, i.e. the same weights.
 
 Every RWKV version runs on the torch reference, ORT and the `rwkv` package (which picks RWKV-7 or
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from rwkv_export.bench.workspace import Workspace
+from rwkv_export.versions import version_info
 
 # The rwkv package reads these at import time. Its TorchScript path is what ChatRWKV enables and
 # is its faster CPU path; no CUDA build on a CPU benchmark.
@@ -64,64 +65,43 @@ class Backend:
         pass
 
 
-class TorchReference(Backend):
-    """The stage-2 reference of the checkpoint's version, float32, in its own state type."""
+class SessionBackend(Backend):
+    """A runtime ModelSession (runtime/session.py) held with its state: the torch reference, or an
+    export on ONNX Runtime or on its TensorRT engines. The same runners `run` and `verify` drive."""
 
-    def __init__(self, ws: Workspace, threads: int) -> None:
-        from rwkv_export.model import build_model
-
-        ckpt = ws.checkpoint()
-        self.model = build_model(ckpt, "float32")
-        self.cfg = ckpt.config
-        del ckpt
-
-    def _initial(self, batch: int) -> Any:
-        """The model's own initial state: MatrixRWKV has `initial_state` (v6 may start from its
-        time_state); RWKV-4's five-tensor State comes from the model package's function."""
-        own = getattr(self.model, "initial_state", None)
-        if callable(own):
-            return own(batch)
-        from rwkv_export.model import initial_state
-
-        return initial_state(self.cfg.n_layer, batch, self.cfg.n_embd)
+    def __init__(self, session: Any) -> None:
+        self.session = session.__enter__()
 
     def prefill(self, tokens: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            logits, _ = self.model.forward_sequence(torch.from_numpy(tokens), self._initial(tokens.shape[0]))
-        return logits.numpy()
-
-    def reset(self, batch: int) -> None:
-        self.state = self._initial(batch)
-
-    def step(self, tokens: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            logits, self.state = self.model.forward_step(torch.from_numpy(tokens), self.state)
-        return logits.numpy()
-
-
-class OrtBackend(Backend):
-    def __init__(self, ws: Workspace, threads: int, dtype: str) -> None:
-        from rwkv_export.errors import RwkvExportError
-        from rwkv_export.runtime import ExportedModel
-
-        try:
-            self.model = ExportedModel(ws.onnx_dir(dtype), "cpu", threads).__enter__()
-        except RwkvExportError as exc:
-            raise BackendUnavailable(str(exc)) from None
-
-    def prefill(self, tokens: np.ndarray) -> np.ndarray:
-        logits, _ = self.model.prefill(tokens)
+        logits, _ = self.session.prefill(tokens)
         return logits
 
     def reset(self, batch: int) -> None:
-        self.state = self.model.initial_state(batch)
+        self.state = self.session.initial_state(batch)
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
-        logits, self.state = self.model.step(tokens, self.state)
+        logits, self.state = self.session.step(tokens, self.state)
         return logits
 
     def close(self) -> None:
-        self.model.__exit__(None, None, None)
+        self.session.__exit__(None, None, None)
+
+
+def torch_reference(ws: Workspace, threads: int) -> Backend:
+    """The stage-2 reference of the checkpoint's version, float32, prefill returning the last logits."""
+    from rwkv_export.runtime.torch_reference import TorchReference
+
+    return SessionBackend(TorchReference(ws.checkpoint(), "float32", all_logits=False))
+
+
+def exported(ws: Workspace, threads: int, dtype: str, provider: str = "cpu") -> Backend:
+    from rwkv_export.errors import RwkvExportError
+    from rwkv_export.runtime import ExportedModel
+
+    try:
+        return SessionBackend(ExportedModel(ws.onnx_dir(dtype), provider, threads))
+    except RwkvExportError as exc:
+        raise BackendUnavailable(str(exc)) from None
 
 
 def rwkv_package_class(version: str) -> Any:
@@ -133,7 +113,7 @@ def rwkv_package_class(version: str) -> Any:
     restored). Already imported for the other family: unavailable, with the reason; one process
     cannot hold both, and re-importing under another name would not be the package a user runs.
     """
-    want_v7 = version == "7"
+    want_v7 = version_info(version).rwkv_package_v7
     module = sys.modules.get("rwkv.model")
     if module is None:
         saved = os.environ.get("RWKV_V7_ON")
@@ -191,7 +171,7 @@ class Transformers(Backend):
 
     def __init__(self, ws: Workspace, threads: int) -> None:
         version = ws.version()
-        if version != "4":
+        if version_info(version).transformers_class != "RwkvForCausalLM":
             raise BackendUnavailable(f"transformers has RwkvForCausalLM for RWKV-4 only; this is RWKV-{version}")
         try:
             from transformers import RwkvForCausalLM
@@ -218,48 +198,22 @@ class Transformers(Backend):
         return out.logits[:, -1].numpy()
 
 
-class TensorRTBackend(Backend):
+def tensorrt(ws: Workspace, threads: int) -> Backend:
     """Engines from `rwkv-export build` on the float32 export; host state in and out."""
+    from rwkv_export.errors import RwkvExportError
+    from rwkv_export.manifest import Manifest
+    from rwkv_export.runtime.loaders import engines_unavailable
 
-    def __init__(self, ws: Workspace, threads: int) -> None:
-        directory = ws.onnx_dir("float32")
-        if shutil.which("nvidia-smi") is None and not os.path.exists("/dev/nvidia0"):
-            raise BackendUnavailable("no NVIDIA GPU on this machine")
-        from rwkv_export.export import read_manifest
-
-        engines = read_manifest(directory).get("engines", {})
-        if not {"prefill", "step"} <= set(engines):
-            raise BackendUnavailable(f"no TensorRT engines in {directory}; run: rwkv-export build {directory}")
-        try:
-            from rwkv_export.kernels.trt_compat import TensorRTUnavailable
-            from rwkv_export.runtime.tensorrt_runner import TensorRTRunner
-        except ImportError as exc:
-            raise BackendUnavailable(f"the TensorRT runner cannot be imported ({exc})") from None
-        try:
-            self.runners = {g: TensorRTRunner(directory, g).__enter__() for g in ("prefill", "step")}
-        except TensorRTUnavailable as exc:
-            raise BackendUnavailable(str(exc)) from None
-        from rwkv_export.runtime import ExportedModel
-
-        self.states = ExportedModel(directory, "cpu", threads)  # for the initial state only
-
-    def _run(self, graph: str, tokens: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
-        out = self.runners[graph].infer({"tokens": tokens, **state})
-        self.state = {name: out[name + "_out"] for name in state}
-        return out["logits"]
-
-    def prefill(self, tokens: np.ndarray) -> np.ndarray:
-        return self._run("prefill", tokens, self.states.initial_state(tokens.shape[0]))
-
-    def reset(self, batch: int) -> None:
-        self.state = self.states.initial_state(batch)
-
-    def step(self, tokens: np.ndarray) -> np.ndarray:
-        return self._run("step", tokens, self.state)
-
-    def close(self) -> None:
-        for runner in self.runners.values():
-            runner.__exit__(None, None, None)
+    directory = ws.onnx_dir("float32")
+    if shutil.which("nvidia-smi") is None and not os.path.exists("/dev/nvidia0"):
+        raise BackendUnavailable("no NVIDIA GPU on this machine")
+    try:
+        reason = engines_unavailable(Manifest.read(directory))
+    except RwkvExportError as exc:
+        raise BackendUnavailable(str(exc)) from None
+    if reason:
+        raise BackendUnavailable(reason)
+    return exported(ws, threads, "float32", "tensorrt")
 
 
 def _int8(ws: Workspace, threads: int) -> Backend:
@@ -267,11 +221,11 @@ def _int8(ws: Workspace, threads: int) -> Backend:
 
 
 FACTORIES: dict[str, Callable[[Workspace, int], Backend]] = {
-    "torch": TorchReference,
-    "ort-fp32": lambda ws, threads: OrtBackend(ws, threads, "float32"),
-    "ort-fp16": lambda ws, threads: OrtBackend(ws, threads, "float16"),
+    "torch": torch_reference,
+    "ort-fp32": lambda ws, threads: exported(ws, threads, "float32"),
+    "ort-fp16": lambda ws, threads: exported(ws, threads, "float16"),
     "ort-int8": _int8,
-    "tensorrt": TensorRTBackend,
+    "tensorrt": tensorrt,
     "rwkv": RwkvPackage,
     "transformers": Transformers,
 }

@@ -19,7 +19,6 @@ from typing import Any
 
 from rwkv_export.bench.workspace import Workspace
 from rwkv_export.checkpoint import ModelConfig
-from rwkv_export.runtime import initial_state
 
 MODELS = ("rwkv-onnx", "gpt-neox")
 
@@ -55,16 +54,16 @@ def _neox(config: ModelConfig, n_tokens: int, threads: int):  # type: ignore[no-
 def _rwkv(ws: Workspace, threads: int):  # type: ignore[no-untyped-def]
     import numpy as np
 
-    from rwkv_export.export import read_manifest
+    from rwkv_export.manifest import Manifest
     from rwkv_export.runtime import OrtRunner
 
     # The step graph alone (ExportedModel would also open prefill.onnx, a second copy of the
     # weights that generation from one token never uses and the Transformer does not pay for).
-    directory = ws.onnx_dir("float32")
-    manifest = read_manifest(directory)
-    runner = OrtRunner(directory / manifest["graphs"]["step"]["file"], "cpu", threads).__enter__()
-    state = initial_state(directory, manifest, 1)
-    outputs = {s["name"]: s["output"] for s in manifest["state"]}
+    manifest = Manifest.read(ws.onnx_dir("float32"))
+    graph = manifest.graph("step")
+    runner = OrtRunner(manifest.path(graph.file), "cpu", threads, graph=graph, vocab_size=manifest.model.vocab_size).__enter__()
+    state = manifest.initial_state(1)
+    outputs = {s.name: s.output for s in manifest.state}
 
     def step(token: int) -> int:
         nonlocal state
@@ -72,14 +71,14 @@ def _rwkv(ws: Workspace, threads: int):  # type: ignore[no-untyped-def]
         state = {name: out[output] for name, output in outputs.items()}
         return int(out["logits"][0].argmax())
 
-    return step, int(manifest["model"]["parameters"])
+    return step, manifest.model.parameters
 
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     """Generate spec['tokens'] tokens with one model; cumulative seconds and peak MB after each."""
     from rwkv_export.bench.memory import _rss_mb
 
-    config = ModelConfig(**spec["config"])
+    config = ModelConfig.from_dict(spec["config"])
     if spec["model"] == "gpt-neox":
         step, params = _neox(config, spec["tokens"], spec["threads"])
     else:
@@ -98,12 +97,10 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run(ws: Workspace, config: ModelConfig, n_tokens: int, threads: int,
         progress: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
-    from dataclasses import asdict
-
     series: dict[str, Any] = {}
     for model in MODELS:
         progress(f"paper: generating {n_tokens} tokens with {model} (fresh process)")
-        spec = {"model": model, "workspace": ws.to_dict(), "config": asdict(config), "tokens": n_tokens, "threads": threads}
+        spec = {"model": model, "workspace": ws.to_dict(), "config": config.to_dict(), "tokens": n_tokens, "threads": threads}
         proc = subprocess.run([sys.executable, "-m", "rwkv_export.bench.paper", json.dumps(spec)], capture_output=True, text=True)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         if proc.returncode != 0 or not lines:

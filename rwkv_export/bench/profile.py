@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from rwkv_export.bench.workspace import Workspace
-from rwkv_export.runtime import initial_state
 
 CONTROL_FLOW = ("If", "Scan", "Loop")
 
@@ -84,16 +83,15 @@ def summarize_profile(events: list[dict[str, Any]], runs: int, wkv_op: str = "WK
 
 def profile(ws: Workspace, vocab: int, seq: int, threads: int, runs: int = 5) -> dict[str, Any]:
     """Profile the float32 step (B=1) and prefill (1 x seq) graphs; after one unprofiled warm-up each."""
-    from rwkv_export.export import read_manifest
+    from rwkv_export.manifest import Manifest
 
-    directory = ws.onnx_dir("float32")
-    manifest = read_manifest(directory)
-    wkv_op = manifest["export"].get("wkv_op", "WKV4")
+    manifest = Manifest.read(ws.onnx_dir("float32"))
+    wkv_op = manifest.export.op
     rng = np.random.default_rng(0)
     out: dict[str, Any] = {}
     for graph, tokens in (("step", rng.integers(0, vocab, (1,))), ("prefill", rng.integers(0, vocab, (1, seq)))):
-        feeds: dict[str, np.ndarray] = {"tokens": tokens.astype(np.int64), **initial_state(directory, manifest, 1)}
-        path = directory / manifest["graphs"][graph]["file"]
+        feeds: dict[str, np.ndarray] = {"tokens": tokens.astype(np.int64), **manifest.initial_state(1)}
+        path = manifest.path(manifest.graph(graph).file)
         # the same runs unprofiled first: the profiler's own cost shows as the gap between the two
         plain = _session(path, threads, None)
         plain.run(None, feeds)
@@ -111,7 +109,7 @@ def profile(ws: Workspace, vocab: int, seq: int, threads: int, runs: int = 5) ->
             events = json.loads(Path(session.end_profiling()).read_text())
         out[graph] = {"tokens": list(tokens.shape), "runs": runs, "unprofiled_ms": 1e3 * float(np.median(wall)),
                       "ops": summarize_profile(events, runs + 1, wkv_op)}
-    return {"kind": "profile", "threads": threads, "version": manifest["model"]["version"], "wkv_op": wkv_op, "graphs": out}
+    return {"kind": "profile", "threads": threads, "version": manifest.model.version, "wkv_op": wkv_op, "graphs": out}
 
 
 def format_table(result: dict[str, Any], top: int = 8) -> str:

@@ -29,8 +29,9 @@ from rwkv_export.checkpoint.make import check_sizes, random_checkpoint
 from rwkv_export.checkpoint.random import DEFAULT_169M
 from rwkv_export.checkpoint.versions import require_supported
 from rwkv_export.errors import RwkvExportError
-from rwkv_export.export import read_manifest
 from rwkv_export.fileio import atomic_write_json
+from rwkv_export.manifest import Manifest
+from rwkv_export.versions import version_info
 
 DEFAULT_SHAPE = (DEFAULT_169M["n_layer"], DEFAULT_169M["n_embd"], DEFAULT_169M["vocab_size"])
 
@@ -78,18 +79,20 @@ class Workspace:
         that version is read with 64e-5."""
         ckpt = load_checkpoint(self.pth)
         try:
-            source = ModelConfig(**json.loads(self.config_file.read_text()))
-        except (OSError, ValueError, TypeError):
+            source = ModelConfig.from_dict(json.loads(self.config_file.read_text()))
+        except (OSError, ValueError, TypeError, RwkvExportError):
             return ckpt
-        if source.version == ckpt.config.version and source.extra != ckpt.config.extra:
-            ckpt = dataclasses.replace(ckpt, config=dataclasses.replace(ckpt.config, extra={**ckpt.config.extra, **source.extra}))
+        if source.version == ckpt.config.version:
+            extra = source.to_dict()["extra"]
+            if extra != ckpt.config.to_dict()["extra"]:
+                ckpt = dataclasses.replace(ckpt, config=dataclasses.replace(ckpt.config, **extra))
         return ckpt
 
     def config(self) -> ModelConfig:
         """model.pth's config, from config.json (written by `ensure`), else by loading the weights."""
         try:
-            return ModelConfig(**json.loads(self.config_file.read_text()))
-        except (OSError, ValueError, TypeError):
+            return ModelConfig.from_dict(json.loads(self.config_file.read_text()))
+        except (OSError, ValueError, TypeError, RwkvExportError):
             return self.checkpoint().config
 
     def version(self) -> str:
@@ -140,7 +143,7 @@ def ensure(ws: Workspace, make: Callable[[], Checkpoint], need_hf: bool, dtypes:
     require_supported(version, ws.source)
     if not ws.config_file.is_file():
         atomic_write_json(ws.config_file, ckpt.config.to_dict())
-    if need_hf and version == "4" and (fresh or not (ws.hf_dir / "config.json").is_file()):
+    if need_hf and version_info(version).transformers_class and (fresh or not (ws.hf_dir / "config.json").is_file()):
         progress(f"writing {ws.hf_dir}")
         save_checkpoint(ckpt, ws.hf_dir, "hf")
     form = default_wkv_form(version)
@@ -158,8 +161,7 @@ def _export_is_current(out: Path, form: str) -> bool:
     from rwkv_export.export.finalize import wkv_function_sha256
 
     try:
-        export = read_manifest(out)["export"]
-        return bool(export["wkv_form"] == form
-                    and export["wkv_function_sha256"] == wkv_function_sha256(export["wkv_op"], export["opset"], form))
-    except (RwkvExportError, KeyError, TypeError):  # missing, half-written or older-format: export again
+        export = Manifest.read(out).export
+    except RwkvExportError:  # missing, half-written, damaged or older-format: export again
         return False
+    return export.wkv_form == form and export.wkv_function_sha256 == wkv_function_sha256(export.op, export.opset, form)

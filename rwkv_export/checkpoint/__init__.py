@@ -6,7 +6,9 @@ Formats, told apart by content rather than trusted suffixes:
     directory         transformers RwkvForCausalLM (config.json + weights, HF key names)
     rwkv.cpp file     `ggmf` header, versions 100 / 101, FP32 / FP16
 The version (4, 5.1, 5.2, 6, 7) and hyper-parameters are read off the keys and shapes; every key
-and shape is checked against the version's table (versions.py). Hugging Face directories exist only
+and shape is checked against the version's table (versions.py). What a file claims (key names, block
+indices, sizes, zip records, config.json) is checked before anything is allocated from it, and NaN /
+Inf weights are refused unless allowed (validate.py). Hugging Face directories exist only
 for RWKV-4 (transformers has no v5-v7 class); other model types are refused by name.
 """
 
@@ -24,6 +26,7 @@ from rwkv_export.checkpoint.config import ModelConfig
 from rwkv_export.checkpoint.versions import detect_version, infer_config
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.fileio import atomic_output_path, atomic_write_json
+from rwkv_export.versions import version_info
 
 __all__ = ["Checkpoint", "ModelConfig", "load_checkpoint", "save_checkpoint", "read_tensor_file", "FORMATS"]
 
@@ -138,7 +141,7 @@ def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike[str], fmt: str | N
     elif fmt == "hf":
         from safetensors.torch import save_file
 
-        if cfg.version != "4":
+        if version_info(cfg.version).transformers_class is None:
             raise RwkvExportError(f"cannot write RWKV-{cfg.version} as a Hugging Face directory: transformers has RwkvForCausalLM (RWKV-4) only")
 
         path.mkdir(parents=True, exist_ok=True)

@@ -12,14 +12,13 @@ import torch
 
 from rwkv_export.checkpoint.config import ModelConfig
 from rwkv_export.checkpoint.random import random_weights
-from rwkv_export.checkpoint.versions import KNOWN_VERSIONS
 from rwkv_export.errors import RwkvExportError
+from rwkv_export.versions import version_info
 
 DEFAULT_HEAD_SIZE = 64  # every released RWKV-5/6/7 model
 # One rank for every LoRA (v6 mix and decay, v7 w/a/v/g). The released small models use 32 to 128
 # (RWKV-LM: v6 mix 32, decay 64; v7 at 768 wide: decay 64, a 64, v 32, gate 128); 32 is their low end.
 DEFAULT_LORA = 32
-LORA_VERSIONS = ("6", "7")
 
 
 def random_checkpoint(version: str, n_layer: int, n_embd: int, vocab_size: int, ffn_size: int | None = None,
@@ -33,18 +32,17 @@ def random_checkpoint(version: str, n_layer: int, n_embd: int, vocab_size: int, 
 
 def check_sizes(version: str, n_embd: int, head_size: int | None, lora: int | None) -> tuple[int | None, int | None]:
     """Refuse sizes that do not apply to `version` or do not fit; return (head_size, lora) with defaults filled."""
-    if version not in KNOWN_VERSIONS:
-        raise RwkvExportError(f"unknown RWKV version '{version}' (expected one of {', '.join(KNOWN_VERSIONS)})")
-    if version == "4":
+    info = version_info(version)  # unknown versions: the one-line error naming the known ones
+    if not info.has_heads:
         if head_size is not None:
-            raise RwkvExportError("--head-size applies to RWKV-5/6/7 (RWKV-4 has no heads)")
+            raise RwkvExportError(f"--head-size applies to RWKV-5/6/7 (RWKV-{version} has no heads)")
         if lora is not None:
-            raise RwkvExportError("--lora applies to RWKV-6 and RWKV-7 (RWKV-4 has no LoRA matrices)")
+            raise RwkvExportError(f"--lora applies to RWKV-6 and RWKV-7 (RWKV-{version} has no LoRA matrices)")
         return None, None
-    if lora is not None and version not in LORA_VERSIONS:
+    if lora is not None and not info.lora_fields:
         raise RwkvExportError(f"--lora applies to RWKV-6 and RWKV-7 (RWKV-{version} has no LoRA matrices)")
     head_size = head_size or DEFAULT_HEAD_SIZE
     if n_embd % head_size:
         raise RwkvExportError(f"width (n_embd) {n_embd} is not a multiple of the head size {head_size}: RWKV-{version} splits "
                               "the width into heads of head-size channels (choose --head-size to divide it)")
-    return head_size, (lora or DEFAULT_LORA) if version in LORA_VERSIONS else None
+    return head_size, (lora or DEFAULT_LORA) if info.lora_fields else None

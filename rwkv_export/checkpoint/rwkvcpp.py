@@ -213,8 +213,3 @@ def write_rwkvcpp(path: Path, weights: dict[str, torch.Tensor], version: str, n_
         chunks.append(encoded)
         chunks.append(np.ascontiguousarray(array).tobytes())
     atomic_write_bytes(path, b"".join(chunks))
-
-
-def write_rwkvcpp_v4(path: Path, weights: dict[str, torch.Tensor], n_layer: int, fp16: bool = False) -> None:
-    """Write an RWKV-4 state dict (BlinkDL form) as an rwkv.cpp file, version 101."""
-    write_rwkvcpp(path, weights, "4", n_layer, fp16)

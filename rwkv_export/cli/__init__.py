@@ -16,7 +16,7 @@ from rwkv_export import __version__
 from rwkv_export.errors import RwkvExportError
 
 EXIT_BAD_INPUT = 2
-VERB_MODULES = ("checkpoint_cmds", "export_cmd", "demo_cmd", "run_cmd", "verify_cmd", "bench_cmd", "build_cmd")
+VERB_MODULES = ("checkpoint_cmds", "export_cmd", "demo_cmd", "run_cmd", "verify_cmd", "bench_cmd", "build_cmd", "triton_cmd")
 
 
 class UserError(click.ClickException):

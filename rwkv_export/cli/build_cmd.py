@@ -38,6 +38,9 @@ def build(model_dir: str, target: str | None, compute_capabilities: tuple[str, .
 
     One optimization profile per graph from the manifest's dynamic dims; precision follows the
     exported dtypes (strongly typed). TensorRT-RTX engines build on a machine without a GPU.
+    The ONNX files must lie inside MODEL_DIR and match their sha256 in the manifest (a file fully
+    hashed once is trusted while its size and modification time are unchanged; cache in
+    ~/.cache/rwkv-export, RWKV_EXPORT_HASH_CACHE=0 hashes every time).
     """
     from rwkv_export import engine  # TensorRT itself is imported only in the build subprocess
 

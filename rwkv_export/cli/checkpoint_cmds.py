@@ -39,8 +39,8 @@ def info(checkpoint: str, as_json: bool, allow_nonfinite: bool) -> None:
         "dtype": cfg.dtype,
         "parameters": ckpt.parameter_count,
     }
-    if "n_head" in cfg.extra:  # RWKV-5/6/7: the width is split into heads
-        facts.update(n_head=cfg.extra["n_head"], head_size=cfg.extra["head_size"])
+    if cfg.n_head is not None:  # RWKV-5/6/7: the width is split into heads
+        facts.update(n_head=cfg.n_head, head_size=cfg.head_size)
     if as_json:
         click.echo(json.dumps(facts, indent=2))
         return
@@ -88,7 +88,7 @@ def make_checkpoint(version: str, layers: int, embd: int, vocab: int, ffn: int |
     config, weights = random_checkpoint(version, layers, embd, vocab, ffn, head_size, lora, seed, getattr(torch, dtype))
     save_checkpoint(Checkpoint(config, weights, "random", path), path)
     n = sum(t.numel() for t in weights.values())
-    heads = f", heads {config.extra['n_head']} x {config.extra['head_size']}" if "n_head" in config.extra else ""
+    heads = f", heads {config.n_head} x {config.head_size}" if config.n_head is not None else ""
     click.echo(f"wrote {path} (RWKV-{version}, {layers} x {embd}{heads}, vocab {vocab}, {n:,} parameters, {dtype})", err=True)
 
 

@@ -41,14 +41,14 @@ def _demo(directory: Path, prompt: str, max_tokens: int, force: bool) -> bool:
     import numpy as np
 
     from rwkv_export.checkpoint import Checkpoint
-    from rwkv_export.checkpoint.random import random_v4_weights
+    from rwkv_export.checkpoint.random import random_weights
     from rwkv_export.export import export_checkpoint
     from rwkv_export.generate import Sampling, generate
     from rwkv_export.parity import backends, report, scenario, verify_all
     from rwkv_export.runtime import ExportedModel
     from rwkv_export.tokenizer import ByteTokenizer
 
-    config, weights = random_v4_weights(DEMO_SHAPE["n_layer"], DEMO_SHAPE["n_embd"], DEMO_SHAPE["vocab_size"], seed=DEMO_SEED)
+    config, weights = random_weights("4", DEMO_SHAPE["n_layer"], DEMO_SHAPE["n_embd"], DEMO_SHAPE["vocab_size"], seed=DEMO_SEED)
     ckpt = Checkpoint(config, weights, "built-in", directory / "built-in")
     _say(f"1/4 built-in model: RWKV-{config.version}, {config.n_layer} x {config.n_embd}, byte vocab {config.vocab_size}, "
          f"seed {DEMO_SEED} ({ckpt.parameter_count:,} parameters, random weights with trained-like scales)")

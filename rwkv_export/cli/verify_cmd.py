@@ -37,12 +37,21 @@ the oracle's greedy tokens, and the prefill split in two chunks with the state c
 step against the torch float64 oracle: logits and every state tensor (max/mean/median/p99 abs and
 rel error), argmax and top-5 agreement, KL divergence, greedy-match length.
 
+Each backend is also checked against itself (second table; "guarantees" in the JSON): continuation
+through a state file, chunked prefill, batch invariance and step = prefill at T = 1, within its
+dtype's state tolerance and with identical greedy tokens.
+
 Backends: torch-float32, torch-float16, ort-{{cpu,cuda}}-{{float32,float16}}, tensorrt-{{float32,float16}}
 (built engines); unavailable ones are reported as skipped.
 
 A tensor passes when max|got - ref| <= atol + rtol * max|ref| (state: per layer). Defaults:
 
 {help_text()}
+
+An exported DIR is checked first: every file its manifest names must lie inside DIR and match its
+sha256. A file fully hashed once is then trusted while its size and modification time are unchanged
+(cache: $RWKV_EXPORT_CACHE or ~/.cache/rwkv-export/sha256-cache.json; RWKV_EXPORT_HASH_CACHE=0
+hashes every time).
 
 Exit codes: 0 every backend passes, 1 one fails, 2 bad input.""")
 @click.argument("source", type=click.Path(path_type=str))
@@ -97,26 +106,30 @@ def _resolve_source(source: str, checkpoint: str | None, export_root: str, dtype
                     progress: Any) -> tuple[Any, dict[str, Path | str]]:
     """(loaded checkpoint, dtype -> exported dir or the reason there is none)."""
     from rwkv_export.checkpoint import load_checkpoint
-    from rwkv_export.export import MANIFEST, export_checkpoint, read_manifest
+    from rwkv_export.manifest import MANIFEST, Manifest
 
     path = Path(source)
-    if path.is_dir() and (path / MANIFEST).is_file():
-        manifest = read_manifest(path)
-        ckpt_path = checkpoint or manifest.get("source", {}).get("path")
+    if path.is_dir() and (path / MANIFEST).exists():
+        manifest = Manifest.read(path)
+        for graph in ("prefill", "step"):
+            manifest.graph(graph)
+        ckpt_path = checkpoint or (manifest.source.path if manifest.source else None)
         if not ckpt_path or not Path(ckpt_path).exists():
             raise RwkvExportError(f"the checkpoint of '{source}' ('{ckpt_path}', from its manifest) does not exist; pass --checkpoint FILE")
         ckpt = load_checkpoint(ckpt_path)
-        model = manifest["model"]
-        found = (model["n_layer"], model["n_embd"], model["vocab_size"])
+        model = manifest.model
+        found = (model.n_layer, model.n_embd, model.vocab_size)
         expected = (ckpt.config.n_layer, ckpt.config.n_embd, ckpt.config.vocab_size)
         if found != expected:
             raise RwkvExportError(f"'{source}' is a {found[0]} x {found[1]} (vocab {found[2]}) export but checkpoint '{ckpt_path}' "
                                   f"is {expected[0]} x {expected[1]} (vocab {expected[2]})")
-        dtype = manifest["dtype"]
+        dtype = manifest.dtype
         other = {d: f"SOURCE is a {dtype} export (give the checkpoint to test {d} too)" for d in ("float32", "float16") if d != dtype}
         return ckpt, {dtype: path, **other}
     if checkpoint is not None:
         raise RwkvExportError("--checkpoint is for an exported SOURCE directory; SOURCE here is already a checkpoint")
+    from rwkv_export.export import export_checkpoint
+
     ckpt = load_checkpoint(source)
     exports: dict[str, Path | str] = {}
     for dtype in dtypes:

@@ -2,17 +2,19 @@
 
 Both graphs are traced from the reference model (trace.py), get the WKV op's function (rwkv::WKV4 for
 RWKV-4, rwkv::WKV5 for 5.1/5.2, rwkv::WKV6, rwkv::WKV7) and metadata (finalize.py), and are described
-in manifest.json (manifest.py). A state whose initial value is not a constant (a v6 checkpoint's
+in manifest.json (rwkv_export.manifest, the typed contract every later stage reads). A state whose initial value is not a constant (a v6 checkpoint's
 `time_state`) is written as DIR/initial_<name>.npy and named by the manifest (spec.py). The directory
 is assembled in a temporary sibling and renamed into place only when everything succeeded.
 """
 
 from __future__ import annotations
 
+import platform
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +23,21 @@ import torch
 
 from rwkv_export.ops.wkv4_onnx import DEFAULT_FORM, FORMS, MIN_OPSET
 from rwkv_export.ops.wkv_matrix_onnx import CHUNKED_OPS, DEFAULT_FORMS as MATRIX_DEFAULT_FORMS, FORMS as MATRIX_FORMS
+from rwkv_export import __version__
 from rwkv_export.checkpoint import Checkpoint, load_checkpoint
 from rwkv_export.checkpoint.versions import require_supported
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.export.finalize import (
     EXTERNAL_DATA_THRESHOLD, attach_wkv_function, default_opset, save_checked, set_metadata, wkv_function_sha256,
 )
-from rwkv_export.export.manifest import FORMAT, MANIFEST, package_versions, read_manifest
-from rwkv_export.export.spec import GRAPHS, STATE_LAYOUTS, WKV_OPS, graph_spec
+from rwkv_export.export.spec import GRAPHS, STATE_LAYOUTS, graph_spec
 from rwkv_export.export.trace import step_from_prefill, trace_graph
-from rwkv_export.fileio import atomic_directory, atomic_write_json, sha256_file
-from rwkv_export.model import MATRIX_STATE_INITIAL, MatrixRWKV, build_model
+from rwkv_export.fileio import atomic_directory, sha256_file
+from rwkv_export.manifest import (
+    FORMAT, MANIFEST, ExportOptions, Graph, Manifest, ModelInfo, Source, StateSpec, TensorSpec, TokenizerInfo, read_manifest,
+)
+from rwkv_export.model import RWKVModel, build_model
+from rwkv_export.versions import version_info
 
 __all__ = ["EXPORT_DTYPES", "ExportResult", "default_wkv_form", "export_checkpoint", "read_manifest", "MANIFEST", "tokenizer_info"]
 
@@ -43,8 +49,18 @@ ALL_FORMS = tuple(dict.fromkeys((*FORMS, *MATRIX_FORMS)))
 @dataclass
 class ExportResult:
     directory: Path
-    manifest: dict[str, Any]
+    manifest: dict[str, Any]  # manifest.json as written (typed: Manifest.read(directory))
     seconds: float
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"rwkv-export": __version__, "python": platform.python_version()}
+    for name in ("torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
 
 
 def tokenizer_info(vocab_size: int, has_file: bool) -> dict[str, Any]:
@@ -62,7 +78,7 @@ def tokenizer_info(vocab_size: int, has_file: bool) -> dict[str, Any]:
 
 def default_wkv_form(version: str) -> str:
     """The WKV function body an export of RWKV-`version` carries unless --wkv-form says otherwise."""
-    op = WKV_OPS[version]
+    op = version_info(version).op
     return DEFAULT_FORM if op == "WKV4" else MATRIX_DEFAULT_FORMS[op]
 
 
@@ -93,7 +109,7 @@ def export_checkpoint(
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     cfg = ckpt.config
     require_supported(cfg.version)  # every known version exports; kept for versions added to loading first
-    op = WKV_OPS[cfg.version]
+    op = version_info(cfg.version).op
     forms = FORMS if op == "WKV4" else MATRIX_FORMS if op in CHUNKED_OPS else ("scan",)
     wkv_form = wkv_form or default_wkv_form(cfg.version)
     if wkv_form not in forms:
@@ -102,10 +118,10 @@ def export_checkpoint(
     model = build_model(ckpt, dtype)
     matrix_info = _matrix_info(model, op)
     tok_info = tokenizer_info(cfg.vocab_size, tokenizer_path is not None)
-    graphs: dict[str, Any] = {}
+    graphs: dict[str, Graph] = {}
     with atomic_directory(out_dir, force=force) as tmp:
         initial_files = _write_initial_state(model, tmp)
-        derived_step = None  # RWKV-5/6/7: the step graph made from the prefill graph (trace.py)
+        derived_step = None  # the step graph: the prefill graph at T = 1 (trace.py)
         for graph in GRAPHS:
             spec = graph_spec(graph, cfg, all_logits and graph == "prefill", initial_files)
             if graph == "step" and derived_step is not None:
@@ -114,7 +130,7 @@ def export_checkpoint(
             else:
                 progress(f"tracing {graph} graph ({dtype})")
                 proto = trace_graph(model, spec, opset, all_logits and graph == "prefill")
-                if matrix_info and graph == "prefill":  # derive before saving: external data moves the weights out
+                if graph == "prefill":  # derive before saving: external data moves the weights out
                     derived_step = step_from_prefill(proto)
             n_wkv = attach_wkv_function(proto, wkv_form, op)
             set_metadata(proto, {
@@ -131,62 +147,61 @@ def export_checkpoint(
             })  # fmt: skip
             progress(f"checking and saving {graph}.onnx ({n_wkv} rwkv::{op} nodes)")
             files = save_checked(proto, tmp / f"{graph}.onnx", external_data_threshold)
-            graphs[graph] = {
-                "file": f"{graph}.onnx",
-                "opset": default_opset(proto),
-                "wkv_nodes": n_wkv,
-                "external_data": [f.name for f in files[1:]],
-                "sha256": {f.name: sha256_file(f) for f in files},
-                "inputs": [t.to_dict() for t in spec.inputs],
-                "outputs": [t.to_dict() for t in spec.outputs],
-            }
+            graphs[graph] = Graph(
+                file=f"{graph}.onnx", opset=default_opset(proto), wkv_nodes=n_wkv, external_data=tuple(f.name for f in files[1:]),
+                sha256={f.name: sha256_file(f) for f in files}, inputs=_specs(spec.inputs), outputs=_specs(spec.outputs),
+            )
         if tokenizer_path is not None:
             shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
             tok_info["sha256"] = sha256_file(tmp / TOKENIZER_FILE)
-        state = [{**t.to_dict(), "output": t.name + "_out"} for t in graph_spec("step", cfg, initial_files=initial_files).inputs
-                 if t.role == "state"]
-        for entry in state:
-            if "initial_file" in entry:
-                entry["initial_sha256"] = sha256_file(tmp / entry["initial_file"])
-        manifest = {
-            "format": FORMAT,
-            "model": {"version": cfg.version, "n_layer": cfg.n_layer, "n_embd": cfg.n_embd,
-                      "vocab_size": cfg.vocab_size, "ffn_size": cfg.ffn_size, "parameters": ckpt.parameter_count, **matrix_info},
-            "source": {"path": str(ckpt.path), "format": ckpt.format, "dtype": cfg.dtype},
-            "dtype": dtype,
-            "graphs": graphs,
-            "state": state,
-            "dynamic_dims": ["batch", "seq"],
-            "tokenizer": tok_info,
-            "export": {"dtype": dtype, "opset": graphs["step"]["opset"], "all_logits": all_logits, "wkv_form": wkv_form,
-                       "wkv_function_sha256": wkv_function_sha256(op, graphs["step"]["opset"], wkv_form),
-                       "rescale_every": model.rescale_every, "wkv_domain": "rwkv", "wkv_op": op,
-                       "plugin_namespace": "rwkv", "plugin_version": "1"},
-            "versions": package_versions(),
-        }  # fmt: skip
-        atomic_write_json(tmp / MANIFEST, manifest)
+        typed = Manifest(
+            model=ModelInfo(cfg.version, cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.ffn_size, ckpt.parameter_count, **matrix_info),
+            source=Source(str(ckpt.path), ckpt.format, cfg.dtype), dtype=dtype, graphs=graphs,
+            state=_state_specs(cfg, initial_files, tmp), tokenizer=TokenizerInfo(**tok_info),
+            export=ExportOptions(dtype=dtype, opset=graphs["step"].opset, all_logits=all_logits, wkv_form=wkv_form,
+                                 wkv_function_sha256=wkv_function_sha256(op, graphs["step"].opset, wkv_form),
+                                 rescale_every=model.rescale_every, wkv_domain="rwkv", wkv_op=op,
+                                 plugin_namespace="rwkv", plugin_version="1"),
+            versions=package_versions(),
+        )
+        typed.write(tmp)
+        manifest = typed.to_dict()
     seconds = time.perf_counter() - start
     progress(f"wrote {out_dir} in {seconds:.1f} s")
     return ExportResult(out_dir, manifest, seconds)
 
 
-def _matrix_info(model: Any, op: str) -> dict[str, Any]:
-    """What a runtime of the matrix-state versions needs beyond RWKV-4's facts (empty for RWKV-4)."""
-    if not isinstance(model, MatrixRWKV):
+def _specs(specs: Any) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(t.name, t.dtype, tuple(t.shape), t.role, t.feeds, t.initial, t.initial_file) for t in specs)
+
+
+def _state_specs(cfg: Any, initial_files: dict[str, str], directory: Path) -> tuple[StateSpec, ...]:
+    """The step graph's state inputs, each with the output that feeds it (and its initial file's sha256)."""
+    out = []
+    for t in graph_spec("step", cfg, initial_files=initial_files).inputs:
+        if t.role == "state":
+            digest = sha256_file(directory / t.initial_file) if t.initial_file else None
+            out.append(StateSpec(name=t.name, dtype=t.dtype, shape=tuple(t.shape), initial=float(t.initial or 0.0), output=t.name + "_out",
+                                 initial_file=t.initial_file, initial_sha256=digest))
+    return tuple(out)
+
+
+def _matrix_info(model: RWKVModel, op: str) -> dict[str, Any]:
+    """What a runtime of the versions with heads needs beyond RWKV-4's facts (empty for RWKV-4)."""
+    if model.n_head is None:
         return {}
     return {"n_head": model.n_head, "head_size": model.head_size, "group_norm_eps": model.eps,
             "wkv_state_layout": STATE_LAYOUTS[op]}
 
 
-def _write_initial_state(model: Any, directory: Path) -> dict[str, str]:
-    """Write each state tensor whose initial value is not the spec's constant (a v6 `time_state`) as
-    DIR/initial_<name>.npy, float32 with a batch axis of 1; return name -> file name."""
-    if not isinstance(model, MatrixRWKV):
-        return {}
+def _write_initial_state(model: RWKVModel, directory: Path) -> dict[str, str]:
+    """Write each state tensor whose initial value is not the registry's constant (a v6 `time_state`)
+    as DIR/initial_<name>.npy, float32 with a batch axis of 1; return name -> file name."""
+    constants = version_info(model.config.version).state_initial
     files = {}
     for name, tensor in model.initial_state(1)._asdict().items():
         value = tensor.to(torch.float32).numpy()
-        if np.any(value != MATRIX_STATE_INITIAL[name]):
+        if np.any(value != np.float32(constants[name])):
             files[name] = f"initial_{name}.npy"
             np.save(directory / files[name], value)
     return files

@@ -21,8 +21,8 @@ from typing import Any
 
 from rwkv_export.ops import wkv5, wkv6, wkv7
 from rwkv_export.checkpoint.config import ModelConfig
-from rwkv_export.model.matrix import MATRIX_STATE_INITIAL
-from rwkv_export.model.state import OUTPUT_SUFFIX, STATE_INITIAL, STATE_NAMES
+from rwkv_export.model.state import OUTPUT_SUFFIX
+from rwkv_export.versions import state_shapes, version_info
 
 GRAPHS = ("prefill", "step")
 DYNAMIC_DIMS = ("batch", "seq")
@@ -57,24 +57,14 @@ class GraphSpec:
         return [t.name for t in self.outputs]
 
 
-# The WKV op of each version (custom_ops/wkv4.py .. wkv7.py) and its state layout.
-WKV_OPS = {"4": "WKV4", "5.1": "WKV5", "5.2": "WKV5", "6": "WKV6", "7": "WKV7"}
+# The state layout of each matrix-state WKV op (the version registry names each version's op).
 STATE_LAYOUTS = {"WKV5": wkv5.STATE_LAYOUT, "WKV6": wkv6.STATE_LAYOUT, "WKV7": wkv7.STATE_LAYOUT}
-
-
-def state_shapes(config: ModelConfig) -> dict[str, tuple[int | str, ...]]:
-    """Each state tensor's shape, `batch` symbolic, in the order of the graphs' inputs."""
-    row = (config.n_layer, "batch", config.n_embd)
-    if config.version == "4":
-        return dict.fromkeys(STATE_NAMES, row)
-    H, N = config.extra["n_head"], config.extra["head_size"]
-    return {"x_att": row, "wkv": (config.n_layer, "batch", H, N, N), "x_ffn": row}
 
 
 def graph_spec(graph: str, config: ModelConfig, all_logits: bool = False, initial_files: dict[str, str] | None = None) -> GraphSpec:
     """The inputs and outputs of `graph`; initial_files: state name -> .npy of a non-constant initial value."""
-    shapes = state_shapes(config)
-    initial = STATE_INITIAL if config.version == "4" else MATRIX_STATE_INITIAL
+    shapes = state_shapes(config, "batch")  # the version registry's state tensors, in input order
+    initial = version_info(config.version).state_initial
     files = initial_files or {}
     if graph == "prefill":
         tokens = TensorSpec("tokens", "int64", ("batch", "seq"), "tokens")

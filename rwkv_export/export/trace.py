@@ -6,7 +6,7 @@ which emits a bodiless custom node carrying the TensorRT plugin attributes; the 
 function is attached afterwards (finalize.py), since the exporter would inline an onnxscript function.
 
 RWKV-5/6/7 step graphs are not traced again: their step *is* the sequence form at T = 1
-(MatrixRWKV.forward_step), so `step_from_prefill` wraps the traced prefill graph (tokens [batch] ->
+(RWKVModel.forward_step), so `step_from_prefill` wraps the traced prefill graph (tokens [batch] ->
 Unsqueeze -> [batch, 1]; logits [batch, 1, vocab] -> Squeeze for an --all-logits prefill). That
 computes exactly what tracing forward_step would and saves one trace (~40% of an export's time).
 """
@@ -26,8 +26,9 @@ from torch.export import Dim
 
 from rwkv_export.ops.wkv4 import DOMAIN, DOMAIN_VERSION, OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from rwkv_export.errors import RwkvExportError
-from rwkv_export.export.spec import WKV_OPS, GraphSpec
-from rwkv_export.model import RWKV4, MatrixRWKV, MatrixState, State, initial_matrix_state, initial_state
+from rwkv_export.export.spec import GraphSpec
+from rwkv_export.model import ChannelState, HeadState, RWKVModel, initial_state
+from rwkv_export.versions import version_info
 
 
 def symbolic_wkv4(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -54,42 +55,42 @@ def symbolic_wkv(op: str):  # type: ignore[no-untyped-def]
 
 
 class _Prefill(torch.nn.Module):
-    def __init__(self, model: RWKV4, all_logits: bool) -> None:
+    def __init__(self, model: RWKVModel, all_logits: bool) -> None:
         super().__init__()
         self.model, self.all_logits = model, all_logits
 
     def forward(self, tokens, x_att, aa, bb, pp, x_ffn):  # type: ignore[no-untyped-def]
-        logits, state = self.model.forward_sequence(tokens, State(x_att, aa, bb, pp, x_ffn), self.all_logits)
+        logits, state = self.model.forward_sequence(tokens, ChannelState(x_att, aa, bb, pp, x_ffn), self.all_logits)
         return (logits, *state)
 
 
 class _Step(torch.nn.Module):
-    def __init__(self, model: RWKV4) -> None:
+    def __init__(self, model: RWKVModel) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, tokens, x_att, aa, bb, pp, x_ffn):  # type: ignore[no-untyped-def]
-        logits, state = self.model.forward_step(tokens, State(x_att, aa, bb, pp, x_ffn))
+        logits, state = self.model.forward_step(tokens, ChannelState(x_att, aa, bb, pp, x_ffn))
         return (logits, *state)
 
 
 class _MatrixPrefill(torch.nn.Module):
-    def __init__(self, model: MatrixRWKV, all_logits: bool) -> None:
+    def __init__(self, model: RWKVModel, all_logits: bool) -> None:
         super().__init__()
         self.model, self.all_logits = model, all_logits
 
     def forward(self, tokens, x_att, wkv, x_ffn):  # type: ignore[no-untyped-def]
-        logits, state = self.model.forward_sequence(tokens, MatrixState(x_att, wkv, x_ffn), self.all_logits)
+        logits, state = self.model.forward_sequence(tokens, HeadState(x_att, wkv, x_ffn), self.all_logits)
         return (logits, *state)
 
 
 class _MatrixStep(torch.nn.Module):
-    def __init__(self, model: MatrixRWKV) -> None:
+    def __init__(self, model: RWKVModel) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, tokens, x_att, wkv, x_ffn):  # type: ignore[no-untyped-def]
-        logits, state = self.model.forward_step(tokens, MatrixState(x_att, wkv, x_ffn))
+        logits, state = self.model.forward_step(tokens, HeadState(x_att, wkv, x_ffn))
         return (logits, *state)
 
 
@@ -105,15 +106,16 @@ def _quiet_torch_onnx_logs():  # type: ignore[no-untyped-def]
         logger.setLevel(level)
 
 
-def trace_graph(model: RWKV4 | MatrixRWKV, spec: GraphSpec, opset: int | None, all_logits: bool = False) -> onnx.ModelProto:
+def trace_graph(model: RWKVModel, spec: GraphSpec, opset: int | None, all_logits: bool = False) -> onnx.ModelProto:
     """Export one graph (spec.name: prefill or step) of `model`; WKV as custom nodes, no function yet."""
     cfg = model.config
     original = model.wkv
-    matrix = isinstance(model, MatrixRWKV)
-    model.wkv = symbolic_wkv(WKV_OPS[cfg.version]) if matrix else symbolic_wkv4  # type: ignore[assignment]
+    op = version_info(cfg.version).op
+    matrix = op != "WKV4"
+    model.wkv = symbolic_wkv(op) if matrix else symbolic_wkv4  # type: ignore[assignment]
     batch, seq = Dim("batch", min=1), Dim("seq", min=1)
     # Example sizes > 1 so the exporter does not specialise the dynamic dims to 1.
-    state = initial_matrix_state(cfg, 2) if matrix else initial_state(cfg.n_layer, 2, cfg.n_embd)
+    state = initial_state(cfg, 2)
     if spec.name == "prefill":
         module: torch.nn.Module = _MatrixPrefill(model, all_logits) if matrix else _Prefill(model, all_logits)  # type: ignore[arg-type]
         tokens = torch.zeros(2, 3, dtype=torch.long)
@@ -140,7 +142,7 @@ def trace_graph(model: RWKV4 | MatrixRWKV, spec: GraphSpec, opset: int | None, a
 
 
 def step_from_prefill(prefill: onnx.ModelProto) -> onnx.ModelProto:
-    """The step graph of a matrix-state model from its traced prefill graph (a copy; see the docstring)."""
+    """The step graph from the traced prefill graph (a copy; see the module docstring)."""
     model = copy.deepcopy(prefill)
     graph = model.graph
     axes = onnx.numpy_helper.from_array(np.array([1], np.int64), "step_seq_axis")

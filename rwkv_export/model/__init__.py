@@ -1,54 +1,55 @@
 """Stage 2, model: the torch reference of each RWKV version, built from a loaded checkpoint.
 
-`build_model(checkpoint, dtype)` picks the class for the checkpoint's version; every class offers
-forward_sequence(tokens [B, T], state) and forward_step(tokens [B], state) over its state type:
-`State` (RWKV-4: x_att, aa, bb, pp, x_ffn) or `MatrixState` (RWKV-5/6/7: x_att, wkv, x_ffn).
+`build_model(checkpoint, dtype)` builds the class the version registry names (rwkv_export/versions/);
+every class is an `RWKVModel` (base.py: one skeleton, one block function per version) offering
+forward_sequence(tokens [B, T], state) and forward_step(tokens [B], state) over the version's state:
+`ChannelState` (RWKV-4: x_att, aa, bb, pp, x_ffn) or `HeadState` (RWKV-5/6/7: x_att, wkv, x_ffn).
 """
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 
 from rwkv_export.checkpoint import Checkpoint
+from rwkv_export.checkpoint.config import ModelConfig
 from rwkv_export.errors import RwkvExportError
-from rwkv_export.model.matrix import (
-    MATRIX_STATE_INITIAL,
-    MATRIX_STATE_NAMES,
-    MatrixRWKV,
-    MatrixState,
-    initial_matrix_state,
-    random_matrix_state,
-)
-from rwkv_export.model.rwkv4 import DTYPES, RWKV4
+from rwkv_export.model.base import RWKVModel
+from rwkv_export.model.common import DTYPES
+from rwkv_export.model.rwkv4 import RWKV4
 from rwkv_export.model.rwkv5 import RWKV5
 from rwkv_export.model.rwkv6 import RWKV6
 from rwkv_export.model.rwkv7 import RWKV7
-from rwkv_export.model.state import STATE_INITIAL, STATE_NAMES, State, initial_state, random_state
+from rwkv_export.model.state import OUTPUT_SUFFIX, ChannelState, HeadState, ModelState, initial_state, state_type
+from rwkv_export.versions import version_info
 
 __all__ = [
-    "DTYPES", "MATRIX_MODELS", "MATRIX_STATE_INITIAL", "MATRIX_STATE_NAMES", "MODELS", "MatrixRWKV", "MatrixState", "RWKV4", "RWKV5",
-    "RWKV6", "RWKV7", "STATE_INITIAL", "STATE_NAMES", "State", "build_model", "check_tokens", "initial_matrix_state",
-    "initial_state", "random_matrix_state", "random_state",
+    "DTYPES", "OUTPUT_SUFFIX", "RWKV4", "RWKV5", "RWKV6", "RWKV7", "ChannelState", "HeadState", "ModelState", "RWKVModel",
+    "build_model", "check_tokens", "initial_state", "model_class", "random_state", "state_type",
 ]  # fmt: skip
 
-MATRIX_MODELS: dict[str, type[MatrixRWKV]] = {"5.1": RWKV5, "5.2": RWKV5, "6": RWKV6, "7": RWKV7}
-MODELS: dict[str, type[RWKV4] | type[MatrixRWKV]] = {"4": RWKV4, **MATRIX_MODELS}
+
+def model_class(version: str) -> type[RWKVModel]:
+    """The reference class the registry names for `version`."""
+    module, _, name = version_info(version).model.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    assert issubclass(cls, RWKVModel), f"{module}:{name} is not an RWKVModel"
+    return cls
 
 
 def build_model(
     checkpoint: Checkpoint, dtype: str = "float32", rescale_every: int | None = None, group_norm_eps: float | None = None
-) -> RWKV4 | MatrixRWKV:
+) -> RWKVModel:
     """The reference for the checkpoint's version. group_norm_eps overrides the checkpoint's ln_x eps
-    (config.extra["group_norm_eps"]: RWKV-5/6/7 only), e.g. 64e-5 to match the `rwkv` package on v5."""
-    version = checkpoint.config.version
-    if version == "4":
-        if group_norm_eps is not None:
-            raise RwkvExportError("group_norm_eps applies to RWKV-5/6/7 (ln_x GroupNorm); RWKV-4 has no GroupNorm")
-        return RWKV4(checkpoint.config, checkpoint.weights, dtype=dtype, rescale_every=rescale_every).eval()
-    cls = MATRIX_MODELS.get(version)
-    if cls is None:
-        raise RwkvExportError(f"no reference model for RWKV-{version} yet")
+    (config.group_norm_eps: RWKV-5/6/7 only), e.g. 64e-5 to match the `rwkv` package on v5."""
+    cls = model_class(checkpoint.config.version)
     return cls(checkpoint.config, checkpoint.weights, dtype=dtype, rescale_every=rescale_every, group_norm_eps=group_norm_eps).eval()
+
+
+def random_state(config: ModelConfig, batch: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> ModelState:
+    """A plausible non-initial state of `config`'s version for tests (the model class's recipe)."""
+    return model_class(config.version).random_state(config, batch, seed, dtype)
 
 
 def check_tokens(tokens: torch.Tensor, vocab_size: int) -> None:

@@ -3,6 +3,7 @@
     compare.py     per-tensor metrics (pure numpy)
     tolerances.py  per-dtype tolerances, with reasons
     scenario.py    prefill, N teacher-forced steps, chunked prefill; recorded point by point
+    guarantees.py  continuation through a state file, chunking, batch invariance, step = prefill(T=1)
     backends.py    torch / ONNX Runtime / TensorRT backends, planned with skip reasons
     report.py      judging, first divergence, table and JSON
 
@@ -16,8 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rwkv_export.parity import backends, scenario
-from rwkv_export.parity.report import BackendResult, assess
+from rwkv_export.parity import backends, guarantees, scenario
+from rwkv_export.parity.report import BackendResult, add_guarantees, assess
 from rwkv_export.parity.tolerances import DEFAULT_TOLERANCES, Tolerance
 
 __all__ = ["BackendResult", "verify_all"]
@@ -42,12 +43,13 @@ def verify_all(checkpoint: Any, exports: dict[str, Path | str], names: Sequence[
         try:
             with plan.open() as backend:
                 trace = scenario.run(backend, scen, feed)
+                promises = guarantees.check_all(backend, scen, tolerances[plan.dtype])
         except Exception as exc:  # any crash of a backend is its failure, reported, never a traceback
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             results.append(BackendResult(plan.name, plan.dtype, "error", f"{type(exc).__name__}: {first}"))
             progress(f"{plan.name}: error: {first}")
             continue
-        result = assess(plan.name, plan.dtype, reference, trace, tolerances[plan.dtype])
+        result = add_guarantees(assess(plan.name, plan.dtype, reference, trace, tolerances[plan.dtype]), promises)
         result.seconds = time.perf_counter() - start
         results.append(result)
         progress(f"{plan.name}: {result.status} ({result.seconds:.1f} s)")

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from rwkv_export.parity.compare import LogitsMetrics, TensorMetrics, greedy_match_length, logits_metrics, per_layer_error, tensor_metrics
+from rwkv_export.parity.guarantees import NAMES as GUARANTEES
+from rwkv_export.parity.guarantees import GuaranteeResult
 from rwkv_export.parity.scenario import Trace
 from rwkv_export.parity.tolerances import Tolerance
 
@@ -40,6 +42,7 @@ class BackendResult:
     greedy_match: int = 0
     greedy_total: int = 0
     seconds: float = 0.0
+    guarantees: list[GuaranteeResult] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -101,6 +104,17 @@ def assess(name: str, dtype: str, reference: Trace, trace: Trace, tol: Tolerance
     return result
 
 
+def add_guarantees(result: BackendResult, guarantees: list[GuaranteeResult]) -> BackendResult:
+    """Attach the serving guarantees; a broken one fails the backend (after any parity failure)."""
+    result.guarantees = guarantees
+    broken = [g for g in guarantees if not g.passed]
+    if broken and result.status == "pass":
+        g = broken[0]
+        what = f"{g.used:.0%} of the state tolerance" if g.greedy_identical else "greedy tokens differ"
+        result.status, result.reason = "fail", f"guarantee '{g.name}' broken at {g.detail} ({what}, error {g.error:.3g})"
+    return result
+
+
 # --- summaries ----------------------------------------------------------------------------------
 
 
@@ -137,9 +151,24 @@ def table(results: list[BackendResult]) -> str:
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    promises = guarantees_table(results)
+    lines += ["", *promises] if promises else []
     notes = [f"{r.name}: {r.status}: {r.reason}" for r in results if r.reason]
     tols = sorted({f"{r.dtype}: {r.tolerance.describe()}" for r in results if r.tolerance is not None})
     return "\n".join(lines + [""] + notes + [f"tolerance {t}" for t in tols])
+
+
+def guarantees_table(results: list[BackendResult]) -> list[str]:
+    """One row per backend: each guarantee's worst normalised error and whether it holds."""
+    rows: list[tuple[str, ...]] = [("guarantee (self-consistency)", *GUARANTEES)]
+    for r in results:
+        if r.guarantees:
+            rows.append((r.name, *(f"{g.error:.1e} {'ok' if g.passed else 'FAIL'}" for g in r.guarantees)))
+    if len(rows) == 1:
+        return []
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return [lines[0], "  ".join("-" * w for w in widths), *lines[1:]]
 
 
 def to_json(results: list[BackendResult], context: dict[str, Any]) -> str:
@@ -151,6 +180,7 @@ def to_json(results: list[BackendResult], context: dict[str, Any]) -> str:
         "name": r.name, "dtype": r.dtype, "status": r.status, "reason": r.reason, "seconds": round(r.seconds, 3),
         "tolerance": None if r.tolerance is None else vars(r.tolerance), "greedy_match": r.greedy_match,
         "greedy_total": r.greedy_total, "summary": summary(r) if r.points else None, "points": [point(p) for p in r.points],
+        "guarantees": {g.name: g.to_dict() for g in r.guarantees},
     } for r in results]  # fmt: skip
     verdict = "fail" if any(r.failed for r in results) else "pass"
     return json.dumps({**context, "verdict": verdict, "backends": backends}, indent=2, default=_json_default)

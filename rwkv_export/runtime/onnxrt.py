@@ -1,4 +1,4 @@
-"""ONNX Runtime runner: one InferenceSession per graph, providers chosen by name with fallback.
+"""ONNX Runtime runner: one InferenceSession (loaders.SessionFromOnnx) per graph, providers chosen by name with fallback.
 
 `--provider auto` tries TensorRT, then CUDA, then CPU (the order ORT itself falls back in); asking
 for a provider that this onnxruntime build lacks is a one-line error naming what is installed.
@@ -16,58 +16,32 @@ from typing import Any
 import numpy as np
 
 from rwkv_export.errors import RwkvExportError
-from rwkv_export.runtime.base import Runner
+from rwkv_export.manifest import Graph, TensorSpec
+from rwkv_export.runtime.base import ORT_TYPES, Runner
+from rwkv_export.runtime.loaders import PROVIDER_CHOICES, PROVIDERS, SessionFromOnnx, resolve_providers
 
-PROVIDERS = {
-    "cpu": ["CPUExecutionProvider"],
-    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-}
-PROVIDER_CHOICES = ("auto", *PROVIDERS)
-
-
-def resolve_providers(provider: str) -> list[str]:
-    """Map cpu|cuda|tensorrt|auto to an ORT provider list this build has."""
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if provider == "auto":
-        for name in ("tensorrt", "cuda", "cpu"):
-            if PROVIDERS[name][0] in available:
-                return [p for p in PROVIDERS[name] if p in available]
-    if provider not in PROVIDERS:
-        raise RwkvExportError(f"unknown provider '{provider}' (expected one of {', '.join(PROVIDER_CHOICES)})")
-    wanted = PROVIDERS[provider][0]
-    if wanted not in available:
-        hint = " (install onnxruntime-gpu in place of onnxruntime)" if provider != "cpu" else ""
-        raise RwkvExportError(f"ONNX Runtime provider '{wanted}' is not available{hint}; this build has {', '.join(available)}")
-    return [p for p in PROVIDERS[provider] if p in available]
+__all__ = ["PROVIDERS", "PROVIDER_CHOICES", "OrtRunner", "SessionFromOnnx", "resolve_providers"]
 
 
 class OrtRunner(Runner):
-    """Runs one .onnx file. threads=0 lets ORT pick (all cores)."""
+    """Runs one .onnx file (or a SessionFromOnnx loader). Given the manifest's graph, the session's
+    inputs and outputs are checked against it on load (names, dtypes, static dims) and every feed
+    against it on each call."""
 
     name = "onnxruntime"
 
-    def __init__(self, path: str | Path, provider: str = "cpu", threads: int = 0) -> None:
-        import onnxruntime as ort
-
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise RwkvExportError(f"ONNX file '{self.path}' does not exist")
-        self.providers = resolve_providers(provider)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        self._options = options
-        self.session: ort.InferenceSession | None = None
-        try:
-            probe = ort.InferenceSession(str(self.path), options, providers=self.providers)
-        except Exception as exc:  # ORT raises its own exception types with long messages
-            raise RwkvExportError(f"ONNX Runtime cannot load '{self.path}': {str(exc).splitlines()[0][:300]}") from exc
-        self.session = probe
-        super().__init__([i.name for i in probe.get_inputs()], [o.name for o in probe.get_outputs()])
+    def __init__(self, source: str | Path | SessionFromOnnx, provider: str = "cpu", threads: int = 0, graph: Graph | None = None,
+                 vocab_size: int | None = None) -> None:
+        loader = source if isinstance(source, SessionFromOnnx) else SessionFromOnnx(source, provider, threads)
+        self.path, self.providers = loader.path, loader.providers
+        self.session = loader()
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if graph is not None:
+            _match(self.path, "inputs", inputs, graph.inputs)
+            _match(self.path, "outputs", outputs, graph.outputs)
+            super().__init__(graph.inputs, graph.outputs, vocab_size)
+        else:
+            super().__init__([i.name for i in inputs], [o.name for o in outputs], vocab_size)
         self.name = f"onnxruntime[{self.providers[0].replace('ExecutionProvider', '')}]"
 
     @property
@@ -75,8 +49,7 @@ class OrtRunner(Runner):
         """Where the first provider keeps tensors: "cuda" for the CUDA and TensorRT providers, else "cpu"."""
         return "cuda" if self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
 
-    def _infer(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
-        assert self.session is not None
+    def _infer(self, feeds: Mapping[str, Any], **options: Any) -> dict[str, Any]:
         if any(not isinstance(v, np.ndarray) for v in feeds.values()):  # an OrtValue from infer_bound
             return {k: _host(v) for k, v in self.infer_bound(feeds, ()).items()}
         outputs = self.session.run(self.output_names, dict(feeds))
@@ -87,7 +60,9 @@ class OrtRunner(Runner):
         come back as OrtValues on `self.device`, the others as numpy arrays."""
         import onnxruntime as ort
 
-        assert self.session is not None
+        if not self.is_active:
+            raise RwkvExportError(f"{self.name}: infer() before activate() (use the runner as a context manager)")
+        self.check_feeds(feeds)
         binding = self.session.io_binding()
         for name, value in feeds.items():
             if isinstance(value, ort.OrtValue):
@@ -100,6 +75,22 @@ class OrtRunner(Runner):
         self.session.run_with_iobinding(binding)
         values = binding.get_outputs()  # OrtValues, in bind_output order
         return {name: (v if name in keep_on_device else v.numpy()) for name, v in zip(self.output_names, values)}
+
+
+def _match(path: Path, kind: str, got: Any, specs: tuple[TensorSpec, ...]) -> None:
+    """The session's inputs/outputs are the manifest's: same names, dtypes and static dims."""
+    session = {t.name: t for t in got}
+    names = [t.name for t in specs]
+    if sorted(session) != sorted(names):
+        raise RwkvExportError(f"{path.name}: the graph's {kind} {sorted(session)} do not match the manifest's {sorted(names)}")
+    for spec in specs:
+        actual = session[spec.name]
+        dtype = ORT_TYPES.get(actual.type, actual.type)
+        dims = [d if isinstance(d, int) else None for d in actual.shape]
+        want = [d if isinstance(d, int) else None for d in spec.shape]
+        if dtype != spec.dtype or len(dims) != len(want) or any(a is not None and w is not None and a != w for a, w in zip(dims, want)):
+            raise RwkvExportError(f"{path.name}: {kind[:-1]} '{spec.name}' is {dtype} {list(actual.shape)} in the graph but "
+                                  f"{spec.dtype} {list(spec.shape)} in the manifest")
 
 
 def _host(value: Any) -> Any:

@@ -8,12 +8,12 @@ Each call reads the state from device buffers and writes the new state into a se
 (ping-pong: TensorRT I/O tensors must not alias), then swaps; only logits come back to the host.
 A prefill runner and a step runner sharing one DeviceState keep the whole generation on the GPU:
 
-    state = DeviceState.initial_for(manifest, batch=1)
+    state = DeviceState.initial_for(Manifest.read(d), batch=1)
     with TensorRTRunner(d, "prefill", state=state) as prefill, TensorRTRunner(d, "step", state=state) as step:
         logits = prefill.infer({"tokens": prompt})["logits"]
         logits = step.infer({"tokens": next_token})["logits"]
 
-Calls: trt.Runtime.deserialize_cuda_engine, ICudaEngine.create_execution_context / num_io_tensors /
+Calls (the loader, runtime/loaders.py): trt.Runtime.deserialize_cuda_engine; here ICudaEngine.create_execution_context / num_io_tensors /
 get_tensor_name / get_tensor_mode / get_tensor_dtype, IExecutionContext.set_input_shape /
 get_tensor_shape / set_tensor_address / execute_async_v3; CUDA memory and streams through
 cuda.bindings.runtime. Written from the docs and type-checked; GPU runs are in tests/test_tensorrt_gpu.py.
@@ -21,14 +21,16 @@ cuda.bindings.runtime. Written from the docs and type-checked; GPU runs are in t
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rwkv_export.kernels import trt_compat
 from rwkv_export.errors import RwkvExportError
+from rwkv_export.manifest import Manifest
+from rwkv_export.runtime.base import Runner
+from rwkv_export.runtime.loaders import EngineFromPlan
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -100,26 +102,22 @@ def _download(ptr: int, shape: tuple[int, ...], dtype: Any, stream: int) -> np.n
 class DeviceState:
     """The model's state tensors on the device, two buffers each (read one, write the other)."""
 
-    def __init__(self, shapes: dict[str, tuple[int, ...]], initial: dict[str, float]) -> None:
+    def __init__(self, shapes: dict[str, tuple[int, ...]], initial: dict[str, np.ndarray]) -> None:
         self.shapes = shapes
         self.initial = initial
         self.current = {name: DeviceBuffer() for name in shapes}
         self.spare = {name: DeviceBuffer() for name in shapes}
 
     @classmethod
-    def initial_for(cls, manifest: dict[str, Any], batch: int, graph: str = "step") -> DeviceState:
-        """State buffers for `batch` rows from the manifest's state inputs (shape and initial value)."""
-        shapes, initial = {}, {}
-        for spec in manifest["graphs"][graph]["inputs"]:
-            if spec.get("role") == "state":
-                shapes[spec["name"]] = tuple(batch if d == "batch" else int(d) for d in spec["shape"])
-                initial[spec["name"]] = float(spec.get("initial", 0.0))
-        return cls(shapes, initial)
+    def initial_for(cls, manifest: Manifest, batch: int) -> DeviceState:
+        """State buffers for `batch` rows from the manifest's state (shapes; constants or initial files)."""
+        initial = manifest.initial_state(batch)
+        return cls({name: value.shape for name, value in initial.items()}, initial)
 
     def reset(self, stream: int = 0) -> None:
-        """Every state tensor back to its initial value (aa = bb = 0, pp = -1e38, ...)."""
-        for name, shape in self.shapes.items():
-            _upload(self.current[name], np.full(shape, self.initial[name], np.float32), stream)
+        """Every state tensor back to its initial value (aa = bb = 0, pp = -1e38, a v6 time_state, ...)."""
+        for name in self.shapes:
+            _upload(self.current[name], np.ascontiguousarray(self.initial[name], np.float32), stream)
         _check(_cudart().cudaStreamSynchronize(stream), "cudaStreamSynchronize")
 
     def swap(self) -> None:
@@ -138,65 +136,50 @@ class DeviceState:
 # --- the runner ------------------------------------------------------------------------------------
 
 
-class TensorRTRunner:
-    """Runs one engine of an exported+built model directory; `infer(feeds) -> outputs` on the host."""
+class TensorRTRunner(Runner):
+    """Runs one engine of an exported+built model directory; `infer(feeds) -> outputs` on the host.
+
+    The Runner contract of OrtRunner: the manifest's tensor specs check every feed, the engine comes
+    from a loader (EngineFromPlan: sha256, plugin, deserialisation), initial states are the manifest's.
+    """
 
     def __init__(self, model_dir: str | Path, graph: str = "step", state: DeviceState | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, manifest: Manifest | None = None) -> None:
         self.model_dir = Path(model_dir)
+        manifest = manifest or Manifest.read(self.model_dir)
+        spec = manifest.graph(graph)
+        has_tokens = any(t.role == "tokens" for t in spec.inputs)
+        super().__init__(spec.inputs, spec.outputs, manifest.model.vocab_size if has_tokens else None)
+        self.loader = EngineFromPlan(manifest, graph)
+        self.entry = self.loader.entry
         self.graph = graph
         self.state = state
         self.name = name or f"tensorrt[{graph}]"
-        manifest = json.loads((self.model_dir / "manifest.json").read_text())
-        entry = manifest.get("engines", {}).get(graph)
-        if entry is None:
-            raise RwkvExportError(f"{self.model_dir} has no {graph} engine; run: rwkv-export build {self.model_dir}")
-        self.entry: dict[str, Any] = entry
-        outputs = manifest["graphs"][graph]["outputs"]
-        self.state_outputs = {o["name"]: o["feeds"] for o in outputs if o.get("feeds")}  # out -> in
-        self.is_active = False
+        self.state_outputs = {o.name: o.feeds for o in spec.outputs if o.feeds}  # out -> in
 
-    # context manager: activate/deactivate around a block
-    def __enter__(self) -> TensorRTRunner:
-        self.activate()
-        return self
+    def required_inputs(self, feeds: Mapping[str, Any]) -> list[str]:
+        if self.state is not None and not any(n in feeds for n in self.state_outputs.values()):
+            return [n for n in self.input_names if n not in self.state.shapes]  # the state is on the device
+        return self.input_names
 
-    def __exit__(self, *exc: object) -> None:
-        self.deactivate()
-
-    def activate(self) -> None:
-        """Load the plugin (if the engine needs Python), deserialize, make a context and a stream."""
-        self._trt = trt_compat.load(self.entry["target"])
-        trt_mod: Any = self._trt
-        if self.entry.get("plugin") == "python":  # AOT engines embed the kernel; inlined ones need nothing
-            from rwkv_export.kernels import trt_plugin
-
-            trt_plugin.register(trt_mod)
-        self._logger = trt_mod.Logger(trt_mod.Logger.WARNING)
-        runtime: trt.Runtime = trt_mod.Runtime(self._logger)
-        plan = (self.model_dir / self.entry["file"]).read_bytes()
-        engine = runtime.deserialize_cuda_engine(plan)
-        if engine is None:
-            raise RwkvExportError(f"TensorRT could not deserialize {self.entry['file']} (built by {self.entry['target']} "
-                                  f"{self.entry['tensorrt_version']}, this is {trt_mod.__version__}); rebuild it")
-        self._runtime, self._engine = runtime, engine
+    def _activate(self) -> None:
+        """Load (check, register the plugin, deserialize), make a context and a stream."""
+        loaded = self.loader()
+        self._trt, self._loaded, self._engine = loaded.trt, loaded, loaded.engine
+        engine, trt_mod = loaded.engine, loaded.trt
         self._context: trt.IExecutionContext = engine.create_execution_context()
         self._stream = int(_check(_cudart().cudaStreamCreate(), "cudaStreamCreate"))
         self._names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self._inputs = [n for n in self._names if engine.get_tensor_mode(n) == trt_mod.TensorIOMode.INPUT]
         self._outputs = [n for n in self._names if n not in self._inputs]
         self._buffers = {n: DeviceBuffer() for n in self._names}
-        self.is_active = True
 
-    def deactivate(self) -> None:
-        if not self.is_active:
-            return
+    def _deactivate(self) -> None:
         _check(_cudart().cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         for buf in self._buffers.values():
             buf.free()
         _check(_cudart().cudaStreamDestroy(self._stream), "cudaStreamDestroy")
-        del self._context, self._engine, self._runtime
-        self.is_active = False
+        del self._context, self._engine, self._loaded
 
     def _dtype(self, name: str) -> Any:
         kind = self._engine.get_tensor_dtype(name).name
@@ -204,10 +187,8 @@ class TensorRTRunner:
             raise RwkvExportError(f"engine tensor {name!r} has dtype {kind}, which the runner does not map")
         return NUMPY_DTYPES[kind]
 
-    def infer(self, feeds: dict[str, np.ndarray], copy_state: bool | None = None) -> dict[str, np.ndarray]:
+    def _infer(self, feeds: Mapping[str, Any], copy_state: bool | None = None, **options: Any) -> dict[str, np.ndarray]:
         """Run once. Host feeds in; host outputs out (state outputs too unless the state is on the device)."""
-        if not self.is_active:
-            raise RwkvExportError(f"{self.name}: call activate() (or use `with`) before infer()")
         device_state = self.state is not None and not any(n in feeds for n in self.state_outputs.values())
         ctx, stream = self._context, self._stream
         if device_state and self.state is not None and any(b.ptr == 0 for b in self.state.current.values()):
