@@ -61,11 +61,11 @@ def setup(root: Path, rtx: bool) -> dict[str, Mode]:
     """Checkpoints old.pth / new.pth (RWKV-4, 1 x 16, vocab 20), their reference exports, and the modes."""
     from rwkv_export import engine
     from rwkv_export.checkpoint import Checkpoint, save_checkpoint
-    from rwkv_export.checkpoint.random import random_v4_weights
+    from rwkv_export.checkpoint.random import random_weights
     from rwkv_export.export import export_checkpoint
 
     for name, seed in (("old", 1), ("new", 2)):
-        config, weights = random_v4_weights(1, 16, 20, seed=seed)
+        config, weights = random_weights("4", 1, 16, 20, seed=seed)
         save_checkpoint(Checkpoint(config, weights, "random", root / f"{name}.pth"), root / f"{name}.pth")
     export_checkpoint(root / "old.pth", root / "ref-old")
     modes = {
