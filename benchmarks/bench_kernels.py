@@ -1,11 +1,14 @@
-"""Time the WKV4 CUDA kernels (plugins/wkv4.cu) per form, against the card's memory bandwidth,
-the one-thread-per-channel baseline (form 'seq', RWKV-LM's wkv_cuda layout) and a plain torch
-loop over T (custom_ops.wkv4.wkv4 on the GPU).
+"""Time the WKV CUDA kernels of every op of the registry (plugins/wkv4.cu, plugins/wkv_heads.cu) per
+launch form, against the card's memory bandwidth, the op's first launch form (WKV4's 'seq': one
+thread per channel, RWKV-LM's wkv_cuda layout) and a plain torch loop over T (the op's own torch
+definition, custom_ops/wkvN.py, run on the GPU).
 
-    python benchmarks/bench_kernels.py [--quick] [--io f32,f16] [--json out.json] [--peak-gbs 3350]
+    python benchmarks/bench_kernels.py [--quick] [--ops WKV4,WKV6] [--io f32,f16] [--json out.json] [--peak-gbs 3350]
 
-One row per (B x T x C, io, form): median ms, GB/s moved (k, v read, y written, state in/out),
-percent of peak, speed-up over 'seq' and over the torch loop. Needs a CUDA GPU; exits 2 without.
+One row per (op, sizes, io, launch form): median ms, tokens/s (B*T per second), GB/s moved (inputs
+read, outputs written), percent of peak, speed-up over the first launch form and over the torch loop.
+WKV5/6/7 rows with T = 1 are what one decode token costs per layer; the long-T rows are prefill.
+Needs a CUDA GPU; exits 2 without.
 """
 
 from __future__ import annotations
@@ -20,15 +23,26 @@ from typing import Callable, Sequence
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from rwkv_export.ops.wkv4 import wkv4 as wkv4_torch  # noqa: E402
-from rwkv_export.kernels.launcher import _module_for, plan_launch, wkv4_launch_raw  # noqa: E402
+from rwkv_export.kernels.cuda_driver import module_for  # noqa: E402
+from rwkv_export.kernels.launcher import launch_raw, plan_launch  # noqa: E402
+from rwkv_export.ops.registry import OPS, OpSpec  # noqa: E402
+from tests._wkv_cases import make_case  # noqa: E402
 
-SHAPES = [(1, 512, 768), (1, 4096, 768), (1, 4096, 2560), (8, 1024, 2048), (16, 4096, 4096), (64, 4096, 4096)]
-QUICK = [(1, 512, 768), (1, 4096, 768), (1, 4096, 2560), (8, 1024, 2048), (64, 4096, 4096)]
-FORMS = ("seq", "seq4", "chunked", "auto")
+# Sizes per layout of the op's sizes: (B, T, C) for per-channel ops, (B, T, H, N) for per-head ones
+# (169M-like layer 768 = 12 x 64 prefill and decode; 1.5B-like 2048 = 32 x 64; a batch).
+SHAPES = {
+    ("B", "T", "C"): [(1, 512, 768), (1, 4096, 768), (1, 4096, 2560), (8, 1024, 2048), (16, 4096, 4096), (64, 4096, 4096)],
+    ("B", "T", "H", "N"): [(1, 1, 12, 64), (1, 512, 12, 64), (1, 4096, 12, 64), (1, 1, 32, 64), (1, 1024, 32, 64),
+                           (16, 1, 32, 64), (16, 512, 32, 64), (64, 1, 32, 64)],
+}
+QUICK = {
+    ("B", "T", "C"): [(1, 512, 768), (1, 4096, 768), (1, 4096, 2560), (8, 1024, 2048), (64, 4096, 4096)],
+    ("B", "T", "H", "N"): [(1, 1, 12, 64), (1, 512, 12, 64), (1, 1024, 32, 64), (16, 1, 32, 64), (16, 512, 32, 64)],
+}
 # Peak DRAM bandwidth (GB/s) by device-name fragment, for when the driver does not report it.
 PEAK_GBS = {"H200": 4800.0, "H100 PCIe": 2000.0, "H100": 3350.0, "A100-SXM4-80GB": 2039.0, "A100": 1555.0, "L40S": 864.0, "A10": 600.0}
-TORCH_LOOP_MAX = 1 * 4096 * 4096  # B*T*C above which the torch loop (T launches x ~15 ops) is skipped
+TORCH_LOOP_MAX = 1 * 4096 * 4096  # per-channel ops: B*T*C above which the torch loop is skipped
+TORCH_LOOP_MAX_T = 1024  # per-head ops: T above which it only measures Python
 
 
 def peak_bandwidth(override: float | None) -> tuple[float, str]:
@@ -38,7 +52,7 @@ def peak_bandwidth(override: float | None) -> tuple[float, str]:
     try:
         from cuda.bindings import driver
 
-        _module_for(torch.cuda.current_device())
+        module_for(torch.cuda.current_device(), "wkv4")  # initialises the driver in torch's context
         attr = driver.CUdevice_attribute
         _, dev = driver.cuDeviceGet(torch.cuda.current_device())
         err1, clock_khz = driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE, dev)
@@ -54,7 +68,8 @@ def peak_bandwidth(override: float | None) -> tuple[float, str]:
     return float("nan"), "unknown (pass --peak-gbs)"
 
 
-def inputs(B: int, T: int, C: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+def _wkv4_inputs(B: int, T: int, C: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Drawn on the GPU: the large per-channel shapes would take numpy minutes."""
     g = torch.Generator(device="cuda").manual_seed(0)
     dev = "cuda"
     td = torch.empty(C, device=dev).uniform_(-5, 1.5, generator=g)           # [C]
@@ -64,7 +79,15 @@ def inputs(B: int, T: int, C: int, dtype: torch.dtype) -> tuple[torch.Tensor, ..
     aa = torch.randn(B, C, device=dev, generator=g)                          # [B, C]
     bb = torch.rand(B, C, device=dev, generator=g) + 0.5
     pp = torch.randn(B, C, device=dev, generator=g) * 5
-    return td, tf, k, v, aa, bb, pp
+    return [td, tf, k, v, aa, bb, pp]
+
+
+def inputs(spec: OpSpec, sizes: tuple[int, ...], dtype: torch.dtype) -> list[torch.Tensor]:
+    """CUDA inputs of the op in its order, the IO inputs in `dtype`, the rest float32."""
+    if spec.name == "WKV4":
+        return _wkv4_inputs(*sizes, dtype)
+    case = make_case(spec.name, sizes, seed=0, state="warm")
+    return [torch.from_numpy(a).cuda().to(dtype if n in spec.kernel.io_inputs else torch.float32) for n, a in case.items()]
 
 
 def time_ms(fn: Callable[[], object], inner: int = 10, min_total_ms: float = 50.0, max_reps: int = 30) -> float:
@@ -84,73 +107,78 @@ def time_ms(fn: Callable[[], object], inner: int = 10, min_total_ms: float = 50.
     return statistics.median(times)
 
 
-def bench(shapes: Sequence[tuple[int, int, int]], ios: Sequence[str], peak: float) -> list[dict]:
+def _torch_loop_ms(spec: OpSpec, ts: list[torch.Tensor], size: dict[str, int]) -> float | None:
+    """The torch loop launches ~10 kernels a token: skipped where it would take minutes (per-channel
+    ops past B*T*C = 4096^2; one run) or only measure Python (per-head ops past T = 1024; best of 3)."""
+    per_head = bool(spec.kernel.head_sizes)
+    if size["T"] > TORCH_LOOP_MAX_T if per_head else size["B"] * size["T"] * size["C"] > TORCH_LOOP_MAX:
+        return None
+    f32 = [t.float() for t in ts]
+    return time_ms(lambda: spec.reference(*f32), inner=1, min_total_ms=0.0, max_reps=3 if per_head else 1)
+
+
+def bench(ops: Sequence[str], shapes: dict, ios: Sequence[str], peak: float) -> list[dict]:
     rows = []
-    for B, T, C in shapes:
-        for io in ios:
-            dtype = torch.float32 if io == "f32" else torch.float16
-            args = inputs(B, T, C, dtype)
-            moved = 3 * B * T * C * args[2].element_size() + 6 * B * C * 4 + 2 * C * 4  # bytes
-            base_ms = None
-            torch_ms = None
-            if B * T * C <= TORCH_LOOP_MAX:
-                f32 = [a.float() for a in args]
-                torch_ms = time_ms(lambda: wkv4_torch(*f32), inner=1, min_total_ms=0.0, max_reps=1)
-            y = torch.empty_like(args[2])                                            # [B, T, C]
-            outs = [torch.empty(B, C, device="cuda") for _ in range(3)]             # [B, C]
-            ptrs = [t.data_ptr() for t in (*args, y, *outs)]
-            stream, device = torch.cuda.current_stream().cuda_stream, torch.cuda.current_device()
-            for form in FORMS:
-                ms = time_ms(lambda: wkv4_launch_raw(*ptrs, B=B, T=T, C=C, io=io, form=form, stream=stream, device=device))
-                if form == "seq":
-                    base_ms = ms
-                launch = plan_launch(form, io, B, T, C, sm_count=_module_for(torch.cuda.current_device()).sm_count)
-                gbs = moved / ms / 1e6
-                rows.append({
-                    "B": B, "T": T, "C": C, "io": io, "form": form, "entry": launch.entry,
-                    "grid": launch.grid, "block": launch.block, "ms": ms, "gb_s": gbs,
-                    "pct_peak": 100.0 * gbs / peak if peak == peak else None,
-                    "vs_seq": base_ms / ms if base_ms else None,
-                    "vs_torch_loop": torch_ms / ms if torch_ms else None, "torch_loop_ms": torch_ms,
-                })
-            del args, y, outs
-            torch.cuda.empty_cache()
+    stream, device = torch.cuda.current_stream().cuda_stream, torch.cuda.current_device()
+    for op in ops:
+        spec = OPS[op]
+        sm_count = module_for(device, spec.kernel.unit).sm_count
+        launches = [f for f in spec.kernel.launches if f != "step"] + (["auto"] if len(spec.kernel.launches) > 1 else [])
+        for sizes in shapes[spec.sizes]:
+            size = dict(zip(spec.sizes, sizes))
+            for io in ios:
+                ts = inputs(spec, sizes, torch.float32 if io == "f32" else torch.float16)
+                outs = [torch.empty(tuple(size[d] for d in spec.dims[n]), device="cuda",
+                                    dtype=ts[spec.inputs.index("k")].dtype if like in spec.kernel.io_inputs else torch.float32)
+                        for n, like in zip(spec.outputs, spec.dtype_like)]  # fmt: skip
+                moved = sum(t.numel() * t.element_size() for t in (*ts, *outs))  # bytes
+                ptrs, out_ptrs = [t.data_ptr() for t in ts], [t.data_ptr() for t in outs]
+                torch_ms, base_ms = _torch_loop_ms(spec, ts, size), None
+                for form in launches:
+                    ms = time_ms(lambda: launch_raw(op, ptrs, out_ptrs, sizes, io=io, launch=form, stream=stream, device=device))
+                    base_ms = base_ms or ms
+                    launch = plan_launch(op, form, io, sizes, sm_count=sm_count)
+                    gbs = moved / ms / 1e6
+                    rows.append({
+                        "op": op, "sizes": dict(size), "io": io, "launch": form, "entry": launch.entry, "grid": launch.grid,
+                        "block": launch.block, "ms": ms, "tok_s": size["B"] * size["T"] / ms * 1e3, "gb_s": gbs,
+                        "pct_peak": 100.0 * gbs / peak if peak == peak else None, "vs_first": base_ms / ms,
+                        "torch_loop_ms": torch_ms, "vs_torch_loop": torch_ms / ms if torch_ms else None,
+                    })
+                del ts, outs
+                torch.cuda.empty_cache()
     return rows
 
 
 def print_table(rows: list[dict], peak: float, source: str) -> None:
     print(f"device: {torch.cuda.get_device_name()}  peak {peak:.0f} GB/s ({source})")
-    print(f"{'B x T x C':>18} {'io':>3} {'form':>8} {'block':>12} {'ms':>9} {'GB/s':>8} {'%peak':>6} {'x seq':>6} {'x torch':>8}")
+    print(f"{'op':>4} {'sizes':>16} {'io':>3} {'launch':>8} {'block':>10} {'ms':>9} {'tok/s':>11} {'GB/s':>8} {'%peak':>6} "
+          f"{'x first':>7} {'x torch':>8}")
     for r in rows:
         fmt = lambda x, spec: format(x, spec) if x is not None else "-"  # noqa: E731
-        shape = f"{r['B']}x{r['T']}x{r['C']}"
+        shape = "x".join(map(str, r["sizes"].values()))
         block = "x".join(map(str, r["block"][:2]))
-        print(f"{shape:>18} {r['io']:>3} {r['form']:>8} {block:>12} {r['ms']:9.3f} {r['gb_s']:8.1f} "
-              f"{fmt(r['pct_peak'], '6.1f'):>6} {fmt(r['vs_seq'], '6.2f'):>6} {fmt(r['vs_torch_loop'], '8.1f'):>8}")
+        print(f"{r['op']:>4} {shape:>16} {r['io']:>3} {r['launch']:>8} {block:>10} {r['ms']:9.4f} {r['tok_s']:11.0f} {r['gb_s']:8.1f} "
+              f"{fmt(r['pct_peak'], '6.1f'):>6} {fmt(r['vs_first'], '7.2f'):>7} {fmt(r['vs_torch_loop'], '8.1f'):>8}")
 
 
-def run_cli(argv: list[str] | None, doc: str, name: str, bench_fn: Callable[..., list[dict]], quick: Sequence, full: Sequence,
-            print_fn: Callable[[list[dict], float, str], None]) -> int:
-    """The command line both kernel benchmarks share: --quick, --io, --json, --peak-gbs."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer shapes (for scripts/gpu_check.sh)")
+    parser.add_argument("--ops", default=",".join(OPS), help=f"comma-separated ops (default: {','.join(OPS)})")
     parser.add_argument("--io", default="f32,f16", help="comma-separated I/O dtypes: f32, f16")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
     parser.add_argument("--peak-gbs", type=float, help="card's DRAM bandwidth, if the driver does not say")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        print(f"{name}: no CUDA GPU visible to torch; nothing to time", file=sys.stderr)
+        print("bench_kernels: no CUDA GPU visible to torch; nothing to time", file=sys.stderr)
         return 2
     peak, source = peak_bandwidth(args.peak_gbs)
-    rows = bench_fn(quick if args.quick else full, args.io.split(","), peak)
-    print_fn(rows, peak, source)
+    rows = bench(args.ops.split(","), QUICK if args.quick else SHAPES, args.io.split(","), peak)
+    print_table(rows, peak, source)
     if args.json:
         args.json.write_text(json.dumps({"device": torch.cuda.get_device_name(), "peak_gb_s": peak, "rows": rows}, indent=1))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_cli(argv, __doc__, "bench_kernels", bench, QUICK, SHAPES, print_table)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,8 @@
 """The WKV custom ops: schema (single source of truth), reference implementations, ONNX bodies.
 
-Everything that defines what `rwkv::WKV4` .. `rwkv::WKV7` compute lives here, so that the torch reference model,
-the ONNX exporter, the CUDA kernels and the TensorRT plugin all check against one definition.
+Everything that defines what `rwkv::WKV4` .. `rwkv::WKV7` compute lives here, so that the torch
+reference model, the ONNX exporter, the CUDA kernels and the TensorRT plugins all check against one
+definition. `registry.OPS` holds one entry per op (schema, references, ONNX bodies, kernels,
+TensorRT rules); `wkvN.py` define the ops, `wkvN_onnx.py` write them in standard ONNX ops and
+`onnx_function.py` turns those into the model-local functions the exporter ships.
 """
-
-from rwkv_export.ops import wkv5, wkv6, wkv7  # noqa: E402
-
-# The matrix-state ops by op type. Each module holds INPUTS, OUTPUTS, STATE_LAYOUT, the torch
-# definition `wkvN` and the float64 oracle `wkvN_numpy`.
-MATRIX_OPS = {m.OP_TYPE: m for m in (wkv5, wkv6, wkv7)}

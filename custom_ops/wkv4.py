@@ -1,6 +1,6 @@
 """rwkv::WKV4: schema and reference implementations (numpy and torch).
 
-The op (domain ``rwkv``, version 1), in the paper's symbols, per batch row b and channel c:
+The op (domain ``rwkv``, version 1; custom_ops/registry.py holds its entry), in the paper's symbols, per batch row b and channel c:
 
     inputs   time_decay [C]  raw decay d; the decay rate is w = exp(d)
              time_first [C]  bonus u for the current token
@@ -27,11 +27,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-DOMAIN = "rwkv"
 OP_TYPE = "WKV4"
-DOMAIN_VERSION = 1
-PLUGIN_NAMESPACE = "rwkv"
-PLUGIN_VERSION = "1"
 INPUTS = ("time_decay", "time_first", "k", "v", "aa", "bb", "pp")
 OUTPUTS = ("y", "aa_out", "bb_out", "pp_out")
 PP_INIT = -1e38  # "minus infinity" that stays finite: exp(PP_INIT - p) underflows to exactly 0

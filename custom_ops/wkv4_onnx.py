@@ -6,7 +6,7 @@ The exporter emits one `rwkv::WKV4` node per layer and ships this FunctionProto 
 the node for its plugin (the node carries `plugin_namespace` / `plugin_version`, see
 ../shared/spec/TENSORRT.md). The math is the stable recurrence of `custom_ops/wkv4.py`.
 
-Forms (all float32; all stable from pp = -1e38, for |k| ~ 60 and over T = 4096):
+Bodies (all float32; all stable from pp = -1e38, for |k| ~ 60 and over T = 4096):
 
 - ``scan``: an ONNX Scan over T, one token per iteration: the step of wkv4.py, 23 ops a token.
   Its rounding is the spec's float32 recurrence exactly (same ops, same order).
@@ -21,44 +21,25 @@ Forms (all float32; all stable from pp = -1e38, for |k| ~ 60 and over T = 4096):
   channels, [C, N, L] @ D^T[C, L, L] with D = e^(-(t-1-i) w) (e^u on the diagonal) and inputs
   e^(k_i - k_max(chunk)) <= 1; the rows' log scale (k_max + log d_t) is then merged with the
   incoming state. Exact while a chunk's k range + max |u| <= GEMM_MAX_RANGE (70); beyond that an
-  If runs the scan form instead (the check is one reduction over k).
-All forms put T == 1 through an If straight to the one-token body (the step graph runs WKV once
+  If runs the scan body instead (the check is one reduction over k).
+All bodies put T == 1 through an If straight to the one-token body (the step graph runs WKV once
 per layer per token), and build their weight-only tensors (w = e^d, the [L, L] matrices) at the top
 of the function, where ORT constant-folds them once since time_decay / time_first are initializers.
 
-Measured with benchmarks/bench_wkv_forms.py (ORT 1.32 CPU, this project's 2-core VM, weights as
-initializers, fastest of 15 round-robin runs, ms). The VM was shared with other jobs throughout
-(load average 4-8 on 2 cores), which hurts multi-threaded batched ops most, so both thread
-counts are given:
+The default body is ``gemm``, chosen on the whole model rather than the op alone: on the 169M-shaped
+RWKV-4 prefill (2 threads) it gave ~1.15x the scan body's tok/s at 1 x 512 and 1 x 1024, ties at
+8 x 128 and 1 x 128, scan 5% ahead at 2 x 512; batch-1 prefill is the latency that matters most. In
+the op alone the bodies are level within run-to-run noise (at T = 1 all take the same If branch,
+~30 us, so the step graph is unaffected). `scan` (the spec's own rounding, no data-dependent branch)
+remains available with --wkv-form scan, and is what a TensorRT build inlines (rwkv_export/engine.py);
+`chunked` is the unconditionally stable batched reference (and the most accurate body). The
+measurements: benchmarks/results/onnx-bodies.md (benchmarks/bench_onnx_bodies.py).
 
-               intra_op_num_threads=1                 intra_op_num_threads=2
-    B     T   numpy  scan  chunked gemm   gemm    numpy  scan  chunked gemm   gemm
-                           L=4     L=8    L=16                 L=4     L=8    L=16
-    1     1   0.029  0.033  0.032  0.032  0.032   0.030  0.033  0.031  0.031  0.031
-    1    64   1.20   0.93   0.89   1.00   0.99    2.06   1.41   1.52   1.74   1.66
-    1   512   17.3   12.4   13.4   13.4   12.7    45.8   27.3   17.8   43.2   22.6
-    1  1024   48.1   35.9   34.5   38.6   36.8    80.9   39.3   73.4   101    59.6
-    8   512   49.1   37.6   120    121    114     129    97.9   291    342    310
-  (C = 768; numpy = the wkv4_numpy loop in float32.) Run to run, B = 1 with T >= 512 moves by
-  2x and any form can come first; B = 8 (scan 3x ahead) and T <= 64 (all within ~10%) are
-  stable. In the quietest moments seen, scan took 7.8 ms at T = 512 (1 thread) and 8.6 / 15.4 ms
-  at T = 512 / 1024 (2 threads): ~16 us a token, under the 10 ms-per-layer aim but not far under.
-
-DEFAULT_FORM = "gemm", chosen on the whole model rather than the op alone: the 169M-shaped
-RWKV-4 prefill graph (2 threads, quiet machine, forms swapped in the same file, interleaved runs)
-gave at 1 x 512: scan 741 / 724 / 899 tok/s, gemm 870 / 766 / 1031 tok/s; at 1 x 1024: scan 853,
-gemm 981; ties (within 2%) at 8 x 128 and 1 x 128; scan 5% ahead at 2 x 512. Batch-1 prefill is the
-latency that matters most, so gemm it is. In the op alone (table above) the forms looked level:
-there ORT runs the op in isolation, while in the model the Scan's per-token dispatch competes with
-the MatMuls around it. At T = 1 all forms take the same If branch (~30 us), so the step graph is
-unaffected. `scan` (the spec's own rounding, no data-dependent branch) remains available with
---wkv-form scan, and is what a TensorRT build inlines (rwkv_export/engine.py); `chunked` is the
-unconditionally stable batched reference (and the most accurate form).
 Tried and dropped, none faster than scan here: unrolling the Scan 2-16 tokens per iteration
 (bit-identical, no gain: the per-iteration cost is small beside the ops); a Scan carrying only the
 state with y computed batched afterwards (9 ops a token in the loop, slower overall); a fused body
 with aa, bb stacked (17 ops a token, slower). A log-depth (Hillis-Steele) scan over T was not
-built: log2(T) levels of ~15 passes over [B, T, C] is more elementwise work than the chunked forms.
+built: log2(T) levels of ~15 passes over [B, T, C] is more elementwise work than the chunked bodies.
 
 ORT / onnx notes: ORT inlines model-local functions (the optimized graph has no WKV4 node) and
 ignores extra node attributes; `plugin_namespace` / `plugin_version` pass onnx.checker
@@ -66,94 +47,26 @@ ignores extra node attributes; `plugin_namespace` / `plugin_version` pass onnx.c
 a function whose default-domain opset differs from the model's (ORT accepts it): build with the
 model's opset. onnx.reference's Scan only scans axis 0 (hence the explicit transposes). ORT's Exp
 runs ~15x slower on arguments under ~-87 (results that underflow, e.g. exp(-1e38 - p)): the
-batched forms clamp exp arguments at -60 relative to the row max. ORT's broadcasting Where and
+batched bodies clamp exp arguments at -60 relative to the row max. ORT's broadcasting Where and
 general Transpose permutations are ~10-20x slower than Mul and single-axis transposes.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import helper
 
-from rwkv_export.ops.wkv4 import DOMAIN, INPUTS, OP_TYPE, OUTPUTS, PLUGIN_NAMESPACE, PLUGIN_VERSION, PP_INIT
-from rwkv_export.errors import RwkvExportError
-
-FORMS = ("scan", "chunked", "gemm")
-DEFAULT_FORM = "gemm"
-DEFAULT_CHUNK = 4  # L of chunked: its [L, L] work grows with L; L = 4 beat 8 and 16 at T = 64-1024
-DEFAULT_GEMM_CHUNK = 16  # L of gemm: the MatMul is cheap, the carry Scan shorter; 16 >= 8 and 32
-MIN_OPSET = 18  # Reduce* take axes as an input from 18 on; the body is written that way
-PLUGIN_ATTRIBUTES = ("plugin_namespace", "plugin_version")
-
-_FLOAT = TensorProto.FLOAT
-
-
-# --- a tiny graph builder -----------------------------------------------------------------------
-
-
-class _Builder:
-    """Collects nodes with unique value names (`prefix` keeps subgraph names apart)."""
-
-    _ids = itertools.count()
-
-    @classmethod
-    def restart_names(cls) -> None:
-        """Number values from 0 again: at the start of each FunctionProto (its own name scope), so
-        the same code always builds byte-identical functions (the manifest fingerprints them)."""
-        cls._ids = itertools.count()
-
-    def __init__(self, prefix: str):
-        self.prefix = prefix
-        self.nodes: list[onnx.NodeProto] = []
-        self._renamed: dict[str, str] = {}
-
-    def op(self, op_type: str, *inputs: str, **attrs) -> str:
-        """Append one single-output node; returns its output's name."""
-        return self.ops(op_type, *inputs, outputs=1, **attrs)[0]
-
-    def ops(self, op_type: str, *inputs: str, outputs: int, **attrs) -> list[str]:
-        """Append one node with `outputs` outputs; returns their names."""
-        n = next(self._ids)
-        outs = [f"{self.prefix}{op_type.lower()}{n}_{j}" for j in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), outs, **attrs))
-        return outs
-
-    def const(self, value, dtype=np.float32) -> str:
-        return self.op("Constant", value=onnx.numpy_helper.from_array(np.asarray(value, dtype)))
-
-    def ints(self, *values: int) -> str:
-        return self.const(list(values), np.int64)
-
-    def rename(self, value: str, name: str) -> None:
-        """Give `value` the fixed name `name` (graph/function outputs need fixed names).
-
-        Renames the producing node's output in place where it can: in a Scan body every Identity
-        is one more op per token. A value from outside (an input) or already renamed gets an
-        Identity.
-        """
-        if value in self._renamed or not any(value in n.output for n in self.nodes):
-            self.nodes.append(helper.make_node("Identity", [self._renamed.get(value, value)], [name]))
-            return
-        for node in self.nodes:
-            for field in (node.input, node.output):
-                for j, x in enumerate(field):
-                    if x == value:
-                        field[j] = name
-        self._renamed[value] = name
-
-
-def _float_inputs(names) -> list[onnx.ValueInfoProto]:
-    return [helper.make_tensor_value_info(n, _FLOAT, None) for n in names]
+from rwkv_export.ops.onnx_builder import EXP_FLOOR, FLOAT, Builder, float_inputs
+from rwkv_export.ops.wkv4 import INPUTS, OUTPUTS, PP_INIT
 
 
 # --- the single step (Scan body and the T == 1 branch) ------------------------------------------
 
 
-def _step(g: _Builder, w: str, u: str, k: str, v: str, aa: str, bb: str, pp: str):
+def _step(g: Builder, w: str, u: str, k: str, v: str, aa: str, bb: str, pp: str):
     """One token, the stable form of wkv4.py. k, v, aa, bb, pp [B, C]; w, u [C]."""
     ww = g.op("Add", u, k)
     p = g.op("Max", pp, ww)
@@ -173,7 +86,7 @@ def _step(g: _Builder, w: str, u: str, k: str, v: str, aa: str, bb: str, pp: str
 
 def _step_graph(w: str, u: str, k: str, v: str, aa: str, bb: str, pp: str) -> onnx.GraphProto:
     """If-branch for T == 1: k, v [B, 1, C] from the outer scope -> y [B, 1, C] and the state."""
-    g = _Builder("st_")
+    g = Builder("st_")
     axis = g.ints(1)
     k1, v1 = g.op("Squeeze", k, axis), g.op("Squeeze", v, axis)
     y, aa, bb, pp = _step(g, w, u, k1, v1, aa, bb, pp)
@@ -181,39 +94,38 @@ def _step_graph(w: str, u: str, k: str, v: str, aa: str, bb: str, pp: str) -> on
     names = [f"st_out_{n}" for n in OUTPUTS]
     for o, n in zip(outs, names):
         g.rename(o, n)
-    return helper.make_graph(g.nodes, "wkv4_step", [], _float_inputs(names))
+    return helper.make_graph(g.nodes, "wkv4_step", [], float_inputs(names))
 
 
 # --- forms ----------------------------------------------------------------------------------
 
 
-def _scan_form(g: _Builder, w, T, u, k, v, aa, bb, pp) -> list[str]:
+def _scan_body(g: Builder, w, T, u, k, v, aa, bb, pp) -> list[str]:
     """Scan over T: the step body per token, y stacked per token.
 
     k, v are transposed to [T, B, C] and scanned along axis 0: ORT would transpose for another
     axis anyway, and onnx.reference's Scan supports axis 0 only.
     """
     seq_first = dict(perm=[1, 0, 2])  # [B, T, C] <-> [T, B, C]
-    body = _Builder("sc_")
+    body = Builder("sc_")
     names = ["sc_aa", "sc_bb", "sc_pp", "sc_k", "sc_v"]
     y, aa2, bb2, pp2 = _step(body, w, u, names[3], names[4], *names[:3])
     outs = ["sc_aa_out", "sc_bb_out", "sc_pp_out", "sc_y"]
     for o, n in zip((aa2, bb2, pp2, y), outs):
         body.rename(o, n)  # in place: no Identity ops in the body
-    graph = helper.make_graph(body.nodes, "wkv4_scan_body", _float_inputs(names), _float_inputs(outs))
+    graph = helper.make_graph(body.nodes, "wkv4_scan_body", float_inputs(names), float_inputs(outs))
     kt, vt = g.op("Transpose", k, **seq_first), g.op("Transpose", v, **seq_first)
     aa, bb, pp, y = g.ops("Scan", aa, bb, pp, kt, vt, outputs=4, body=graph, num_scan_inputs=2)
     return [g.op("Transpose", y, **seq_first), aa, bb, pp]
 
 
-EXP_FLOOR = -60.0  # exp arguments relative to a sum's largest term are clamped here (see _exp_rel)
 # gemm form: chunk k range + max |u| must stay under this. A term lost to float32 underflow
 # (< e^-87) is then < e^(70-87) ~ 4e-8 of the row's smallest possible total (its bonus term).
 GEMM_MAX_RANGE = 70.0
 DECAY_FLOOR = -87.0  # e^-87 is still a normal float32
 
 
-def _exp_rel(g: _Builder, x: str) -> str:
+def _exp_rel(g: Builder, x: str) -> str:
     """exp(x) for x <= 0 measured from the largest term of a sum that holds a term e^0.
 
     Clamping at EXP_FLOOR changes such a sum by < e^-60 relative, and avoids ORT's Exp slow path:
@@ -233,7 +145,7 @@ def _chunk_constants(L: int):
 class _Chunks:
     """k, v cut into [B, nC, L, C] chunks (the last one padded) and each chunk's real length."""
 
-    def __init__(self, g: _Builder, T: str, k: str, v: str, L: int, k_pad_mode: str):
+    def __init__(self, g: Builder, T: str, k: str, v: str, L: int, k_pad_mode: str):
         self.L = L
         n_chunks = g.op("Div", g.op("Add", T, g.ints(L - 1)), g.ints(L))  # [1] ceil(T / L)
         pad = g.op("Sub", g.op("Mul", n_chunks, g.ints(L)), T)
@@ -248,15 +160,15 @@ class _Chunks:
         one, length = g.const(1, np.int64), g.const(L, np.int64)
         starts = g.op("Mul", g.op("Range", g.const(0, np.int64), g.op("Squeeze", n_chunks), one), length)
         lens = g.op("Min", g.op("Sub", g.op("Squeeze", T), starts), length)  # [nC] real tokens
-        self.lens = g.op("Unsqueeze", g.op("Cast", lens, to=_FLOAT), g.ints(1))  # [nC, 1]
+        self.lens = g.op("Unsqueeze", g.op("Cast", lens, to=FLOAT), g.ints(1))  # [nC, 1]
 
-    def to_sequence(self, g: _Builder, T: str, y: str) -> str:
+    def to_sequence(self, g: Builder, T: str, y: str) -> str:
         """[B, nC, L, C] -> [B, T, C], dropping the padded tail."""
         y = g.op("Reshape", y, g.op("Concat", self.batch, g.ints(-1), self.channels, axis=0))
         return g.op("Slice", y, g.ints(0), T, g.ints(1))
 
 
-def _chunk_summaries(g: _Builder, ch: _Chunks, w: str):
+def _chunk_summaries(g: Builder, ch: _Chunks, w: str):
     """Each chunk's own state after its real tokens from an empty state: (p, a, b), each [nC, B, C].
 
     p = max_i (k_i - (len-1-i) w) is the canonical running max, so the carried pp is the oracle's.
@@ -274,11 +186,11 @@ def _chunk_summaries(g: _Builder, ch: _Chunks, w: str):
     return [g.op("Transpose", x, **to_scan) for x in (g.op("Squeeze", p, g.ints(2)), a, b)]
 
 
-def _chunk_carry(g: _Builder, ch: _Chunks, w: str, aa: str, bb: str, pp: str):
+def _chunk_carry(g: Builder, ch: _Chunks, w: str, aa: str, bb: str, pp: str):
     """Scan over chunks: the final state [B, C] and each chunk's incoming state [B, nC, 1, C]."""
     p_c, a_c, b_c = _chunk_summaries(g, ch, w)
     decay_c = g.op("Mul", ch.lens, w)  # [nC, C] log decay over each chunk
-    body = _Builder("ch_")
+    body = Builder("ch_")
     names = ["ch_aa", "ch_bb", "ch_pp", "ch_p", "ch_a", "ch_b", "ch_decay"]
     s_aa, s_bb, s_pp, p_i, a_i, b_i, dec = names
     pd = body.op("Sub", s_pp, dec)
@@ -289,7 +201,7 @@ def _chunk_carry(g: _Builder, ch: _Chunks, w: str, aa: str, bb: str, pp: str):
     outs = ["ch_aa_out", "ch_bb_out", "ch_pp_out", "ch_aa_in", "ch_bb_in", "ch_pp_in"]
     for o, n in zip((new_aa, new_bb, p, s_aa, s_bb, s_pp), outs):
         body.rename(o, n)
-    graph = helper.make_graph(body.nodes, "wkv4_chunk_carry", _float_inputs(names), _float_inputs(outs))
+    graph = helper.make_graph(body.nodes, "wkv4_chunk_carry", float_inputs(names), float_inputs(outs))
     aa_f, bb_f, pp_f, *incoming = g.ops(
         "Scan", aa, bb, pp, p_c, a_c, b_c, decay_c, outputs=6, body=graph, num_scan_inputs=4
     )
@@ -298,7 +210,7 @@ def _chunk_carry(g: _Builder, ch: _Chunks, w: str, aa: str, bb: str, pp: str):
     return (aa_f, bb_f, pp_f), incoming
 
 
-def _chunked_weights(g: _Builder, w: str, u: str, chunk: int = DEFAULT_CHUNK) -> str:
+def _chunked_weights(g: Builder, w: str, u: str, chunk: int = 4) -> str:
     """Log weights [L(t), L(i), C] of the in-chunk matrix: -(t-1-i) w below the diagonal, u on it,
     -1e38 above. Weights only: built at the top of the function, where ORT constant-folds it."""
     lags, below, diag, _ = (x[..., None] for x in _chunk_constants(chunk))  # [L, L, 1]
@@ -310,7 +222,7 @@ def _chunked_weights(g: _Builder, w: str, u: str, chunk: int = DEFAULT_CHUNK) ->
     return m_log
 
 
-def _chunked_form(g: _Builder, w, T, u, k, v, aa, bb, pp, pre: str, chunk: int = DEFAULT_CHUNK) -> list[str]:
+def _chunked_body(g: Builder, w, T, u, k, v, aa, bb, pp, pre: str, chunk: int = 4) -> list[str]:
     """Chunks of L tokens: [L, L] log-sum-exps per chunk, a Scan over chunks for the carry."""
     t_col = _chunk_constants(chunk)[3]  # [L, 1]
     ch = _Chunks(g, T, k, v, chunk, "constant")
@@ -328,7 +240,7 @@ def _chunked_form(g: _Builder, w, T, u, k, v, aa, bb, pp, pre: str, chunk: int =
     return [ch.to_sequence(g, T, g.op("Div", num, den)), *final]
 
 
-def _gemm_rows(g: _Builder, ch: _Chunks, d_mat_t: str, k_ref: str):
+def _gemm_rows(g: Builder, ch: _Chunks, d_mat_t: str, k_ref: str):
     """In-chunk sums relative to e^k_ref via one batched MatMul over channels: n, d [B, nC, L, C].
 
     n_t = sum_i D[c, t, i] e^(k_i - k_ref) v_i with D = e^(-(t-1-i) w) below the diagonal, e^u on it.
@@ -344,7 +256,7 @@ def _gemm_rows(g: _Builder, ch: _Chunks, d_mat_t: str, k_ref: str):
     return g.ops("Split", rows, g.op("Concat", ch.batch, ch.batch, axis=0), axis=0, outputs=2)
 
 
-def _gemm_weights(g: _Builder, w: str, u: str, chunk: int = DEFAULT_GEMM_CHUNK) -> str:
+def _gemm_weights(g: Builder, w: str, u: str, chunk: int = 16) -> str:
     """D^T [C, L(i), L(t)] of _gemm_rows: depends on the weights only, so it is built at the top of
     the function, where ORT constant-folds it once (time_decay, time_first are initializers)."""
     lags, below, diag, _ = (np.ascontiguousarray(x.T) for x in _chunk_constants(chunk))  # [L(i), L(t)]
@@ -353,17 +265,17 @@ def _gemm_weights(g: _Builder, w: str, u: str, chunk: int = DEFAULT_GEMM_CHUNK) 
     arg = g.op("Mul", g.const(lags), g.op("Neg", w_col))  # [C, L, L]
     # e^arg below the diagonal, exactly 0 where it would underflow (ORT's Exp is slow there);
     # masks by multiplication: ORT's broadcasting Where is ~10x slower than Mul
-    keep = g.op("Cast", g.op("GreaterOrEqual", arg, g.const(DECAY_FLOOR)), to=_FLOAT)
+    keep = g.op("Cast", g.op("GreaterOrEqual", arg, g.const(DECAY_FLOOR)), to=FLOAT)
     decay = g.op("Mul", g.op("Exp", g.op("Max", arg, g.const(DECAY_FLOOR))), g.op("Mul", keep, g.const(below, np.float32)))
     d_mat_t = g.op("Add", decay, g.op("Mul", g.const(diag, np.float32), g.op("Exp", u_col)))  # [C, L(i), L(t)]
     return d_mat_t
 
 
-def _gemm_form(g: _Builder, w, T, u, k, v, aa, bb, pp, pre: str, chunk: int = DEFAULT_GEMM_CHUNK) -> list[str]:
-    """Chunks of L tokens, in-chunk sums as a MatMul scaled by the chunk's max k; else the scan form.
+def _gemm_body(g: Builder, w, T, u, k, v, aa, bb, pp, pre: str, chunk: int = 16) -> list[str]:
+    """Chunks of L tokens, in-chunk sums as a MatMul scaled by the chunk's max k; else the scan body.
 
     Plain exponentials e^(k_i - k_max) are exact only while the chunk's k range is moderate; an If
-    sends inputs past GEMM_MAX_RANGE to the (always stable) scan form.
+    sends inputs past GEMM_MAX_RANGE to the (always stable) scan body.
     """
     _, _, _, t_col = _chunk_constants(chunk)
     ch = _Chunks(g, T, k, v, chunk, "edge")  # edge padding keeps each chunk's k range
@@ -372,7 +284,7 @@ def _gemm_form(g: _Builder, w, T, u, k, v, aa, bb, pp, pre: str, chunk: int = DE
     worst = g.op("Add", g.op("ReduceMax", k_range, keepdims=0), g.op("ReduceMax", g.op("Abs", u), keepdims=0))
     fits = g.op("LessOrEqual", worst, g.const(GEMM_MAX_RANGE))
 
-    fast = _Builder("gm_")
+    fast = Builder("gm_")
     final, (aa_in, bb_in, pp_in) = _chunk_carry(fast, ch, w, aa, bb, pp)
     n, d = _gemm_rows(fast, ch, pre, k_max)
     # combine the chunk's rows (log scale k_max + log d) with the incoming state (pp_in - t w)
@@ -384,102 +296,47 @@ def _gemm_form(g: _Builder, w, T, u, k, v, aa, bb, pp, pre: str, chunk: int = DE
     den = fast.op("Add", e_rows, fast.op("Mul", e_state, bb_in))
     fast_outs = [ch.to_sequence(fast, T, fast.op("Div", num, den)), *final]
 
-    slow = _Builder("gs_")
-    slow_outs = _scan_form(slow, w, T, u, k, v, aa, bb, pp)
+    slow = Builder("gs_")
+    slow_outs = _scan_body(slow, w, T, u, k, v, aa, bb, pp)
     branches = [_branch_graph(b, outs, name) for b, outs, name in ((fast, fast_outs, "gemm"), (slow, slow_outs, "scan"))]
     return g.ops("If", fits, outputs=4, then_branch=branches[0], else_branch=branches[1])
 
 
-def _branch_graph(b: _Builder, outs: list[str], name: str) -> onnx.GraphProto:
+def _branch_graph(b: Builder, outs: list[str], name: str) -> onnx.GraphProto:
     """An If branch returning `outs` (renamed to fixed, unique output names)."""
     names = [f"{b.prefix}{name}_{n}" for n in OUTPUTS]
     for o, n in zip(outs, names):
         b.rename(o, n)
-    return helper.make_graph(b.nodes, f"wkv4_{name}", [], _float_inputs(names))
+    return helper.make_graph(b.nodes, f"wkv4_{name}", [], float_inputs(names))
 
 
-_FORM_BUILDERS: dict[str, Callable[..., list[str]]] = {"scan": _scan_form, "chunked": _chunked_form, "gemm": _gemm_form}
-_FORM_WEIGHTS: dict[str, Callable[..., str]] = {"chunked": _chunked_weights, "gemm": _gemm_weights}
-_FORM_OPTIONS = {"scan": (), "chunked": ("chunk",), "gemm": ("chunk",)}
+_BODIES: dict[str, Callable[..., list[str]]] = {"scan": _scan_body, "chunked": _chunked_body, "gemm": _gemm_body}
+_BODY_WEIGHTS: dict[str, Callable[..., str]] = {"chunked": _chunked_weights, "gemm": _gemm_weights}
 
 
-# --- public API -------------------------------------------------------------------------------
-
-
-def _check_args(opset: int, form: str, form_options: dict) -> None:
-    if form not in FORMS:
-        raise RwkvExportError(f"WKV4 ONNX body: unknown form {form!r}; expected one of {FORMS}")
-    if int(opset) < MIN_OPSET:
-        raise RwkvExportError(f"WKV4 ONNX body: opset {opset} < {MIN_OPSET}; export with opset >= {MIN_OPSET}")
-    unknown = set(form_options) - set(_FORM_OPTIONS[form]) - {"single_step"}
-    if unknown:
-        raise RwkvExportError(f"WKV4 form {form!r}: unknown options {sorted(unknown)}; expected {_FORM_OPTIONS[form]}")
-    chunk = form_options.get("chunk", DEFAULT_CHUNK)
-    if not isinstance(chunk, int) or chunk < 1:
-        raise RwkvExportError(f"WKV4 form {form!r}: chunk must be a positive int, got {chunk!r}")
-
-
-def wkv4_function(opset: int, form: str = DEFAULT_FORM, **form_options) -> onnx.FunctionProto:
-    """The FunctionProto `rwkv::WKV4` in `form`, for a model whose default-domain opset is `opset`.
-
-    form_options: ``chunk`` (L, chunked form); ``single_step`` (default True: an If sends T == 1
-    straight to the one-token body, skipping the form's set-up).
-    """
-    _check_args(opset, form, form_options)
-    form_options = dict(form_options)
-    single_step = form_options.pop("single_step", True)
+def nodes(op: str, body: str, chunk: int | None, single_step: bool = True) -> list[onnx.NodeProto]:
+    """The function body of rwkv::WKV4 written as `body` (chunk: L of the chunked bodies), its outputs
+    named as OUTPUTS. single_step: an If sends T == 1 straight to the one-token body, skipping the
+    body's set-up. The caller (onnx_function.py) checks the arguments and restarts the names."""
+    options = {} if chunk is None else {"chunk": chunk}
     d, u, k, v, aa, bb, pp = INPUTS
-    _Builder.restart_names()
-    g = _Builder("wkv_")
+    g = Builder("wkv_")
     w = g.op("Exp", d)  # [C] decay rate
     T = g.op("Slice", g.op("Shape", k), g.ints(1), g.ints(2))  # [1]
-    if form in _FORM_WEIGHTS:
-        form_options["pre"] = _FORM_WEIGHTS[form](g, w, u, **form_options)
+    if body in _BODY_WEIGHTS:
+        options["pre"] = _BODY_WEIGHTS[body](g, w, u, **options)
     if not single_step:
-        outs = _FORM_BUILDERS[form](g, w, T, u, k, v, aa, bb, pp, **form_options)
+        outs = _BODIES[body](g, w, T, u, k, v, aa, bb, pp, **options)
     else:
-        seq = _Builder(f"{form}_")
-        seq_outs = _FORM_BUILDERS[form](seq, w, T, u, k, v, aa, bb, pp, **form_options)
+        seq = Builder(f"{body}_")
+        seq_outs = _BODIES[body](seq, w, T, u, k, v, aa, bb, pp, **options)
         names = [f"seq_out_{n}" for n in OUTPUTS]
         for o, n in zip(seq_outs, names):
             seq.rename(o, n)
-        seq_graph = helper.make_graph(seq.nodes, f"wkv4_{form}", [], _float_inputs(names))
+        seq_graph = helper.make_graph(seq.nodes, f"wkv4_{body}", [], float_inputs(names))
         is_step = g.op("Equal", T, g.ints(1))
         then_graph = _step_graph(w, u, k, v, aa, bb, pp)
         outs = g.ops("If", is_step, outputs=4, then_branch=then_graph, else_branch=seq_graph)
     for o, n in zip(outs, OUTPUTS):
         g.rename(o, n)
-    return helper.make_function(
-        DOMAIN, OP_TYPE, list(INPUTS), list(OUTPUTS), g.nodes,
-        opset_imports=[helper.make_opsetid("", int(opset))],
-        attributes=list(PLUGIN_ATTRIBUTES), doc_string=f"WKV4, form {form!r}",
-    )  # fmt: skip
-
-
-def wkv4_node(inputs, outputs, name: str) -> onnx.NodeProto:
-    """One `rwkv::WKV4` node with the TensorRT plugin attributes (namespace, version)."""
-    return helper.make_node(
-        OP_TYPE, list(inputs), list(outputs), name=name, domain=DOMAIN,
-        plugin_namespace=PLUGIN_NAMESPACE, plugin_version=PLUGIN_VERSION,
-    )  # fmt: skip
-
-
-def wkv4_model(opset: int = MIN_OPSET, form: str = DEFAULT_FORM, weights=None, **form_options) -> onnx.ModelProto:
-    """A standalone model of one WKV4 node and its function; B, T, C dynamic (for tests, benches).
-
-    weights: optional (time_decay, time_first) arrays [C], stored as initializers as in an exported
-    model (ORT then constant-folds the weight-only part of the body); else they are graph inputs.
-    """
-    dims = {"time_decay": ["C"], "time_first": ["C"], "k": ["B", "T", "C"], "v": ["B", "T", "C"]}
-    dims |= {"y": ["B", "T", "C"]}
-    io = lambda n: helper.make_tensor_value_info(n, _FLOAT, dims.get(n, ["B", "C"]))  # noqa: E731
-    consts = {} if weights is None else dict(zip(INPUTS[:2], weights))
-    inits = [onnx.numpy_helper.from_array(np.asarray(a, np.float32), n) for n, a in consts.items()]
-    graph = helper.make_graph(
-        [wkv4_node(INPUTS, OUTPUTS, "wkv4")], "wkv4",
-        [io(n) for n in INPUTS if n not in consts], [io(n) for n in OUTPUTS], initializer=inits,
-    )  # fmt: skip
-    return helper.make_model(
-        graph, functions=[wkv4_function(opset, form, **form_options)],
-        opset_imports=[helper.make_opsetid("", int(opset)), helper.make_opsetid(DOMAIN, 1)],
-    )  # fmt: skip
+    return g.nodes

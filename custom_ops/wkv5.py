@@ -1,6 +1,6 @@
 """rwkv::WKV5: schema and reference implementations (torch and numpy), ../shared/spec/RWKV5.md.
 
-The op (domain ``rwkv``, version 1), per batch row b and head h, S[i=key][j=value] (key-major):
+The op (domain ``rwkv``, version 1; custom_ops/registry.py holds its entry), per batch row b and head h, S[i=key][j=value] (key-major):
 
     inputs   r, k, v   [B, T, H, N] float32 (float16 allowed: cast to float32 inside)
              w_raw     [H, N]       float32  decay exponent: w = exp(-exp(w_raw)), one per key channel
@@ -20,9 +20,7 @@ import torch
 
 from rwkv_export.ops.wkv6 import _scan, wkv6_numpy
 
-DOMAIN = "rwkv"
 OP_TYPE = "WKV5"
-DOMAIN_VERSION = 1
 INPUTS = ("r", "k", "v", "w_raw", "u", "state_in")
 OUTPUTS = ("y", "state_out")
 STATE_LAYOUT = "key-major [B, H, N(key), N(value)]"

@@ -1,6 +1,6 @@
 """rwkv::WKV6: schema and reference implementations (torch and numpy), ../shared/spec/RWKV6.md.
 
-The op (domain ``rwkv``, version 1), per batch row b and head h, S[i=key][j=value] (key-major):
+The op (domain ``rwkv``, version 1; custom_ops/registry.py holds its entry), per batch row b and head h, S[i=key][j=value] (key-major):
 
     inputs   r, k, v   [B, T, H, N] float32 (float16 allowed: cast to float32 inside)
              w_raw     [B, T, H, N] float32  per-token decay exponent: w = exp(-exp(w_raw)) in (0, 1)
@@ -19,9 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-DOMAIN = "rwkv"
 OP_TYPE = "WKV6"
-DOMAIN_VERSION = 1
 INPUTS = ("r", "k", "v", "w_raw", "u", "state_in")
 OUTPUTS = ("y", "state_out")
 STATE_LAYOUT = "key-major [B, H, N(key), N(value)]"

@@ -1,6 +1,6 @@
 """rwkv::WKV7: schema and reference implementations (torch and numpy), ../shared/spec/RWKV7.md.
 
-The op (domain ``rwkv``, version 1), the generalised delta rule, per batch row b and head h,
+The op (domain ``rwkv``, version 1; custom_ops/registry.py holds its entry), the generalised delta rule, per batch row b and head h,
 S[i=value][j=key] (value-major, the layout of the rwkv package, rwkv.cpp and BlinkDL's kernels):
 
     inputs   r, k, v, a, b [B, T, H, N] float32 (float16 allowed: cast to float32 inside)
@@ -18,9 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-DOMAIN = "rwkv"
 OP_TYPE = "WKV7"
-DOMAIN_VERSION = 1
 INPUTS = ("r", "w_raw", "k", "v", "a", "b", "state_in")
 OUTPUTS = ("y", "state_out")
 STATE_LAYOUT = "value-major [B, H, N(value), N(key)]"

@@ -1,27 +1,30 @@
-"""Run the WKV4 PTX on a GPU through the CUDA driver API (cuda-python), from raw pointers or tensors.
+"""Run the WKV kernels on a GPU through the CUDA driver API (cuda-python), for every op of the registry.
 
-Three levels:
-  - pure (CPU-testable): `plan_launch` picks the kernel form and its grid/block; `pack_args` lays
-    pointers and int32 scalars out as the `void**` array cuLaunchKernel reads; `device_pointer`
-    gets a device address from torch / `__cuda_array_interface__` / DLPack objects.
-  - raw: `wkv4_launch_raw(ptrs..., B=, T=, C=, io=, stream=)`: what a TensorRT plugin's enqueue
-    calls with its tensor addresses and stream handle. Nothing is allocated, nothing synchronised.
-  - torch: `wkv4_launch(time_decay, time_first, k, v, aa, bb, pp)` -> (y, aa, bb, pp).
+Three levels, each taking the op's name (its registry entry says which .cu unit, launch forms, entry
+names, sizes and IO inputs it has):
+  - pure (CPU-testable): `plan_launch(op, launch, io, sizes)` picks the kernel entry and its
+    grid/block for a launch form ("auto" or one of the op's: WKV4 seq / seq4 / chunked / step,
+    WKV5/6/7 head); `pack_args` lays pointers and int32 scalars out as the `void**` array
+    cuLaunchKernel reads; `device_pointer` gets a device address from torch / CUDA-array / DLPack.
+  - raw: `launch_raw(op, inputs, outputs, sizes, io=, launch=, stream=)`: device addresses in the
+    op's order; what a TensorRT plugin's enqueue calls. Nothing allocated, nothing synchronised.
+  - torch: `launch_tensors(op, *tensors)` -> the op's outputs as new CUDA tensors.
 
-Only the raw and torch levels import cuda.bindings.driver, and only when first called.
+Only the raw and torch levels import cuda.bindings.driver (plugins/cuda_driver.py), when first called.
 """
 
 from __future__ import annotations
 
 import ctypes
-import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from rwkv_export.errors import RwkvExportError
+from rwkv_export.kernels import cuda_driver
+from rwkv_export.ops.registry import IO_DTYPES, OpSpec, op_spec
 
-FORMS = ("seq", "seq4", "chunked", "step")
-THREADS_PER_BLOCK = 128  # 1-D forms: 4 warps, small enough for many resident blocks per SM
+THREADS_PER_BLOCK = 128  # 1-D launches: 4 warps, small enough for many resident blocks per SM
 MAX_BLOCK = 1024         # chunked: cw * nch threads; the kernel has __launch_bounds__(1024)
 MIN_CHUNK = 16           # tokens per chunk: shorter chunks spend more on the scan than they save
 MAX_CHUNKS = 128         # with cw >= 8 channels per block (32-byte sectors of f32 loads)
@@ -48,50 +51,80 @@ def _pow2_floor(n: int) -> int:
     return 1 << (max(n, 1).bit_length() - 1)
 
 
-def choose_form(B: int, T: int, C: int, sm_count: int = DEFAULT_SM_COUNT) -> str:
-    """'auto' resolved: enough (b, c) pairs fill the GPU with one thread each -> streaming forms;
-    too few (batch-1 prefill of a small model) -> split T into chunks to get more threads.
-    Thresholds are first guesses to be tuned with benchmarks/bench_kernels.py on a real card."""
+def _threads(n: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """grid, block for one thread per item: ceil(n / 128) x 128."""
+    return (max(1, _ceil_div(n, THREADS_PER_BLOCK)), 1, 1), (THREADS_PER_BLOCK, 1, 1)
+
+
+def _chunked(B: int, T: int, C: int, sm_count: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """Block (cw channels, nch chunks), grid = B*ceil(C/cw); nch = T split into chunks of >= MIN_CHUNK
+    tokens, enough to fill the GPU, at most MAX_CHUNKS; cw from 32 down to 8 until >= 2 blocks per SM."""
+    want = _ceil_div(sm_count * THREADS_PER_SM, max(1, B * C))
+    nch = max(1, min(T // MIN_CHUNK, MAX_CHUNKS, want))
+    cw = max(1, min(_pow2_floor(MAX_BLOCK // nch), 32, _pow2_floor(2 * C - 1) if C > 1 else 1))
+    while cw > MIN_CW and B * _ceil_div(C, cw) < 2 * sm_count:  # narrower blocks, more of them
+        cw //= 2
+    return (max(1, B * _ceil_div(C, cw)), 1, 1), (cw, nch, 1)
+
+
+# Geometry of each launch form from the op's sizes (by name) and the device's SM count:
+#   seq / step: one thread per (b, c); seq4: one thread per (b, 4 channels); chunked: see _chunked;
+#   head: one block of N threads per (b, h) (the head's state lines in registers).
+_GEOMETRY = {
+    "seq": lambda s, sm: _threads(s["B"] * s["C"]),
+    "step": lambda s, sm: _threads(s["B"] * s["C"]),
+    "seq4": lambda s, sm: _threads(s["B"] * _ceil_div(s["C"], 4)),
+    "chunked": lambda s, sm: _chunked(s["B"], s["T"], s["C"], sm),
+    "head": lambda s, sm: ((max(1, s["B"] * s["H"]), 1, 1), (s["N"], 1, 1)),
+}
+
+
+def choose_launch(spec: OpSpec, sizes: dict[str, int], sm_count: int = DEFAULT_SM_COUNT) -> str:
+    """'auto' resolved. An op with one launch form takes it. The per-channel kernels (WKV4): enough
+    (b, c) pairs fill the GPU with one thread each -> streaming forms; too few (batch-1 prefill of a
+    small model) -> split T into chunks to get more threads. Thresholds are first guesses to be tuned
+    with benchmarks/bench_kernels.py on a real card."""
+    launches = spec.kernel.launches
+    if len(launches) == 1:
+        return launches[0]
     full = sm_count * THREADS_PER_SM
-    n = B * C
-    if n >= 2 * full and C % 4 == 0:
+    n = sizes["B"] * sizes["C"]
+    if n >= 2 * full and sizes["C"] % 4 == 0:
         return "seq4"
-    if n >= full // 4 or T < 2 * MIN_CHUNK:
+    if n >= full // 4 or sizes["T"] < 2 * MIN_CHUNK:
         return "seq"
     return "chunked"
 
 
-def plan_launch(form: str, io: str, B: int, T: int, C: int, sm_count: int = DEFAULT_SM_COUNT) -> Launch:
-    """Kernel entry and geometry for one call. Any B, T, C >= 0 (every kernel guards its range).
+def _check_sizes(spec: OpSpec, io: str, size: dict[str, int]) -> None:
+    op = spec.name
+    if io not in IO_DTYPES:
+        raise RwkvExportError(f"{op} kernel IO dtype must be 'f32' or 'f16', got {io!r}")
+    shown = ", ".join(f"{k}={v}" for k, v in size.items())
+    if min(size.values()) < 0 or max(size.values()) >= 2**31 or size["B"] * size.get("H", 1) >= 2**31:
+        raise RwkvExportError(f"{op} sizes must fit int32: got {shown}")
+    heads = spec.kernel.head_sizes
+    if heads and size["N"] not in heads:
+        raise RwkvExportError(f"no {op} kernel for head size {size['N']}: compiled sizes are {', '.join(map(str, heads))}")
 
-    seq / step: one thread per (b, c), grid = ceil(B*C / 128) x 128 threads.
-    seq4:       one thread per (b, 4 channels), grid = ceil(B*ceil(C/4) / 128) x 128.
-    chunked:    block (cw channels, nch chunks), grid = B*ceil(C/cw); nch = T split into chunks
-                of >= MIN_CHUNK tokens, enough to fill the GPU, at most MAX_CHUNKS; cw from 32
-                down to 8 until there are >= 2 blocks per SM.
-    """
-    if io not in ("f32", "f16"):
-        raise RwkvExportError(f"WKV4 kernel IO dtype must be 'f32' or 'f16', got {io!r}")
-    if min(B, T, C) < 0 or max(B, T, C) >= 2**31:
-        raise RwkvExportError(f"WKV4 sizes must fit int32: got B={B}, T={T}, C={C}")
-    if form == "auto":
-        form = choose_form(B, T, C, sm_count)
-    if form == "step" and T != 1:
-        raise RwkvExportError(f"the 'step' WKV4 kernel takes one token: got T={T}; use form 'auto'")
-    entry = f"wkv4_{form}_{io}"
-    if form in ("seq", "step"):
-        return Launch(entry, (max(1, _ceil_div(B * C, THREADS_PER_BLOCK)), 1, 1), (THREADS_PER_BLOCK, 1, 1))
-    if form == "seq4":
-        n = B * _ceil_div(C, 4)
-        return Launch(entry, (max(1, _ceil_div(n, THREADS_PER_BLOCK)), 1, 1), (THREADS_PER_BLOCK, 1, 1))
-    if form == "chunked":
-        want = _ceil_div(sm_count * THREADS_PER_SM, max(1, B * C))
-        nch = max(1, min(T // MIN_CHUNK, MAX_CHUNKS, want))
-        cw = max(1, min(_pow2_floor(MAX_BLOCK // nch), 32, _pow2_floor(2 * C - 1) if C > 1 else 1))
-        while cw > MIN_CW and B * _ceil_div(C, cw) < 2 * sm_count:  # narrower blocks, more of them
-            cw //= 2
-        return Launch(entry, (max(1, B * _ceil_div(C, cw)), 1, 1), (cw, nch, 1))
-    raise RwkvExportError(f"unknown WKV4 kernel form {form!r}: expected 'auto' or one of {FORMS}")
+
+def plan_launch(op: str, launch: str, io: str, sizes: Sequence[int], sm_count: int = DEFAULT_SM_COUNT) -> Launch:
+    """Kernel entry and geometry for one call of `op` with `sizes` (its registry `sizes`, e.g.
+    (B, T, C) or (B, T, H, N)) in launch form `launch` ("auto": choose_launch). Any sizes >= 0 (every
+    kernel guards its range); N must be a compiled head size."""
+    spec = op_spec(op)
+    if len(sizes) != len(spec.sizes):
+        raise RwkvExportError(f"{op} kernels take sizes ({', '.join(spec.sizes)}), got {tuple(sizes)}")
+    size = dict(zip(spec.sizes, (int(s) for s in sizes)))
+    _check_sizes(spec, io, size)
+    if launch == "auto":
+        launch = choose_launch(spec, size, sm_count)
+    if launch not in spec.kernel.launches:
+        raise RwkvExportError(f"unknown {op} kernel launch form {launch!r}: expected 'auto' or one of {spec.kernel.launches}")
+    if launch == "step" and size["T"] != 1:
+        raise RwkvExportError(f"the 'step' {op} kernel takes one token: got T={size['T']}; use launch form 'auto'")
+    grid, block = _GEOMETRY[launch](size, sm_count)
+    return Launch(spec.kernel.entry.format(launch=launch, n=size.get("N", 0), io=io), grid, block)
 
 
 class PackedArgs:
@@ -102,10 +135,10 @@ class PackedArgs:
     def __init__(self, pointers: Sequence[int], scalars: Sequence[int], outputs: Sequence[int]):
         for p in (*pointers, *outputs):
             if not isinstance(p, int) or not 0 <= p < 2**64:
-                raise RwkvExportError(f"WKV4 kernel pointer must be an int address, got {p!r}")
+                raise RwkvExportError(f"WKV kernel pointer must be an int address, got {p!r}")
         for s in scalars:
             if not isinstance(s, int) or not -(2**31) <= s < 2**31:
-                raise RwkvExportError(f"WKV4 kernel scalar must be an int32, got {s!r}")
+                raise RwkvExportError(f"WKV kernel scalar must be an int32, got {s!r}")
         self.values: list[ctypes.c_uint64 | ctypes.c_int32] = [
             *(ctypes.c_uint64(p) for p in pointers),
             *(ctypes.c_int32(s) for s in scalars),
@@ -153,7 +186,7 @@ def device_pointer(obj: Any, allow_host: bool = False) -> int:
         return obj
     if hasattr(obj, "data_ptr") and hasattr(obj, "is_cuda"):  # torch.Tensor
         if not (obj.is_cuda or allow_host):
-            raise RwkvExportError(f"WKV4 kernels need CUDA tensors, got one on {obj.device}; move it with .cuda()")
+            raise RwkvExportError(f"WKV kernels need CUDA tensors, got one on {obj.device}; move it with .cuda()")
         return int(obj.data_ptr())
     cai = getattr(obj, "__cuda_array_interface__", None)
     if cai is not None:
@@ -164,154 +197,68 @@ def device_pointer(obj: Any, allow_host: bool = False) -> int:
         get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
         tensor = _DLTensor.from_address(get(capsule, b"dltensor"))  # DLManagedTensor starts with it
         if tensor.device.device_type not in (_DL_CUDA, _DL_CUDA_MANAGED) and not allow_host:
-            raise RwkvExportError(f"WKV4 kernels need CUDA memory, DLPack device type is {tensor.device.device_type}")
+            raise RwkvExportError(f"WKV kernels need CUDA memory, DLPack device type is {tensor.device.device_type}")
         return int(tensor.data or 0) + int(tensor.byte_offset)
     raise RwkvExportError(f"cannot get a device pointer from {type(obj).__name__}: pass an int, torch tensor, CuPy array or DLPack object")
 
 
-# --- driver ------------------------------------------------------------------------------------
+def launch_raw(op: str, inputs: Sequence[int], outputs: Sequence[int], sizes: Sequence[int], *, io: str = "f32",
+               launch: str = "auto", stream: int = 0, device: int | None = None) -> Launch:
+    """Enqueue `op` on `stream` from raw device addresses (ints): `inputs` and `outputs` in the op's
+    order, contiguous, the IO inputs in `io` ('f32' | 'f16'), the rest float32; a state output may
+    equal its input. Returns the Launch used. Asynchronous: no synchronisation, no allocation."""
+    spec = op_spec(op)
+    if len(inputs) != len(spec.inputs) or len(outputs) != len(spec.outputs):
+        raise RwkvExportError(f"{op} takes {len(spec.inputs)} inputs {spec.inputs} and {len(spec.outputs)} outputs, "
+                              f"got {len(inputs)} and {len(outputs)}")
+    plan_launch(op, launch, io, sizes)  # bad requests fail before the driver is touched
+    size = dict(zip(spec.sizes, (int(s) for s in sizes)))
+    mod = cuda_driver.module_for(device, spec.kernel.unit)
+    chosen = choose_launch(spec, size, mod.sm_count) if launch == "auto" else launch
+    plan = plan_launch(op, chosen, io, sizes, sm_count=mod.sm_count)
+    if any(size[d] == 0 for d in spec.sizes if d != "T"):
+        return plan  # nothing to compute (T == 0 still launches: the kernels copy the state)
+    scalars = [size[s] for s in spec.kernel.launch_scalars(chosen)]
+    cuda_driver.enqueue(mod, plan, pack_args(list(inputs), scalars, list(outputs)), stream)
+    return plan
 
 
-def _driver():
-    try:
-        from cuda.bindings import driver
-    except ImportError as exc:
-        raise RwkvExportError(f"cannot launch WKV4 kernels: cuda-bindings is not importable ({exc}); pip install 'cuda-bindings>=13.0,<14'") from exc
-    return driver
-
-
-def _check(driver, result, what: str):
-    """Unwrap a cuda.bindings (err, *values) tuple or raise a one-line error."""
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if err != driver.CUresult.CUDA_SUCCESS:
-        _, name = driver.cuGetErrorName(err)
-        raise RwkvExportError(f"CUDA driver call {what} failed: {name.decode() if name else err}; is a CUDA 13 driver and GPU present?")
-    return values[0] if len(values) == 1 else values
-
-
-class _Module:
-    """One compiled kernel unit (nvrtc.UNITS: "wkv4", "matrix") in one context, with its functions
-    and the device's SM count."""
-
-    def __init__(self, driver, ctx, dev, unit: str = "wkv4"):
-        from rwkv_export.kernels.nvrtc import compile_cubin, compile_ptx
-
-        attr = driver.CUdevice_attribute
-        major = _check(driver, driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev), "cuDeviceGetAttribute")
-        minor = _check(driver, driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev), "cuDeviceGetAttribute")
-        self.sm_count = _check(driver, driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev), "cuDeviceGetAttribute")
-        self.arch = f"sm_{major}{minor}"
-        self.driver = driver
-        self.functions: dict[str, Any] = {}
-        # SASS for this exact GPU first (no JIT; loads on any 13.x driver); PTX for sm_80 if
-        # NVRTC does not know the arch (a newer GPU), which the driver JIT-compiles forward.
-        try:
-            image, self.image_kind = compile_cubin(self.arch, unit=unit), "cubin"
-        except RwkvExportError:
-            image, self.image_kind = compile_ptx("sm_80", unit=unit).encode() + b"\0", "ptx sm_80"
-        self.module = _check(driver, driver.cuModuleLoadData(image), f"cuModuleLoadData({self.image_kind})")
-
-    def function(self, entry: str):
-        if entry not in self.functions:
-            self.functions[entry] = _check(self.driver, self.driver.cuModuleGetFunction(self.module, entry.encode()), f"cuModuleGetFunction({entry})")
-        return self.functions[entry]
-
-
-_modules: dict[tuple[int, str], _Module] = {}   # by (context handle, unit)
-_primary: dict[int, tuple] = {}     # device ordinal -> (CUcontext, CUdevice), retained once
-_lock = threading.Lock()
-
-
-def _init(driver) -> None:
-    try:
-        result = driver.cuInit(0)
-    except Exception as exc:  # cuda-bindings raises its own loader error when libcuda is absent
-        raise RwkvExportError(f"cannot launch WKV4 kernels: the CUDA driver (libcuda) is not loadable ({type(exc).__name__}); run on a machine with an NVIDIA GPU and a CUDA 13 driver") from exc
-    _check(driver, result, "cuInit")
-
-
-def _module_for(device: int | None, unit: str = "wkv4") -> _Module:
-    """Module of `unit` in the current context (device None: what TensorRT's enqueue runs in), or
-    in the primary context of `device`, made current if it is not (the context torch uses)."""
-    driver = _driver()
-    with _lock:
-        if not _primary and not _modules:
-            _init(driver)
-        ctx = _check(driver, driver.cuCtxGetCurrent(), "cuCtxGetCurrent")
-        if device is None and int(ctx) == 0:
-            device = 0
-        if device is not None:
-            if device not in _primary:
-                dev = _check(driver, driver.cuDeviceGet(device), f"cuDeviceGet({device})")
-                _primary[device] = (_check(driver, driver.cuDevicePrimaryCtxRetain(dev), "cuDevicePrimaryCtxRetain"), dev)
-            primary, dev = _primary[device]
-            if int(ctx) != int(primary):
-                _check(driver, driver.cuCtxSetCurrent(primary), "cuCtxSetCurrent")
-            ctx = primary
-        elif (int(ctx), unit) not in _modules:
-            dev = _check(driver, driver.cuCtxGetDevice(), "cuCtxGetDevice")
-        if (int(ctx), unit) not in _modules:
-            _modules[(int(ctx), unit)] = _Module(driver, ctx, dev, unit)
-        return _modules[(int(ctx), unit)]
-
-
-def wkv4_launch_raw(
-    time_decay: int, time_first: int, k: int, v: int, aa: int, bb: int, pp: int,
-    y: int, aa_out: int, bb_out: int, pp_out: int,
-    *, B: int, T: int, C: int, io: str = "f32", form: str = "auto", stream: int = 0, device: int | None = None,
-) -> Launch:
-    """Enqueue WKV4 on `stream` from raw device addresses (ints). td, tf [C] f32; k, v, y [B, T, C]
-    contiguous in `io` ('f32' | 'f16'); aa, bb, pp and the *_out [B, C] f32 (out may equal in).
-    Returns the Launch used. Asynchronous: no synchronisation, no allocation."""
-    mod = _module_for(device)
-    launch = plan_launch(form, io, B, T, C, sm_count=mod.sm_count)
-    if B * C == 0:
-        return launch  # nothing to compute (T == 0 still launches: the kernels copy the state)
-    scalars = (B, C) if launch.entry.startswith("wkv4_step") else (B, T, C)
-    enqueue(mod, launch, pack_args((time_decay, time_first, k, v, aa, bb, pp), scalars, (y, aa_out, bb_out, pp_out)), stream)
-    return launch
-
-
-def enqueue(mod: _Module, launch: Launch, args: PackedArgs, stream: int) -> None:
-    """cuLaunchKernel of `launch` from `mod` with packed `args` on `stream` (the one launch call)."""
-    driver = mod.driver
-    _check(driver, driver.cuLaunchKernel(
-        mod.function(launch.entry), *launch.grid, *launch.block, launch.shared_mem,
-        driver.CUstream(int(stream)), args.address, 0,
-    ), f"cuLaunchKernel({launch.entry})")
-
-
-def wkv4_launch(time_decay, time_first, k, v, aa, bb, pp, *, form: str = "auto", stream: int | None = None):
-    """WKV4 on torch CUDA tensors: k, v [B, T, C] float32 or float16, time_decay, time_first [C],
-    aa, bb, pp [B, C] (float32) -> (y [B, T, C] in k's dtype, aa, bb, pp [B, C] float32).
-    Runs on `stream` (default: torch's current stream of k's device)."""
+def launch_tensors(op: str, *tensors: Any, launch: str = "auto", stream: int | None = None) -> tuple:
+    """`op` on torch CUDA tensors in the op's input order -> its outputs as new tensors: each shaped as
+    the registry says, in k's dtype where its `dtype_like` input is an IO input, else float32. The IO
+    inputs may be float32 or float16 (one dtype); the other inputs are cast to float32. Runs on
+    `stream` (default: torch's current stream of k's device)."""
     import torch
 
-    if k.dim() != 3 or v.shape != k.shape:
-        raise RwkvExportError(f"WKV4 expects k, v [B, T, C] of one shape, got {tuple(k.shape)} and {tuple(v.shape)}")
-    B, T, C = k.shape
+    spec = op_spec(op)
+    if len(tensors) != len(spec.inputs):
+        raise RwkvExportError(f"{op} takes {len(spec.inputs)} tensors {spec.inputs}, got {len(tensors)}")
+    named = dict(zip(spec.inputs, tensors))
+    k = named["k"]
+    if k.dim() != len(spec.sizes):
+        raise RwkvExportError(f"{op} expects k [{', '.join(spec.sizes)}], got shape {tuple(k.shape)}")
+    size = dict(zip(spec.sizes, (int(s) for s in k.shape)))
+    io_names = spec.kernel.io_inputs
     io = {torch.float32: "f32", torch.float16: "f16"}.get(k.dtype)
-    if io is None or v.dtype != k.dtype:
-        raise RwkvExportError(f"WKV4 kernels take float32 or float16 k, v; got {k.dtype} and {v.dtype}")
-    for name, t, shape in (("time_decay", time_decay, (C,)), ("time_first", time_first, (C,)), ("aa", aa, (B, C)), ("bb", bb, (B, C)), ("pp", pp, (B, C))):
+    if io is None or any(named[n].dtype != k.dtype for n in io_names):
+        raise RwkvExportError(f"{op} kernels take float32 or float16 {', '.join(io_names)} of one dtype")
+    for name, t in named.items():
+        shape = tuple(size[d] for d in spec.dims[name])
         if tuple(t.shape) != shape:
-            raise RwkvExportError(f"WKV4 {name} must be {list(shape)} for k {list(k.shape)}, got {list(t.shape)}")
-    if not k.is_cuda or any(t.device != k.device for t in (v, time_decay, time_first, aa, bb, pp)):
-        raise RwkvExportError(f"WKV4 kernels need every tensor on one CUDA device; k is on {k.device}")
-    f32 = [t.to(torch.float32).contiguous() for t in (time_decay, time_first, aa, bb, pp)]
-    k, v = k.contiguous(), v.contiguous()
-    y = torch.empty_like(k)                                                  # [B, T, C]
-    outs = [torch.empty((B, C), dtype=torch.float32, device=k.device) for _ in range(3)]  # [B, C]
-    if T == 0:
-        for o, s in zip(outs, f32[2:]):
-            o.copy_(s)
-        return (y, *outs)
+            raise RwkvExportError(f"{op} {name} must be {list(shape)} for k {list(k.shape)}, got {list(t.shape)}")
+        if not t.is_cuda or t.device != k.device:
+            raise RwkvExportError(f"{op} kernels need every tensor on one CUDA device; {name} is on {t.device}")
+    ins = {n: t.contiguous() if n in io_names else t.to(torch.float32).contiguous() for n, t in named.items()}
+    outs = [torch.empty(tuple(size[d] for d in spec.dims[name]), device=k.device,
+                        dtype=k.dtype if like in io_names else torch.float32)
+            for name, like in zip(spec.outputs, spec.dtype_like)]  # fmt: skip
+    if size["T"] == 0:  # nothing to run: the state passes through
+        for state_in, state_out in spec.state:
+            outs[spec.outputs.index(state_out)].copy_(ins[state_in])
+        return tuple(outs)
     if stream is None:
         stream = torch.cuda.current_stream(k.device).cuda_stream
     with torch.cuda.device(k.device):  # torch and the driver agree on the current context
-        wkv4_launch_raw(
-            *(t.data_ptr() for t in (f32[0], f32[1], k, v, f32[2], f32[3], f32[4], y, *outs)),
-            B=B, T=T, C=C, io=io, form=form, stream=stream, device=k.device.index or 0,
-        )
-    return (y, *outs)
-
+        launch_raw(op, [t.data_ptr() for t in ins.values()], [t.data_ptr() for t in outs], tuple(size.values()),
+                   io=io, launch=launch, stream=stream, device=k.device.index or 0)
+    return tuple(outs)

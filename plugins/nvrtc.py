@@ -1,4 +1,4 @@
-"""Compile the WKV kernels (plugins/wkv4.cu, plugins/wkv_matrix.cu) to PTX or SASS with NVRTC, cached on disk.
+"""Compile the WKV kernels (plugins/wkv4.cu, plugins/wkv_heads.cu) to PTX or SASS with NVRTC, cached on disk.
 
 Needs no GPU and no CUDA toolkit: `cuda-bindings` provides the Python API, the
 `nvidia-cuda-nvrtc==13.0.*` wheel provides libnvrtc. NVRTC 13.0 writes PTX ISA 9.0, which every
@@ -8,9 +8,10 @@ CUDA 13 driver loads (13.5 writes 9.5, which a 13.0 driver refuses), hence the p
     ptx_entries(ptx)["wkv4_seq_f32"]    # ['u64', ... 'u32', ... 'u64']
     ptx_version(ptx), ptx_target(ptx)   # '9.0', 'sm_80'
     compile_cubin("sm_90")              # bytes: SASS for exactly that GPU (the launcher's choice)
-    compile_ptx("sm_80", unit="matrix") # plugins/wkv_matrix.cu: WKV5, WKV6, WKV7
+    compile_ptx("sm_80", unit="wkv_heads")  # plugins/wkv_heads.cu: WKV5, WKV6, WKV7 (per-head state)
 
-A unit is one .cu file; both include plugins/wkv_common.cuh, which NVRTC receives as a named header.
+A unit is one .cu file, named in each op's registry entry (`spec.kernel.unit`); every unit includes
+plugins/wkv_common.cuh, which NVRTC receives as a named header.
 """
 
 from __future__ import annotations
@@ -22,27 +23,22 @@ import tempfile
 from pathlib import Path
 
 from rwkv_export.errors import RwkvExportError
+from rwkv_export.ops.registry import kernel_units
 
 HERE = Path(__file__).parent
-UNITS = {"wkv4": HERE / "wkv4.cu", "matrix": HERE / "wkv_matrix.cu"}
+UNITS = {unit: HERE / f"{unit}.cu" for unit in kernel_units()}  # "wkv4", "wkv_heads"
 HEADERS = (HERE / "wkv_common.cuh",)
 # -std=c++17 for the templates; no --use_fast_math: expf/division stay accurate (the op is checked
 # against a float64 oracle to ~1e-5 relative, and __expf loses ~|x|*6e-8 relative at large |x|).
 BASE_OPTIONS = ("-std=c++17", "--fmad=true")
-ENTRY_FORMS = ("seq", "seq4", "chunked", "step")
-IO_DTYPES = ("f32", "f16")
 _INSTALL_HINT = "install them with: pip install 'cuda-bindings>=13.0,<14' 'nvidia-cuda-nvrtc==13.0.*'"
 
-
-MATRIX_OPS = ("wkv5", "wkv6", "wkv7")
-HEAD_SIZES = (8, 16, 32, 64, 128)  # N of the matrix kernels: one template instance each
 
 
 def entry_names(unit: str = "wkv4") -> list[str]:
     """Every extern "C" kernel a unit defines, e.g. 'wkv4_chunked_f16', 'wkv6_n64_f16'."""
-    if unit == "matrix":
-        return [f"{op}_n{n}_{io}" for op in MATRIX_OPS for n in HEAD_SIZES for io in IO_DTYPES]
-    return [f"wkv4_{form}_{io}" for form in ENTRY_FORMS for io in IO_DTYPES]
+    _unit_path(unit)
+    return [entry for spec in kernel_units()[unit] for entry in spec.kernel.entries()]
 
 
 def _unit_path(unit: str) -> Path:
@@ -73,13 +69,13 @@ def _nvrtc():
     try:
         from cuda.bindings import nvrtc
     except ImportError as exc:
-        raise RwkvExportError(f"cannot compile WKV4 kernels: cuda-bindings is not importable ({exc}); {_INSTALL_HINT}") from exc
+        raise RwkvExportError(f"cannot compile the WKV kernels: cuda-bindings is not importable ({exc}); {_INSTALL_HINT}") from exc
     try:
         err, major, minor = nvrtc.nvrtcVersion()
     except Exception as exc:  # the bindings raise their own loader errors when libnvrtc is absent
-        raise RwkvExportError(f"cannot compile WKV4 kernels: libnvrtc could not be loaded ({exc}); {_INSTALL_HINT}") from exc
+        raise RwkvExportError(f"cannot compile the WKV kernels: libnvrtc could not be loaded ({exc}); {_INSTALL_HINT}") from exc
     if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-        raise RwkvExportError(f"cannot compile WKV4 kernels: nvrtcVersion failed ({err}); {_INSTALL_HINT}")
+        raise RwkvExportError(f"cannot compile the WKV kernels: nvrtcVersion failed ({err}); {_INSTALL_HINT}")
     return nvrtc, (major, minor)
 
 

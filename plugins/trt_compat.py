@@ -71,15 +71,6 @@ def load(target: str | None = None) -> ModuleType:
         raise TensorRTUnavailable(f"{target} is installed but fails to import ({exc}): {INSTALL_HINT[target]}") from exc
 
 
-def is_rtx(trt: ModuleType) -> bool:
-    """True for the TensorRT-RTX bindings (no decorator plugins, no AOT, always strongly typed)."""
-    return trt.__name__.split(".")[0] in MODULES["tensorrt-rtx"]
-
-
-def target_of(trt: ModuleType) -> str:
-    return "tensorrt-rtx" if is_rtx(trt) else "tensorrt"
-
-
 def cache_dir() -> Path:
     """Private per-user cache for rwkv-export ($XDG_CACHE_HOME or ~/.cache)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -124,84 +115,3 @@ def subprocess_env(target: str | None) -> dict[str, str]:
             old = env.get("LD_LIBRARY_PATH", "")
             env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(link_dir), old) if p)
     return env
-
-
-# --- type checking --------------------------------------------------------------------------------
-
-
-def write_patched_stubs(dest: str | os.PathLike[str]) -> Path:
-    """Copy tensorrt-stubs' .pyi files to `dest`, repairing the lines no Python parser accepts.
-
-    tensorrt-stubs 10.8-10.13 (generated stubs) declare parameters named `in` (a keyword) and
-    parameters without a default after ones with a default, so mypy stops at a syntax error.
-    The repair renames `in` to `in_` and gives such trailing parameters `= ...`; every other line
-    stays as published. CI points mypy at `dest` (mypy.ini's mypy_path). Returns `dest`.
-    """
-    import importlib.metadata
-
-    try:
-        files = importlib.metadata.distribution("tensorrt-stubs").files or []
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise TensorRTUnavailable("tensorrt-stubs is not installed: pip install --no-deps 'tensorrt-stubs>=10.13'") from exc
-    out = Path(dest)
-    for file in files:
-        if file.suffix == ".pyi":
-            target = out / str(file)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(_repair_stub(Path(str(file.locate())).read_text(), str(file)))
-    return out
-
-
-def _repair_stub(text: str, name: str) -> str:
-    lines = text.splitlines(keepends=True)
-    for _ in range(1000):  # each round fixes the first line the parser rejects
-        try:
-            compile("".join(lines), name, "exec", dont_inherit=True, flags=0x400)  # PyCF_ONLY_AST
-            return "".join(lines)
-        except SyntaxError as exc:
-            i = (exc.lineno or 1) - 1
-            fixed = _repair_def(lines[i])
-            if fixed == lines[i]:
-                raise
-            lines[i] = fixed
-    raise SyntaxError(f"{name}: too many broken lines")
-
-
-def _repair_def(line: str) -> str:
-    """One `def f(a, in: X, b: Y = 1, c: Z)` line -> `def f(a, in_: X, b: Y = 1, c: Z = ...)`."""
-    import re
-
-    head, sep, rest = line.partition("(")
-    depth, params, cur = 1, [], ""
-    for pos, ch in enumerate(rest):
-        depth += ch in "([{"
-        depth -= ch in ")]}"
-        if depth == 0:
-            params.append(cur)
-            tail = rest[pos:]
-            break
-        if ch == "," and depth == 1:
-            params.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    else:
-        return line
-    seen_default, fixed = False, []
-    for param in params:
-        param = re.sub(r"^(\s*)in(\s*:)", r"\1in_\2", param)
-        bare = param.strip()
-        if "=" in bare:
-            seen_default = True
-        elif seen_default and bare and not bare.startswith("*"):
-            param += " = ..."
-        fixed.append(param)
-    return head + sep + ",".join(fixed) + tail
-
-
-if __name__ == "__main__":  # python -m rwkv_export.kernels.trt_compat write-stubs DIR
-    import sys
-
-    if len(sys.argv) != 3 or sys.argv[1] != "write-stubs":
-        sys.exit("usage: python -m rwkv_export.kernels.trt_compat write-stubs DIR")
-    print(write_patched_stubs(sys.argv[2]))

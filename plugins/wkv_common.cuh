@@ -1,4 +1,4 @@
-// Shared by plugins/wkv4.cu and plugins/wkv_matrix.cu: host/device qualifiers, IEEE fp16 <-> fp32
+// Shared by plugins/wkv4.cu and plugins/wkv_heads.cu: host/device qualifiers, IEEE fp16 <-> fp32
 // conversion (inline PTX on the device, exact software rounding on the host) and the IO loaders.
 // NVRTC gets this file as a named header (plugins/nvrtc.py); g++ includes it by path. No other
 // #include: NVRTC has no CUDA headers here.

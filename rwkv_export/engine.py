@@ -8,9 +8,10 @@ it, moves the plan into place atomically and records it in manifest.json with it
 
 One optimization profile per graph, from the manifest's symbolic dims ("batch", "seq"): min 1,
 opt and max from BuildOptions. Precision is the ONNX dtypes: networks are strongly typed.
-WKV nodes map to the rwkv::WKV4 plugin: "python" (class-based IPluginV3, both targets; the runtime
-needs our Python plugin), "aot" (standard TensorRT >= 10.9 decorator plugin with its PTX in the
-plan; the runtime needs no Python), or "none" (the parser inlines the model-local function).
+WKV nodes (rwkv::WKV4 .. WKV7) map to our plugin of their op through one of two fronts: "python"
+(class-based IPluginV3, both targets; the runtime needs our Python plugin) or "aot" (standard
+TensorRT >= 10.9 decorator plugin with its PTX in the plan; the runtime needs no Python); or "none":
+the parser inlines the model-local function.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ PLUGIN_FRONTS = ("auto", "python", "aot", "none")
 # TensorRT-RTX's allowed build targets (SM90/SM100 are refused by its builder).
 RTX_COMPUTE_CAPABILITIES = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121")
 BUILD_TIMEOUT_S = 1800  # a real model takes minutes; a hung child must not hang CI forever
+INLINE_BODY = "scan"  # the ONNX body a parser inlines with --plugin none (every op has it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,29 +153,24 @@ def build_graph(onnx_path: Path, plan_path: Path, profile: dict[str, list[list[i
 
 
 def _inlinable_copy(onnx_path: Path, tmp: Path) -> Path:
-    """A copy whose rwkv::WKV4 function has no If(T == 1) shortcut, for parsers that inline it.
+    """A copy whose rwkv:: function is the op's scan body with no If(T == 1) shortcut, for parsers
+    that inline it.
 
     TensorRT-RTX 1.7 hits an internal assertion (graphScope.cpp) when it inlines a function body
-    holding that If; the scan form without it builds. Only the function body changes (same op, same
-    opset): every form computes the op, so the engine computes what ONNX Runtime computes.
+    holding that If; the scan body without it builds (it also has no data-dependent branch, unlike
+    the gemm body's range check). Only the function body changes (same op, same opset): every body
+    computes the op, so the engine computes what ONNX Runtime computes.
     """
     import onnx
 
-    from rwkv_export.ops.wkv4_onnx import wkv4_function
+    from rwkv_export.ops.onnx_function import wkv_function
+    from rwkv_export.ops.registry import DOMAIN
 
     model = onnx.load(str(onnx_path))
-    meta = {p.key: p.value for p in model.metadata_props}
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    op = meta.get("wkv_op", "WKV4")
+    op = next(n.op_type for n in model.graph.node if n.domain == DOMAIN)
     del model.functions[:]
-    # The scan form, whatever the export chose: it has no data-dependent branch (the gemm form's
-    # range check is one), and TensorRT-RTX builds it. The matrix ops' scan form has no If at all.
-    if op == "WKV4":
-        model.functions.append(wkv4_function(opset, "scan", single_step=False))
-    else:
-        from rwkv_export.ops.wkv_matrix_onnx import wkv_matrix_function
-
-        model.functions.append(wkv_matrix_function(op, opset, "scan"))
+    model.functions.append(wkv_function(op, opset, INLINE_BODY, single_step=False))
     out = tmp / onnx_path.name
     large = model.ByteSize() > 1_800_000_000
     onnx.save_model(model, str(out), save_as_external_data=large, location=out.name + ".data" if large else None)
@@ -212,12 +209,14 @@ def build(model_dir: str | os.PathLike[str], options: BuildOptions = BuildOption
 
 
 def plugin_front(op: str, plugin: str) -> str:
-    """The plugin front for this model's op. Both fronts implement every op, but the AOT front of
-    WKV5/6/7 (plugins/trt_aot_matrix.py) has never been built (no standard TensorRT here), so
-    "auto" takes the Python front, built in CI through TensorRT-RTX, for RWKV-5 and later; --plugin
-    aot asks for the AOT one explicitly. Initial files (a v6 time_state) need nothing of the engine:
-    the runner feeds the manifest's initial state, as ONNX Runtime does."""
-    return "python" if op != "WKV4" and plugin == "auto" else plugin
+    """The plugin front for this model's op. Both fronts implement every op; "auto" takes the AOT
+    front only for ops whose registry entry says so (`aot_by_default`: the AOT front of WKV5/6/7 has
+    never been built, no standard TensorRT here), else the Python front, built in CI through
+    TensorRT-RTX; --plugin aot asks for the AOT one explicitly. Initial files (a v6 time_state) need
+    nothing of the engine: the runner feeds the manifest's initial state, as ONNX Runtime does."""
+    from rwkv_export.ops.registry import op_spec
+
+    return "python" if plugin == "auto" and not op_spec(op).aot_by_default else plugin
 
 
 def _build_each(model_dir: Path, manifest: Manifest, graphs: tuple[str, ...], options: BuildOptions, target: str,

@@ -20,7 +20,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from rwkv_export.ops.wkv4 import DOMAIN, OP_TYPE
+from rwkv_export.ops.registry import DOMAIN
+from rwkv_export.ops.wkv4 import OP_TYPE
 from rwkv_export.checkpoint import load_checkpoint
 from rwkv_export.export import export_checkpoint
 from rwkv_export.checkpoint.random import random_config

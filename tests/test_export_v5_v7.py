@@ -7,7 +7,7 @@ second executor. Tolerances as tests/test_export.py: relative to the largest |va
 run, float32 1e-5 on logits and 1e-4 on the state (the float32 recurrence accumulates rounding over T),
 float16 2e-2 (3e-2 for 5.1, whose GroupNorm eps 1e-5 amplifies rounding: tests/test_model.py).
 
-Both forms of the functions (scan; chunked for WKV5/6) are checked alone; the exports use scan,
+Both forms of the functions (scan; chunked for WKV5/6) are checked alone in tests/test_ops_onnx.py; the exports use scan,
 except the v6 time_state export, which uses chunked (its steps then take the If's scan branch).
 
 The tiny files have 12 layers: each export takes ~25-45 s on the (shared) 2-core VM, so every tiny
@@ -30,7 +30,8 @@ import torch
 from click.testing import CliRunner
 
 from rwkv_export.ops import wkv5, wkv6, wkv7
-from rwkv_export.ops.wkv_matrix_onnx import SCHEMAS, random_inputs, wkv_matrix_function, wkv_matrix_model
+from rwkv_export.ops.onnx_function import wkv_function
+from rwkv_export.ops.registry import OPS as OPS_REGISTRY
 from rwkv_export.checkpoint import Checkpoint, load_checkpoint
 from rwkv_export.checkpoint.random import random_weights
 from rwkv_export.errors import RwkvExportError
@@ -48,8 +49,6 @@ PROMPT = [34, 105, 110]  # rwkv.cpp's test prompt ('"in')
 EXPECTED_ABS = 1e-5  # rwkv.cpp's expected logits: max abs (logits span ~4-20)
 TOL = {"float32": 1e-5, "float16": 2e-2}
 STATE_TOL_F32 = 1e-4
-NUMPY_REFS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
-    "WKV5": wkv5.wkv5_numpy, "WKV6": wkv6.wkv6_numpy, "WKV7": wkv7.wkv7_numpy}
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -63,60 +62,6 @@ def _ref_run(model, tokens: np.ndarray, state: dict[str, np.ndarray]) -> tuple[n
     with torch.no_grad():
         logits, new = model.forward_sequence(torch.from_numpy(tokens), s, all_logits=True)
     return logits.numpy(), {n: t.numpy() for n, t in new._asdict().items()}
-
-
-# --- the ops alone --------------------------------------------------------------------------------
-
-
-FORM_CASES = [(op, "scan", 4) for op in SCHEMAS] + [(op, "chunked", L) for op in ("WKV5", "WKV6") for L in (3, 4)]
-
-
-@pytest.mark.parametrize("op,form,chunk", FORM_CASES)
-@pytest.mark.parametrize("T", [1, 7, 13])
-def test_function_matches_numpy(op: str, form: str, chunk: int, T: int) -> None:
-    """ORT and onnx.reference on the standalone node + function against the float64 numpy op
-    (chunked: T = 1 takes the scan branch; 7 and 13 pad a partial last chunk)."""
-    import onnxruntime as ort
-    from onnx.reference import ReferenceEvaluator
-
-    onnx.checker.check_function(wkv_matrix_function(op, 18, form, chunk))
-    model = wkv_matrix_model(op, form=form, chunk=chunk)
-    onnx.checker.check_model(model, full_check=True)
-    feeds = random_inputs(op, 2, T, 3, 8, seed=T)
-    y_ref, s_ref = NUMPY_REFS[op](*(feeds[n] for n in SCHEMAS[op].INPUTS))
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    for name, run in (("onnxruntime", session.run), ("onnx.reference", ReferenceEvaluator(model).run)):
-        y, s = run(None, feeds)
-        assert y.dtype == np.float32 and y.shape == (2, T, 3, 8) and s.shape == (2, 3, 8, 8), f"{name} {op}: {y.shape} {s.shape}"
-        assert _rel(y, y_ref) < 1e-6 and _rel(s, s_ref) < 1e-6, f"{name} {op} {form} T={T}: y rel {_rel(y, y_ref):.2e}, state {_rel(s, s_ref):.2e}"
-
-
-@pytest.mark.parametrize("low,high", [(-9.0, -6.0), (2.0, 4.0), (-9.0, 4.0)])
-def test_chunked_form_at_extreme_decays(low: float, high: float) -> None:
-    """w near 1 (w_raw -9) and w ~ e^-50 (w_raw 4), where the chunk's factors underflow: 1e-5 of the oracle."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(wkv_matrix_model("WKV6", form="chunked").SerializeToString(), providers=["CPUExecutionProvider"])
-    feeds = random_inputs("WKV6", 2, 37, 3, 8, seed=1)
-    feeds["w_raw"] = np.random.default_rng(0).uniform(low, high, feeds["w_raw"].shape).astype(np.float32)
-    y, s = session.run(None, feeds)
-    y_ref, s_ref = wkv6.wkv6_numpy(*(feeds[n] for n in wkv6.INPUTS))
-    assert _rel(y, y_ref) < 1e-5 and _rel(s, s_ref) < 1e-5, f"chunked WKV6, w_raw in [{low}, {high}]: y {_rel(y, y_ref):.2e}, state {_rel(s, s_ref):.2e}"
-
-
-def test_function_accepts_float16_inputs() -> None:
-    """The op's contract: r, k, v (, a, b) may be float16; the math and outputs stay float32."""
-    import onnxruntime as ort
-
-    model = wkv_matrix_model("WKV7")
-    for value in model.graph.input:
-        if value.name in ("r", "k", "v", "a", "b"):
-            value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
-    feeds = random_inputs("WKV7", 1, 5, 2, 8, seed=3)
-    half = {n: (x.astype(np.float16) if n in ("r", "k", "v", "a", "b") else x) for n, x in feeds.items()}
-    y, s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, half)
-    y_ref, s_ref = wkv7.wkv7_numpy(*(half[n] for n in wkv7.INPUTS))
-    assert y.dtype == np.float32 and _rel(y, y_ref) < 1e-6 and _rel(s, s_ref) < 1e-6
 
 
 # --- the tiny trained files --------------------------------------------------------------------------
@@ -201,7 +146,7 @@ def test_tiny_graph_contract(tiny_exports: Callable[[str], Path], version: str) 
         for node in custom:
             attrs = {a.name: a.s.decode() for a in node.attribute}
             assert attrs == {"plugin_namespace": "rwkv", "plugin_version": "1"}, f"{graph}: {attrs}"
-            assert len(node.input) == len(SCHEMAS[op].INPUTS) and len(node.output) == 2
+            assert len(node.input) == len(OPS_REGISTRY[op].inputs) and len(node.output) == 2
         assert [(f.domain, f.name) for f in model.functions] == [("rwkv", op)]
         assert list(model.functions[0].attribute) == ["plugin_namespace", "plugin_version"]
         assert {(o.domain, o.version) for o in model.opset_import} >= {("rwkv", 1)}
@@ -338,7 +283,7 @@ def test_forms_a_version_lacks_are_refused(tmp_path: Path) -> None:
         export_checkpoint(_checkpoint(tmp_path, "7", seed=1), tmp_path / "out", wkv_form="chunked")
     assert not (tmp_path / "out").exists()
     with pytest.raises(RwkvExportError, match=r"WKV7 ONNX body: no chunked form"):
-        wkv_matrix_function("WKV7", 18, "chunked")
+        wkv_function("WKV7", 18, "chunked")
 
 
 def test_tensorrt_build_front_per_op() -> None:

@@ -58,6 +58,13 @@ def test_round_trip_is_byte_exact(copy: Path, tmp_path: Path) -> None:
     assert len(manifest.fingerprint) == 64 and manifest.fingerprint == Manifest.read(copy).fingerprint
 
 
+def test_state_specs_know_their_batch_axis(copy: Path) -> None:
+    """What serving cuts, joins and sizes state by: the one "batch" dim's axis and a concrete shape."""
+    pp = Manifest.read(copy).state[3]
+    assert pp.name == "pp" and pp.shape == (2, "batch", 32)
+    assert pp.batch_axis == 1 and pp.concrete_shape(5) == (2, 5, 32) and pp.concrete_shape(1) == (2, 1, 32)
+
+
 def test_older_exports_load(copy: Path) -> None:
     """Before RWKV-5 an export had no wkv_op and no function fingerprint: still read, as WKV4."""
     _edit(copy, lambda d: [d["export"].pop(k) for k in ("wkv_op", "wkv_function_sha256")])

@@ -1,5 +1,5 @@
 """Whole models with their WKV calls routed through the project's kernels (plugins/torch_cuda.py
-`use_kernels`): on a GPU the CUDA kernels of plugins/wkv4.cu and plugins/wkv_matrix.cu run inside
+`use_kernels`): on a GPU the CUDA kernels of plugins/wkv4.cu and plugins/wkv_heads.cu run inside
 the reference model, checked against the float64 CPU reference and rwkv.cpp's expected logits of
 the tiny trained models. On the CPU the same plumbing runs the ops' reference path (signatures,
 dtypes and state layout are what the model expects).

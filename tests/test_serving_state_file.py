@@ -20,7 +20,6 @@ from rwkv_export.cli import cli
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.runtime import ExportedModel
 from rwkv_export.serving import state_file
-from rwkv_export.serving.manifest_view import fingerprint
 from tests.serving_exports import exported, random_checkpoint
 
 
@@ -56,11 +55,11 @@ def test_round_trip_is_exact_and_atomic(model: ExportedModel, tmp_path: Path) ->
     path = tmp_path / "s.npz"
     state_file.save_state(path, state, model.manifest, note="after the prompt")
     loaded = state_file.load_state(path, model.manifest)
-    assert list(loaded) == [s["name"] for s in model.manifest["state"]]
+    assert list(loaded) == [s.name for s in model.manifest.state]
     for name, value in state.items():
         assert loaded[name].dtype == value.dtype and np.array_equal(loaded[name], value)
     meta, _ = state_file.read_meta(path)
-    assert meta["format"] == "rwkv-export-state/1" and meta["batch"] == 3 and meta["fingerprint"] == fingerprint(model.manifest)
+    assert meta["format"] == "rwkv-export-state/1" and meta["batch"] == 3 and meta["fingerprint"] == model.manifest.fingerprint
     assert meta["model"] == {"version": "4", "n_layer": 2, "n_embd": 32, "vocab_size": 61, "dtype": "float32"}
     assert meta["tensors"]["pp"] == {"dtype": "float32", "shape": [2, 3, 32]} and meta["note"] == "after the prompt"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]  # no temporary left behind

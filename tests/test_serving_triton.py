@@ -9,6 +9,7 @@ file from initial_wkv.npy) and v7, 2 x 32 each, shared with the other serving te
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -206,14 +207,17 @@ def v4_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _with_engines(export_dir: Path, tmp_path: Path, plugin: str) -> Path:
     """A copy of the export whose manifest records engines as `build` does (the plans are stand-in
-    bytes: these tests stop at the configuration, which never reads a plan)."""
+    bytes, recorded with their sha256: these tests stop at the configuration, which never runs a plan)."""
     copy = tmp_path / f"with-{plugin}"
     shutil.copytree(export_dir, copy)
     manifest = manifest_of(copy)
     manifest["engines"] = {}
     for graph in ("prefill", "step"):
         (copy / f"{graph}.plan").write_bytes(b"plan")
-        manifest["engines"][graph] = {"file": f"{graph}.plan", "target": "tensorrt", "plugin": plugin, "tensorrt_version": "10.9"}
+        manifest["engines"][graph] = {"file": f"{graph}.plan", "sha256": hashlib.sha256(b"plan").hexdigest(), "target": "tensorrt",
+                                      "tensorrt_version": "10.9", "plugin": plugin, "ptx_arch": "sm_80" if plugin == "aot" else None,
+                                      "compute_capabilities": ["8.0"], "profile": {"tokens": [[1, 1], [1, 8], [4, 64]]},
+                                      "plugin_layers": 2}
     (copy / "manifest.json").write_text(json.dumps(manifest))
     return copy
 
@@ -256,6 +260,15 @@ def test_tensorrt_repository_without_batching(v4_export: Path, tmp_path: Path) -
     assert (out / "rwkv_step" / "1" / "model.plan").read_bytes() == b"plan"
     pp = np.fromfile(out / "rwkv_step" / "initial_state" / "pp.bin", np.float32)
     assert pp.size == manifest["model"]["n_layer"] * manifest["model"]["n_embd"] and (pp == np.float32(-1e38)).all()
+
+
+def test_a_changed_plan_is_refused(v4_export: Path, tmp_path: Path) -> None:
+    """The plan copied into the repository is the one `build` recorded (its sha256, as the runtime checks)."""
+    aot = _with_engines(v4_export, tmp_path, "aot")
+    (aot / "step.plan").write_bytes(b"another plan")
+    result = invoke("triton", aot, "-o", tmp_path / "trt", "--backend", "tensorrt", "--max-batch-size", 0)
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "engines.step.sha256: step.plan does not match its sha256" in result.output and not (tmp_path / "trt").exists()
 
 
 def test_external_data_travels_with_the_model(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from rwkv_export.ops import wkv4 as op
+from rwkv_export.ops.registry import DOMAIN, OPS, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from rwkv_export.kernels import trt_compat, trt_plugin
 from rwkv_export import engine
 from rwkv_export.cli import cli
@@ -39,7 +40,7 @@ C = 8  # plugin-only model width
 
 def wkv_node_names(onnx_path: Path) -> list[str]:
     model = onnx.load(str(onnx_path), load_external_data=False)
-    return [n.name for n in model.graph.node if n.op_type == op.OP_TYPE and n.domain == op.DOMAIN]
+    return [n.name for n in model.graph.node if n.op_type == op.OP_TYPE and n.domain == DOMAIN]
 
 
 def configure_calls(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -102,13 +103,14 @@ def test_build_help_has_examples() -> None:
 
 
 def test_output_rule_and_shape_checks() -> None:
-    assert trt_plugin.outputs_like(list(op.INPUTS)) == ["k", "aa", "aa", "aa"]
+    spec = OPS["WKV4"]
+    assert trt_plugin.outputs_like(list(op.INPUTS), "WKV4") == ["k", "aa", "aa", "aa"]
     shapes = [[C], [C], [2, 5, C], [2, 5, C], [2, C], [2, C], [2, C]]
-    assert trt_plugin.check_shapes(shapes) == (2, 5, C)
-    assert trt_plugin.check_shapes([[C], [C], [-1, -1, C], [-1, -1, C], [-1, C], [-1, C], [-1, C]]) == (-1, -1, C)
+    assert spec.check_shapes(shapes) == (2, 5, C)
+    assert spec.check_shapes([[C], [C], [-1, -1, C], [-1, -1, C], [-1, C], [-1, C], [-1, C]]) == (-1, -1, C)
     with pytest.raises(ValueError, match="input aa must have shape"):
-        trt_plugin.check_shapes([[C], [C], [2, 5, C], [2, 5, C], [3, C], [2, C], [2, C]])
-    assert trt_plugin.kernel_entry("float32") == "wkv4_seq_f32"
+        spec.check_shapes([[C], [C], [2, 5, C], [2, 5, C], [3, C], [2, C], [2, C]])
+    assert spec.kernel.entry.format(launch=spec.kernel.launches[0], n=0, io="f32") == "wkv4_seq_f32"  # the AOT front's entry
 
 
 def test_profile_from_manifest_dims() -> None:
@@ -157,9 +159,9 @@ def test_plugin_mapping_aborts_without_the_link(tmp_path: Path) -> None:
     """Why builds run in a child with the link on LD_LIBRARY_PATH: without it the parser terminates."""
     if trt_compat.rtx_library_dir() is None:
         pytest.skip(reason="this TensorRT-RTX wheel ships libtensorrt_rtx.so itself: nothing aborts")
-    from rwkv_export.ops.wkv4_onnx import wkv4_model
+    from rwkv_export.ops.onnx_function import wkv_model
 
-    onnx.save(wkv4_model(), str(tmp_path / "wkv4.onnx"))
+    onnx.save(wkv_model("WKV4"), str(tmp_path / "wkv4.onnx"))
     job = {"target": RTX, "onnx": str(tmp_path / "wkv4.onnx"), "plan": str(tmp_path / "x.plan"), "profile": {},
            "workspace": None, "compute_capabilities": [], "plugin": "python", "ptx_arch": "sm_75"}
     (tmp_path / "job.json").write_text(json.dumps(job))
@@ -177,8 +179,8 @@ def test_plugin_mapping_aborts_without_the_link(tmp_path: Path) -> None:
 def test_creator_registers_once_in_namespace_rwkv() -> None:
     trt = trt_compat.load(RTX)
     first, second = trt_plugin.register(trt), trt_plugin.register(trt)  # e.g. a prefill and a step runner
-    assert first is second
-    found = trt.get_plugin_registry().get_creator(op.OP_TYPE, op.PLUGIN_VERSION, op.PLUGIN_NAMESPACE)
+    assert first["WKV4"] is second["WKV4"]
+    found = trt.get_plugin_registry().get_creator(op.OP_TYPE, PLUGIN_VERSION, PLUGIN_NAMESPACE)
     assert (found.name, found.plugin_namespace, found.plugin_version) == ("WKV4", "rwkv", "1")
     assert len(found.field_names) == 0  # the node's attributes are not plugin fields
 
@@ -186,10 +188,10 @@ def test_creator_registers_once_in_namespace_rwkv() -> None:
 
 @requires_rtx
 def test_single_wkv4_node_becomes_our_plugin(tmp_path: Path) -> None:
-    from rwkv_export.ops.wkv4_onnx import wkv4_model
+    from rwkv_export.ops.onnx_function import wkv_model
 
     onnx_path = tmp_path / "wkv4.onnx"
-    onnx.save(wkv4_model(), str(onnx_path))
+    onnx.save(wkv_model("WKV4"), str(onnx_path))
     bc, btc = [[1, C], [2, C], [4, C]], [[1, 1, C], [2, 8, C], [4, 32, C]]
     profile = {"time_decay": [[C]] * 3, "time_first": [[C]] * 3, "k": btc, "v": btc, "aa": bc, "bb": bc, "pp": bc}
     report = engine.build_graph(onnx_path, tmp_path / "wkv4.plan", profile, OPTIONS, RTX, "python")
@@ -202,7 +204,7 @@ def test_single_wkv4_node_becomes_our_plugin(tmp_path: Path) -> None:
     methods = {e["method"] for e in report["plugin_events"]}
     assert {"create_plugin", "get_output_data_types", "get_output_shapes", "configure_plugin", "get_fields_to_serialize"} <= methods
     plan = (tmp_path / "wkv4.plan").read_bytes()
-    for field in (*trt_plugin.SERIALIZED_FIELDS, trt_plugin.kernel_sha256(), "WKV4"):
+    for field in (*trt_plugin.serialized_fields("WKV4"), trt_plugin.kernel_sha256("WKV4"), "WKV4"):
         assert field.encode() in plan, f"plan lacks {field!r}"
 
 
@@ -251,7 +253,7 @@ def test_model_engines_map_every_wkv_node(model_fixture: str, request: pytest.Fi
         assert entry["plugin_layers"] == n_layer
         assert entry["profile"] == engine.profile_for(manifest["graphs"][graph], OPTIONS.dim_bounds())
         plan = plan_path.read_bytes()
-        assert plan.count(b"kernel_sha256") >= n_layer and trt_plugin.kernel_sha256().encode() in plan, graph
+        assert plan.count(b"kernel_sha256") >= n_layer and trt_plugin.kernel_sha256("WKV4").encode() in plan, graph
 
 
 @requires_rtx
@@ -280,16 +282,16 @@ def test_failed_build_changes_nothing(random_model: Path) -> None:
 
 def _with_function(model_dir: Path, out_dir: Path, **form_options: Any) -> Path:
     """A copy of the exported model whose rwkv::WKV4 function is built with `form_options`."""
-    from rwkv_export.ops.wkv4_onnx import wkv4_function
+    from rwkv_export.ops.onnx_function import wkv_function
 
     out_dir.mkdir(exist_ok=True)
     manifest = json.loads((model_dir / "manifest.json").read_text())
     for graph in manifest["graphs"].values():
         model = onnx.load(str(model_dir / graph["file"]))
         opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-        kept = [f for f in model.functions if not (f.domain == op.DOMAIN and f.name == op.OP_TYPE)]
+        kept = [f for f in model.functions if not (f.domain == DOMAIN and f.name == op.OP_TYPE)]
         del model.functions[:]
-        model.functions.extend([*kept, wkv4_function(opset, **form_options)])
+        model.functions.extend([*kept, wkv_function("WKV4", opset, **form_options)])
         onnx.save(model, str(out_dir / graph["file"]))
         graph["sha256"] = {graph["file"]: sha256_file(out_dir / graph["file"])}  # the new body, recorded as an export would
     (out_dir / "manifest.json").write_text(json.dumps(manifest))

@@ -60,9 +60,9 @@ C = 40  # not a multiple of 4 and not of the block size: exercises the kernels' 
 
 def _plugin_only_dir(tmp_path: Path, plugin: str) -> Path:
     """A model dir holding one WKV4 node (C fixed, B and T dynamic) with a manifest that `build` reads."""
-    from rwkv_export.ops.wkv4_onnx import wkv4_model
+    from rwkv_export.ops.onnx_function import wkv_model
 
-    model = wkv4_model()
+    model = wkv_model("WKV4")
     rename = {"B": "batch", "T": "seq"}
     for value in (*model.graph.input, *model.graph.output):
         for dim in value.type.tensor_type.shape.dim:
@@ -190,8 +190,8 @@ def test_enqueue_standalone_on_a_torch_stream() -> None:
     from rwkv_export.kernels import trt_plugin
 
     trt = trt_compat.load(TARGET)
-    plugin_cls, _ = trt_plugin.plugin_classes(trt)
-    plugin = plugin_cls("auto", trt_plugin.kernel_sha256())
+    plugin_cls, _ = trt_plugin.plugin_classes(trt, "WKV4")
+    plugin = plugin_cls("auto", trt_plugin.kernel_sha256("WKV4"))
     feeds = _wkv_case(2, 17, 5, False)
     inputs = [torch.from_numpy(feeds[n]).cuda() for n in op.INPUTS]
     outputs = [torch.empty_like(inputs[2]), *(torch.empty_like(inputs[4]) for _ in range(3))]

@@ -1,6 +1,6 @@
-"""TensorRT engines for RWKV-5/6/7: the rwkv::WKV5/6/7 plugins (plugins/trt_plugin.py over
-plugins/plugin_ops.py) built through TensorRT-RTX on the CPU, as tests/test_tensorrt_build.py does
-for WKV4. The shape rules run everywhere; builds skip without TensorRT-RTX; running the engines
+"""TensorRT engines for RWKV-5/6/7: the rwkv::WKV5/6/7 plugins (plugins/trt_plugin.py over the op
+registry's shape/dtype rules) built through TensorRT-RTX on the CPU, as tests/test_tensorrt_build.py
+does for WKV4; the AOT front's logic (plugins/trt_aot.py) for every op. The shape rules run everywhere; builds skip without TensorRT-RTX; running the engines
 needs a GPU and TensorRT (tests/test_tensorrt_gpu.py)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import onnx
 import pytest
 
 from rwkv_export.kernels import trt_compat, trt_plugin
-from rwkv_export.kernels.plugin_ops import PLUGIN_OPS
+from rwkv_export.ops.registry import OPS as PLUGIN_OPS
 from rwkv_export import engine
 from rwkv_export.fileio import sha256_file
 from tests.conftest import requires_shared, tiny_model
@@ -23,7 +23,7 @@ HAVE_RTX = importlib.util.find_spec("tensorrt_rtx_bindings") is not None or impo
 requires_rtx = pytest.mark.skipif(not HAVE_RTX, reason="needs TensorRT-RTX: pip install 'rwkv-export[tensorrt]'")
 RTX = "tensorrt-rtx"
 OPTIONS = engine.BuildOptions(target=RTX, max_batch=4, opt_batch=2, max_seq=32, opt_seq=8)
-OPS = ("WKV5", "WKV6", "WKV7")
+OPS = tuple(op for op, spec in PLUGIN_OPS.items() if spec.kernel.head_sizes)  # WKV5, WKV6, WKV7
 
 
 def _shapes(op: str, B: int, T: int, H: int, N: int) -> dict[str, list[int]]:
@@ -36,14 +36,14 @@ def test_shape_rules(op: str) -> None:
     spec = PLUGIN_OPS[op]
     assert spec.check_shapes(list(_shapes(op, 2, 5, 3, 64).values())) == (2, 5, 3, 64)
     assert spec.check_shapes(list(_shapes(op, -1, -1, 3, 64).values())) == (-1, -1, 3, 64)
-    assert trt_plugin.outputs_like(spec.inputs, spec) == ["k", "state_in"]
+    assert trt_plugin.outputs_like(spec.inputs, op) == ["k", "state_in"]
     assert spec.dtype_like[0] is None, "y is float32 whatever the inputs' dtype"
     bad = _shapes(op, 2, 5, 3, 64) | {"state_in": [2, 3, 64, 32]}
     with pytest.raises(ValueError, match=rf"{op} input state_in must have shape \[2, 3, 64, 64\]"):
         spec.check_shapes(list(bad.values()))
     with pytest.raises(ValueError, match=rf"{op} has no kernel for head size 48"):
         spec.check_shapes(list(_shapes(op, 2, 5, 3, 48).values()))
-    assert spec.kernel_sha256() == trt_plugin.kernel_sha256(op) != trt_plugin.kernel_sha256("WKV4")
+    assert trt_plugin.kernel_sha256(op) == trt_plugin.kernel_sha256("WKV7") != trt_plugin.kernel_sha256("WKV4")  # one unit
 
 
 def test_wkv5_decay_is_per_head() -> None:
@@ -65,10 +65,10 @@ def test_every_op_has_a_creator_in_namespace_rwkv() -> None:
 @requires_rtx
 @pytest.mark.parametrize("op", OPS)
 def test_single_node_becomes_our_plugin(tmp_path: Path, op: str) -> None:
-    from rwkv_export.ops.wkv_matrix_onnx import wkv_matrix_model
+    from rwkv_export.ops.onnx_function import wkv_model
 
     onnx_path = tmp_path / f"{op}.onnx"
-    onnx.save(wkv_matrix_model(op), str(onnx_path))
+    onnx.save(wkv_model(op), str(onnx_path))
     H, N = 2, 64
     bounds = [_shapes(op, b, t, H, N) for b, t in ((1, 1), (2, 8), (4, 32))]
     profile = {name: [b[name] for b in bounds] for name in PLUGIN_OPS[op].inputs}
@@ -81,7 +81,9 @@ def test_single_node_becomes_our_plugin(tmp_path: Path, op: str) -> None:
     assert call["outputs"] == [[-1, -1, H, N], [-1, H, N, N]]
     (types,) = [e for e in report["plugin_events"] if e["method"] == "get_output_data_types"][:1]
     plan = (tmp_path / f"{op}.plan").read_bytes()
-    for field in (f"{op.lower()}_format", "launch_form", trt_plugin.kernel_sha256(op), op):
+    for field in (*trt_plugin.serialized_fields(op), trt_plugin.kernel_sha256(op), op):
+        assert field.encode() in plan, f"plan lacks {field!r}"
+    for field in (f"{op.lower()}_format", "launch_form"):
         assert field.encode() in plan, f"plan lacks {field!r}"
     assert types["inputs"], types
 
@@ -154,6 +156,7 @@ class _Recorder:
         self.SymExprs = type("SymExprs", (), {})
         self.from_shape_expr = lambda shape, dtype: ("from_shape_expr", shape, dtype)  # noqa: E731
         self.TensorDesc = object
+        self.cdiv = lambda a, b: _Expr(None if a.value is None else -(-a.value // b))  # noqa: E731
 
     def _deco(self, kind: str, pid: str) -> Any:
         def wrap(fn: Any) -> Any:
@@ -176,12 +179,12 @@ def test_aot_front_signatures_entries_and_geometry(op: str, tmp_path: Path, monk
     import inspect
 
     pytest.importorskip("cuda.bindings", reason="NVRTC (cuda-bindings) compiles the PTX the AOT plugin embeds")
-    from rwkv_export.kernels import trt_aot_matrix
+    from rwkv_export.kernels import trt_aot
     from rwkv_export.kernels.nvrtc import ptx_entries
 
     monkeypatch.setenv("RWKV_EXPORT_CACHE", str(tmp_path))
     rec = _Recorder()
-    trt_aot_matrix.define(rec, type("trt", (), {"float32": "FP32"}), "sm_80")
+    trt_aot.define(rec, type("trt", (), {"float32": "FP32"}), "sm_80")
     pid = f"rwkv::{op}"
     names = PLUGIN_OPS[op].inputs
     for kind in ("register", "autotune", "aot_impl"):  # TensorRT binds inputs by position: names must be the op's
@@ -206,3 +209,28 @@ def test_aot_front_signatures_entries_and_geometry(op: str, tmp_path: Path, monk
         rec.fns[("aot_impl", pid)](*descs, (), 0)
     y, state = rec.fns[("register", pid)](*[k if n == "k" else (type("S", (), {"like": lambda self: "like-state"})() if n == "state_in" else None) for n in names])
     assert y == ("from_shape_expr", k.shape_expr, "FP32") and state == "like-state"
+
+
+def test_aot_front_wkv4_entry_and_geometry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """WKV4 through the same generated AOT front: the seq kernel, one thread per (b, c), sizes B, T, C."""
+    import inspect
+
+    pytest.importorskip("cuda.bindings", reason="NVRTC (cuda-bindings) compiles the PTX the AOT plugin embeds")
+    from rwkv_export.kernels import trt_aot
+    from rwkv_export.kernels.nvrtc import ptx_entries
+
+    monkeypatch.setenv("RWKV_EXPORT_CACHE", str(tmp_path))
+    rec = _Recorder()
+    trt_aot.define(rec, type("trt", (), {"float32": "FP32"}), "sm_80")
+    names = PLUGIN_OPS["WKV4"].inputs
+    for kind in ("register", "autotune", "aot_impl"):
+        assert tuple(inspect.signature(rec.fns[(kind, "rwkv::WKV4")]).parameters)[:len(names)] == names, kind
+    (combo, _), = rec.fns[("autotune", "rwkv::WKV4")](*[None] * (len(names) + 1))
+    assert combo.split(", ") == ["FP32"] * 11
+    B, T, C = _Expr(3), _Expr(None), _Expr(300)
+    k = type("Desc", (), {"shape_expr": [B, T, C]})()
+    entry, ptx, params, scalars = rec.fns[("aot_impl", "rwkv::WKV4")](*[k if n == "k" else None for n in names], (), 0)
+    assert entry == b"wkv4_seq_f32" and entry.decode() in ptx_entries(ptx.decode())
+    assert params.block_x == 128 and params.grid_x.value == 8 and scalars == [B, T, C]  # ceil(900 / 128)
+    like = type("S", (), {"like": lambda self: "like"})()
+    assert rec.fns[("register", "rwkv::WKV4")](*[like] * len(names)) == ("like",) * 4  # y like k, state like aa, bb, pp

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from rwkv_export.ops.wkv4_onnx import DEFAULT_FORM
+from rwkv_export.ops.registry import op_spec
 from rwkv_export.cli.options import allow_nonfinite_flag, checkpoint_arg, examples, force_flag, quiet_flag
 from rwkv_export.export import ALL_FORMS
 
@@ -29,7 +29,7 @@ def progress_printer(quiet: bool):  # type: ignore[no-untyped-def]
 @click.option("--opset", type=click.IntRange(18, 30), default=None, help="ONNX opset (default: the exporter's).")
 @click.option("--all-logits", is_flag=True, help="Prefill returns logits for every position, not only the last.")
 @click.option("--wkv-form", type=click.Choice(ALL_FORMS), default=None,
-              help=f"Body of the WKV op's ONNX function that ONNX Runtime runs (default: {DEFAULT_FORM} for RWKV-4, "
+              help=f"Body of the WKV op's ONNX function that ONNX Runtime runs (default: {op_spec('WKV4').default_body} for RWKV-4, "
                    f"the fastest measured for batch-1 prefill; chunked for RWKV-5/6, scan for RWKV-7).")
 @click.option("--tokenizer", type=click.Path(path_type=str), default=None, help="tokenizer.json to ship with the export.")
 @force_flag

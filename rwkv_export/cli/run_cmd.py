@@ -13,7 +13,7 @@ assemble a batch from single-conversation files).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
@@ -28,6 +28,9 @@ from rwkv_export.cli.options import (
     quiet_flag,
 )
 from rwkv_export.errors import RwkvExportError
+
+if TYPE_CHECKING:
+    from rwkv_export.manifest import Manifest
 
 
 @click.command("run", epilog=examples(
@@ -105,7 +108,7 @@ def run(model_dir: str, prompts: tuple[str, ...], token_lists: tuple[str, ...], 
 class _StateFiles:
     """--load-state / --save-state / --save-final-state around one generation."""
 
-    def __init__(self, manifest: dict[str, Any], save: str | None, save_final: str | None, load: tuple[str, ...], prompts: int) -> None:
+    def __init__(self, manifest: Manifest, save: str | None, save_final: str | None, load: tuple[str, ...], prompts: int) -> None:
         from rwkv_export.serving import state_file
 
         self.manifest, self.save, self.save_final, self.module = manifest, save, save_final, state_file

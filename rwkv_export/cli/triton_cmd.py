@@ -32,11 +32,11 @@ from rwkv_export.cli.options import examples, force_flag, quiet_flag
 @quiet_flag
 def triton(model_dir: str, out: str, backend: str, max_batch_size: int, name: str, idle_seconds: float, force: bool, quiet: bool) -> None:
     """Write a Triton model repository serving the export in DIR (sequence batching, implicit state)."""
-    from rwkv_export.export.manifest import read_manifest
+    from rwkv_export.manifest import Manifest
     from rwkv_export.serving.triton import RepoOptions, write_repository
 
     options = RepoOptions(backend, max_batch_size, name, idle_seconds)
-    repo = write_repository(model_dir, out, options, read_manifest(model_dir), force)
+    repo = write_repository(Manifest.read(model_dir), out, options, force)
     if not quiet:
         click.echo(f"[triton] wrote {repo}: {options.model_name('prefill')}, {options.model_name('step')} "
                    f"({backend}, max_batch_size {max_batch_size})", err=True)

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rwkv_export.ops.wkv4_onnx import DEFAULT_FORM, FORMS, MIN_OPSET
-from rwkv_export.ops.wkv_matrix_onnx import CHUNKED_OPS, DEFAULT_FORMS as MATRIX_DEFAULT_FORMS, FORMS as MATRIX_FORMS
+from rwkv_export.ops.onnx_builder import MIN_OPSET
+from rwkv_export.ops.registry import ALL_BODIES, DOMAIN, PLUGIN_NAMESPACE, PLUGIN_VERSION, op_spec
 from rwkv_export import __version__
 from rwkv_export.checkpoint import Checkpoint, load_checkpoint
 from rwkv_export.checkpoint.versions import require_supported
@@ -30,7 +30,7 @@ from rwkv_export.errors import RwkvExportError
 from rwkv_export.export.finalize import (
     EXTERNAL_DATA_THRESHOLD, attach_wkv_function, default_opset, save_checked, set_metadata, wkv_function_sha256,
 )
-from rwkv_export.export.spec import GRAPHS, STATE_LAYOUTS, graph_spec
+from rwkv_export.export.spec import GRAPHS, graph_spec
 from rwkv_export.export.trace import step_from_prefill, trace_graph
 from rwkv_export.fileio import atomic_directory, sha256_file
 from rwkv_export.manifest import (
@@ -43,7 +43,7 @@ __all__ = ["EXPORT_DTYPES", "ExportResult", "default_wkv_form", "export_checkpoi
 
 EXPORT_DTYPES = ("float32", "float16")
 TOKENIZER_FILE = "tokenizer.json"
-ALL_FORMS = tuple(dict.fromkeys((*FORMS, *MATRIX_FORMS)))
+ALL_FORMS = ALL_BODIES  # every op's ONNX function bodies (--wkv-form)
 
 
 @dataclass
@@ -78,8 +78,7 @@ def tokenizer_info(vocab_size: int, has_file: bool) -> dict[str, Any]:
 
 def default_wkv_form(version: str) -> str:
     """The WKV function body an export of RWKV-`version` carries unless --wkv-form says otherwise."""
-    op = version_info(version).op
-    return DEFAULT_FORM if op == "WKV4" else MATRIX_DEFAULT_FORMS[op]
+    return op_spec(version_info(version).op).default_body
 
 
 def export_checkpoint(
@@ -101,7 +100,7 @@ def export_checkpoint(
     if wkv_form is not None and wkv_form not in ALL_FORMS:
         raise RwkvExportError(f"unknown WKV form '{wkv_form}' (expected one of {', '.join(ALL_FORMS)})")
     if opset is not None and opset < MIN_OPSET:
-        raise RwkvExportError(f"opset {opset} is too old: the WKV4 function body needs opset >= {MIN_OPSET}")
+        raise RwkvExportError(f"opset {opset} is too old: the WKV function bodies need opset >= {MIN_OPSET}")
     tokenizer_path = _find_tokenizer(checkpoint, tokenizer)
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
@@ -110,13 +109,13 @@ def export_checkpoint(
     cfg = ckpt.config
     require_supported(cfg.version)  # every known version exports; kept for versions added to loading first
     op = version_info(cfg.version).op
-    forms = FORMS if op == "WKV4" else MATRIX_FORMS if op in CHUNKED_OPS else ("scan",)
+    forms = op_spec(op).bodies
     wkv_form = wkv_form or default_wkv_form(cfg.version)
     if wkv_form not in forms:
         raise RwkvExportError(f"WKV form '{wkv_form}' is not available for RWKV-{cfg.version} ({op}); its forms: {', '.join(forms)}")
     progress(f"loaded {ckpt.path} (RWKV-{cfg.version}, {cfg.n_layer} x {cfg.n_embd}, vocab {cfg.vocab_size}, {ckpt.format})")
     model = build_model(ckpt, dtype)
-    matrix_info = _matrix_info(model, op)
+    head_info = _head_state_info(model, op)
     tok_info = tokenizer_info(cfg.vocab_size, tokenizer_path is not None)
     graphs: dict[str, Graph] = {}
     with atomic_directory(out_dir, force=force) as tmp:
@@ -141,8 +140,8 @@ def export_checkpoint(
                 "state_map": {t.name: t.feeds for t in spec.outputs if t.feeds},
                 "state_initial": {t.name: t.initial for t in spec.inputs if t.role == "state"},
                 **({"state_initial_files": initial_files} if initial_files else {}),
-                **{f"rwkv.{k}": v for k, v in matrix_info.items()},
-                **({"wkv_op": op} if matrix_info else {}),
+                **{f"rwkv.{k}": v for k, v in head_info.items()},
+                **({"wkv_op": op} if head_info else {}),
                 "tokenizer": tok_info["kind"],
             })  # fmt: skip
             progress(f"checking and saving {graph}.onnx ({n_wkv} rwkv::{op} nodes)")
@@ -155,13 +154,13 @@ def export_checkpoint(
             shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
             tok_info["sha256"] = sha256_file(tmp / TOKENIZER_FILE)
         typed = Manifest(
-            model=ModelInfo(cfg.version, cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.ffn_size, ckpt.parameter_count, **matrix_info),
+            model=ModelInfo(cfg.version, cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.ffn_size, ckpt.parameter_count, **head_info),
             source=Source(str(ckpt.path), ckpt.format, cfg.dtype), dtype=dtype, graphs=graphs,
             state=_state_specs(cfg, initial_files, tmp), tokenizer=TokenizerInfo(**tok_info),
             export=ExportOptions(dtype=dtype, opset=graphs["step"].opset, all_logits=all_logits, wkv_form=wkv_form,
                                  wkv_function_sha256=wkv_function_sha256(op, graphs["step"].opset, wkv_form),
-                                 rescale_every=model.rescale_every, wkv_domain="rwkv", wkv_op=op,
-                                 plugin_namespace="rwkv", plugin_version="1"),
+                                 rescale_every=model.rescale_every, wkv_domain=DOMAIN, wkv_op=op,
+                                 plugin_namespace=PLUGIN_NAMESPACE, plugin_version=PLUGIN_VERSION),
             versions=package_versions(),
         )
         typed.write(tmp)
@@ -186,12 +185,14 @@ def _state_specs(cfg: Any, initial_files: dict[str, str], directory: Path) -> tu
     return tuple(out)
 
 
-def _matrix_info(model: RWKVModel, op: str) -> dict[str, Any]:
-    """What a runtime of the versions with heads needs beyond RWKV-4's facts (empty for RWKV-4)."""
-    if model.n_head is None:
+def _head_state_info(model: RWKVModel, op: str) -> dict[str, Any]:
+    """What a runtime of an op with a per-head state (WKV5/6/7) needs beyond the model's sizes
+    (empty for an op whose state is per channel: WKV4)."""
+    layout = op_spec(op).state_layout
+    if layout is None:
         return {}
     return {"n_head": model.n_head, "head_size": model.head_size, "group_norm_eps": model.eps,
-            "wkv_state_layout": STATE_LAYOUTS[op]}
+            "wkv_state_layout": layout}
 
 
 def _write_initial_state(model: RWKVModel, directory: Path) -> dict[str, str]:

@@ -1,8 +1,8 @@
 """Turn a traced graph into the shipped file: function attached, metadata set, checked, saved.
 
-- appends the model-local FunctionProto of the graph's WKV op (`rwkv::WKV4`, custom_ops/wkv4_onnx.py,
-  in the requested form; `rwkv::WKV5|6|7`, custom_ops/wkv_matrix_onnx.py) with the model's own
-  default-domain opset, so bare onnxruntime runs the file;
+- appends the model-local FunctionProto of the graph's WKV op (`rwkv::WKV4` .. `rwkv::WKV7` in the
+  requested body, custom_ops/onnx_function.py) with the model's own default-domain opset, so bare
+  onnxruntime runs the file;
 - writes the key facts into metadata_props (the manifest holds the full story);
 - runs onnx.checker with full_check (shape inference included);
 - saves atomically; models over the 2 GB protobuf limit keep their weights in external data.
@@ -18,9 +18,8 @@ from pathlib import Path
 
 import onnx
 
-from rwkv_export.ops.wkv4 import DOMAIN, DOMAIN_VERSION, OP_TYPE
-from rwkv_export.ops.wkv4_onnx import wkv4_function
-from rwkv_export.ops.wkv_matrix_onnx import wkv_matrix_function
+from rwkv_export.ops.onnx_function import wkv_function
+from rwkv_export.ops.registry import DOMAIN, DOMAIN_VERSION
 from rwkv_export.errors import RwkvExportError
 
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of initializers; protobuf refuses messages over 2 GiB
@@ -30,18 +29,13 @@ def default_opset(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def wkv_function(op: str, opset: int, form: str) -> onnx.FunctionProto:
-    """The model-local function rwkv::<op> an export of this code attaches."""
-    return wkv4_function(opset, form) if op == OP_TYPE else wkv_matrix_function(op, opset, form)
-
-
 def wkv_function_sha256(op: str, opset: int, form: str) -> str:
     """Fingerprint of that function (recorded in the manifest): a cached export whose fingerprint
     differs carries an older body of the same form and is stale."""
     return hashlib.sha256(wkv_function(op, opset, form).SerializeToString(deterministic=True)).hexdigest()
 
 
-def attach_wkv_function(model: onnx.ModelProto, form: str, op: str = OP_TYPE) -> int:
+def attach_wkv_function(model: onnx.ModelProto, form: str, op: str) -> int:
     """Add the rwkv::<op> function body (op: WKV4 .. WKV7); return the number of <op> nodes it serves."""
     nodes = [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == op]
     if not nodes:

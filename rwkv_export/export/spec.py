@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from rwkv_export.ops import wkv5, wkv6, wkv7
 from rwkv_export.checkpoint.config import ModelConfig
 from rwkv_export.model.state import OUTPUT_SUFFIX
 from rwkv_export.versions import state_shapes, version_info
@@ -55,10 +54,6 @@ class GraphSpec:
     @property
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
-
-
-# The state layout of each matrix-state WKV op (the version registry names each version's op).
-STATE_LAYOUTS = {"WKV5": wkv5.STATE_LAYOUT, "WKV6": wkv6.STATE_LAYOUT, "WKV7": wkv7.STATE_LAYOUT}
 
 
 def graph_spec(graph: str, config: ModelConfig, all_logits: bool = False, initial_files: dict[str, str] | None = None) -> GraphSpec:

@@ -1,11 +1,11 @@
 """Trace the reference model into ONNX with torch.onnx (dynamo), one `rwkv::WKV<n>` node per layer.
 
-The model's WKV function (`model.wkv`) is swapped for a symbolic emitter (`symbolic_wkv4`, or
-`symbolic_wkv("WKV5" | "WKV6" | "WKV7")` for the matrix-state versions) with the op's signature,
-which emits a bodiless custom node carrying the TensorRT plugin attributes; the node's model-local
-function is attached afterwards (finalize.py), since the exporter would inline an onnxscript function.
+The model's WKV function (`model.wkv`) is swapped for a symbolic emitter (`symbolic_wkv(op)`) with
+the op's signature, which emits a bodiless custom node carrying the TensorRT plugin attributes and
+the output shapes of the op's registry entry; the node's model-local function is attached afterwards
+(finalize.py), since the exporter would inline an onnxscript function.
 
-RWKV-5/6/7 step graphs are not traced again: their step *is* the sequence form at T = 1
+Step graphs are not traced again: every version's step *is* its sequence form at T = 1
 (RWKVModel.forward_step), so `step_from_prefill` wraps the traced prefill graph (tokens [batch] ->
 Unsqueeze -> [batch, 1]; logits [batch, 1, vocab] -> Squeeze for an --all-logits prefill). That
 computes exactly what tracing forward_step would and saves one trace (~40% of an export's time).
@@ -24,74 +24,42 @@ import onnx
 import torch
 from torch.export import Dim
 
-from rwkv_export.ops.wkv4 import DOMAIN, DOMAIN_VERSION, OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.export.spec import GraphSpec
-from rwkv_export.model import ChannelState, HeadState, RWKVModel, initial_state
+from rwkv_export.model import RWKVModel
+from rwkv_export.ops.registry import DOMAIN, DOMAIN_VERSION, PLUGIN_NAMESPACE, PLUGIN_VERSION, op_spec
 from rwkv_export.versions import version_info
 
 
-def symbolic_wkv4(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                  aa: torch.Tensor, bb: torch.Tensor, pp: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Same signature as custom_ops.wkv4.wkv4; during export it becomes one rwkv::WKV4 node."""
-    return tuple(torch.onnx.ops.symbolic_multi_out(
-        f"{DOMAIN}::{OP_TYPE}", [time_decay, time_first, k, v, aa, bb, pp],
-        {"plugin_namespace": PLUGIN_NAMESPACE, "plugin_version": PLUGIN_VERSION},
-        dtypes=[torch.float32] * 4, shapes=[k.shape, aa.shape, aa.shape, aa.shape], version=DOMAIN_VERSION,
-    ))  # fmt: skip
-
-
 def symbolic_wkv(op: str):  # type: ignore[no-untyped-def]
-    """An emitter with the signature of custom_ops.wkv5|6|7 (inputs ..., state_in) -> (y, state_out):
-    during export it becomes one rwkv::<op> node; y has r's shape [B, T, H, N] (r comes first)."""
+    """An emitter with the signature of the op's torch definition (custom_ops/wkvN.py): during export
+    it becomes one rwkv::<op> node, its outputs float32 and shaped as the registry's `shape_like`."""
+    spec = op_spec(op)
+    like = [spec.inputs.index(name) for name in spec.shape_like]
 
     def emit(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(torch.onnx.ops.symbolic_multi_out(
             f"{DOMAIN}::{op}", list(inputs), {"plugin_namespace": PLUGIN_NAMESPACE, "plugin_version": PLUGIN_VERSION},
-            dtypes=[torch.float32] * 2, shapes=[inputs[0].shape, inputs[-1].shape], version=DOMAIN_VERSION,
+            dtypes=[torch.float32] * len(like), shapes=[inputs[i].shape for i in like], version=DOMAIN_VERSION,
         ))  # fmt: skip
 
     return emit
 
 
-class _Prefill(torch.nn.Module):
-    def __init__(self, model: RWKVModel, all_logits: bool) -> None:
+class _Graph(torch.nn.Module):
+    """(tokens, *state) -> (logits, *state) through the model's sequence form (prefill) or step form."""
+
+    def __init__(self, model: RWKVModel, step: bool, all_logits: bool) -> None:
         super().__init__()
-        self.model, self.all_logits = model, all_logits
+        self.model, self.step, self.all_logits = model, step, all_logits
+        self.state_type = type(model.initial_state(1))
 
-    def forward(self, tokens, x_att, aa, bb, pp, x_ffn):  # type: ignore[no-untyped-def]
-        logits, state = self.model.forward_sequence(tokens, ChannelState(x_att, aa, bb, pp, x_ffn), self.all_logits)
-        return (logits, *state)
-
-
-class _Step(torch.nn.Module):
-    def __init__(self, model: RWKVModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens, x_att, aa, bb, pp, x_ffn):  # type: ignore[no-untyped-def]
-        logits, state = self.model.forward_step(tokens, ChannelState(x_att, aa, bb, pp, x_ffn))
-        return (logits, *state)
-
-
-class _MatrixPrefill(torch.nn.Module):
-    def __init__(self, model: RWKVModel, all_logits: bool) -> None:
-        super().__init__()
-        self.model, self.all_logits = model, all_logits
-
-    def forward(self, tokens, x_att, wkv, x_ffn):  # type: ignore[no-untyped-def]
-        logits, state = self.model.forward_sequence(tokens, HeadState(x_att, wkv, x_ffn), self.all_logits)
-        return (logits, *state)
-
-
-class _MatrixStep(torch.nn.Module):
-    def __init__(self, model: RWKVModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens, x_att, wkv, x_ffn):  # type: ignore[no-untyped-def]
-        logits, state = self.model.forward_step(tokens, HeadState(x_att, wkv, x_ffn))
-        return (logits, *state)
+    def forward(self, tokens, *state):  # type: ignore[no-untyped-def]
+        if self.step:
+            logits, new = self.model.forward_step(tokens, self.state_type(*state))
+        else:
+            logits, new = self.model.forward_sequence(tokens, self.state_type(*state), self.all_logits)
+        return (logits, *new)
 
 
 @contextlib.contextmanager
@@ -108,23 +76,19 @@ def _quiet_torch_onnx_logs():  # type: ignore[no-untyped-def]
 
 def trace_graph(model: RWKVModel, spec: GraphSpec, opset: int | None, all_logits: bool = False) -> onnx.ModelProto:
     """Export one graph (spec.name: prefill or step) of `model`; WKV as custom nodes, no function yet."""
-    cfg = model.config
     original = model.wkv
-    op = version_info(cfg.version).op
-    matrix = op != "WKV4"
-    model.wkv = symbolic_wkv(op) if matrix else symbolic_wkv4  # type: ignore[assignment]
+    model.wkv = symbolic_wkv(version_info(model.config.version).op)
     batch, seq = Dim("batch", min=1), Dim("seq", min=1)
     # Example sizes > 1 so the exporter does not specialise the dynamic dims to 1.
-    state = initial_state(cfg, 2)
+    state = tuple(torch.zeros_like(t, dtype=torch.float32) for t in model.initial_state(2))
+    module = _Graph(model, spec.name == "step", all_logits)
     if spec.name == "prefill":
-        module: torch.nn.Module = _MatrixPrefill(model, all_logits) if matrix else _Prefill(model, all_logits)  # type: ignore[arg-type]
         tokens = torch.zeros(2, 3, dtype=torch.long)
         token_dims = {0: batch, 1: seq}
     else:
-        module = _MatrixStep(model) if matrix else _Step(model)  # type: ignore[arg-type]
         tokens = torch.zeros(2, dtype=torch.long)
         token_dims = {0: batch}
-    dynamic = {"tokens": token_dims, **{name: {1: batch} for name in type(state)._fields}}
+    dynamic = {"tokens": token_dims, "state": tuple({1: batch} for _ in state)}
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_torch_onnx_logs():
             warnings.simplefilter("ignore")

@@ -84,6 +84,11 @@ class StateSpec:
             raise F.FieldError(f"{where}.shape", f"{elements} elements per batch row is more than {MAX_STATE_ELEMENTS}")
         return spec
 
+    @property
+    def batch_axis(self) -> int:
+        """The axis of the one "batch" dim (parse checked there is exactly one)."""
+        return self.shape.index("batch")
+
     def concrete_shape(self, batch: int) -> tuple[int, ...]:
         return tuple(batch if d == "batch" else int(d) for d in self.shape)
 

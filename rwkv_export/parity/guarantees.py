@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from rwkv_export.generate import last_logits, prefill_prompts
+from rwkv_export.manifest import Manifest
 from rwkv_export.parity.compare import per_layer_error
 from rwkv_export.parity.scenario import Scenario
 from rwkv_export.parity.tolerances import Tolerance
@@ -76,16 +77,14 @@ def _compare(result: GuaranteeResult, where: str, ref: tuple[Any, Any], got: tup
 
 
 def _through_file(backend: Any, state: Any) -> dict[str, np.ndarray]:
-    """The state saved to a file and loaded back: a state file for an export, a plain .npz otherwise."""
+    """The state saved to a file and loaded back: a state file for an export (an ExportedModel's
+    save_state / load_state), a plain .npz otherwise (the torch reference has no export)."""
     host = backend.to_host(state)
-    manifest = getattr(getattr(backend, "model", None), "manifest", None)
     with tempfile.TemporaryDirectory(prefix="rwkv-guarantee-") as tmp:
         path = Path(tmp) / "state.npz"
-        if isinstance(manifest, dict):
-            from rwkv_export.serving import state_file
-
-            state_file.save_state(path, host, manifest)
-            return state_file.load_state(path, manifest)
+        if isinstance(getattr(backend, "manifest", None), Manifest):
+            backend.save_state(path, host)
+            return backend.load_state(path)
         np.savez(path, **host)
         with np.load(path, allow_pickle=False) as npz:
             return {n: npz[n] for n in npz.files}

@@ -102,18 +102,6 @@ class ModelSession:
             raise RwkvExportError(f"step takes tokens shaped [batch], got {list(tokens.shape)}")
         return self._run("step", tokens, state)
 
-    def save_state(self, path: str | Path, state: dict[str, Any], rows: list[int] | None = None, note: str = "") -> None:
-        """Write `state` (or only `rows` of it) as a state file bound to this export (rwkv_export/serving/state_file.py)."""
-        from rwkv_export.serving import state_file
-
-        state_file.save_state(path, state, self.manifest, rows, note)
-
-    def load_state(self, path: str | Path, rows: list[int] | None = None) -> StateDict:
-        """A state file of this export (one-line errors for a damaged file or another model, dtype or shape)."""
-        from rwkv_export.serving import state_file
-
-        return state_file.load_state(path, self.manifest, rows)
-
 
 class ExportedModel(ModelSession):
     """An exported directory's prefill and step graphs on one backend, driven by its manifest."""
@@ -153,6 +141,18 @@ class ExportedModel(ModelSession):
             if provider != "tensorrt":
                 raise
             raise RwkvExportError(f"{exc}; or build TensorRT engines: rwkv-export build {self.directory}") from None
+
+    def save_state(self, path: str | Path, state: dict[str, Any], rows: list[int] | None = None, note: str = "") -> None:
+        """Write `state` (or only `rows` of it) as a state file bound to this export (rwkv_export/serving/state_file.py)."""
+        from rwkv_export.serving import state_file
+
+        state_file.save_state(path, state, self.manifest, rows, note)
+
+    def load_state(self, path: str | Path, rows: list[int] | None = None) -> StateDict:
+        """A state file of this export (one-line errors for a damaged file or another model, dtype or shape)."""
+        from rwkv_export.serving import state_file
+
+        return state_file.load_state(path, self.manifest, rows)
 
     def initial_state(self, batch: int) -> StateDict:
         """The manifest's initial values: a constant, or an `initial_file` (.npy, batch axis of 1) broadcast."""

@@ -15,13 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rwkv_export.serving.manifest_view import (
-    BATCH,
-    Manifest,
-    external_files,
-    graph_file,
-    state_specs,
-)
+from rwkv_export.manifest import Manifest
 
 CONTROLS = ("START", "READY", "END")
 SUFFIX = "__layer_major"
@@ -51,36 +45,36 @@ def _value_info(name: str, elem_type: int, shape: list[Any]) -> Any:
     return helper.make_tensor_value_info(name, elem_type, [d if isinstance(d, str) else int(d) for d in shape])
 
 
-def batch_first_model(directory: str | Path, manifest: Manifest, graph: str, controls: bool = True, batched_controls: bool = True) -> Any:
-    """The exported `graph` ("prefill" or "step") with batch-first state and control inputs, as an
-    onnx.ModelProto (external data loaded into it)."""
+def batch_first_model(manifest: Manifest, graph: str, controls: bool = True, batched_controls: bool = True) -> Any:
+    """The exported `graph` ("prefill" or "step") of the export `manifest` was read from, with
+    batch-first state and control inputs, as an onnx.ModelProto (external data loaded into it)."""
     import onnx
     from onnx import TensorProto, helper
 
-    model = onnx.load(str(Path(directory) / graph_file(manifest, graph)), load_external_data=True)
+    model = onnx.load(str(manifest.path(manifest.graph(graph).file, f"graphs.{graph}.file")), load_external_data=True)
     g = model.graph
     inputs = {v.name: v for v in g.input}
     outputs = {v.name: v for v in g.output}
     transposes = []
-    for spec in state_specs(manifest):
-        name, out = spec["name"], spec["output"]
-        if list(spec["shape"]).index(BATCH) != 1:
-            raise ValueError(f"state '{name}' has its batch on axis {list(spec['shape']).index(BATCH)}, expected 1")
-        perm = [1, 0, *range(2, len(spec["shape"]))]
+    for spec in manifest.state:
+        name, out = spec.name, spec.output
+        if spec.batch_axis != 1:
+            raise ValueError(f"state '{name}' has its batch on axis {spec.batch_axis}, expected 1")
+        perm = [1, 0, *range(2, len(spec.shape))]
         elem = inputs[name].type.tensor_type.elem_type
         _rename_uses(g, name, name + SUFFIX)
         g.input.remove(inputs[name])
-        g.input.append(_value_info(name, elem, swap01(list(spec["shape"]))))
+        g.input.append(_value_info(name, elem, swap01(list(spec.shape))))
         transposes.append(helper.make_node("Transpose", [name], [name + SUFFIX], name=f"batch_first_in_{name}", perm=perm))
         _rename_uses(g, out, out + SUFFIX)
         position = list(g.output).index(outputs[out])
         g.output.remove(outputs[out])
-        g.output.insert(position, _value_info(out, elem, swap01(list(spec["shape"]))))
+        g.output.insert(position, _value_info(out, elem, swap01(list(spec.shape))))
         g.node.append(helper.make_node("Transpose", [out + SUFFIX], [out], name=f"batch_first_out_{name}", perm=perm))
     for i, node in enumerate(transposes):
         g.node.insert(i, node)
     if controls:
-        shape: list[Any] = [BATCH, 1] if batched_controls else [1]  # Triton's control tensor shape
+        shape: list[Any] = ["batch", 1] if batched_controls else [1]  # Triton's control tensor shape
         g.input.extend(_value_info(c, TensorProto.INT32, shape) for c in CONTROLS)
     if model.ByteSize() < 2**31 - 2**24:  # the in-memory checker is limited to protobuf's 2 GB
         onnx.checker.check_model(model)
@@ -98,4 +92,4 @@ def save_model(model: Any, path: Path, external: bool) -> None:
 
 
 def has_external_data(manifest: Manifest, graph: str) -> bool:
-    return bool(external_files(manifest, graph))
+    return bool(manifest.graph(graph).external_data)

@@ -7,7 +7,9 @@ Format `rwkv-export-state/1`: an uncompressed `.npz` (numpy's zip of `.npy` file
                    in the manifest's dtype and shape with the batch axis at the manifest's position
     __meta__.npy   uint8 bytes of a JSON object:
                    format       "rwkv-export-state/1"
-                   fingerprint  sha256 over the sha256 of the export's graph (and initial-state) files
+                   fingerprint  the export's Manifest.fingerprint: sha256 of json.dumps({file: sha256},
+                                sort_keys=True) over every graph, external-data, initial-state and
+                                tokenizer file its manifest lists
                    model        {version, n_layer, n_embd, vocab_size, dtype}
                    batch        rows in the file
                    tensors      {name: {dtype, shape}}
@@ -35,18 +37,21 @@ import numpy as np
 
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.fileio import atomic_write_bytes
-from rwkv_export.serving.manifest_view import (
-    Manifest,
-    batch_axis,
-    concrete_shape,
-    describe,
-    fingerprint,
-    model_summary,
-    state_specs,
-)
+from rwkv_export.manifest import Manifest
 
 FORMAT = "rwkv-export-state/1"
 META = "__meta__"
+
+
+def model_summary(manifest: Manifest) -> dict[str, Any]:
+    """What a state file records about its model: version, sizes, vocab and the export dtype."""
+    model = manifest.model
+    return {"version": model.version, "n_layer": model.n_layer, "n_embd": model.n_embd, "vocab_size": model.vocab_size,
+            "dtype": manifest.dtype}
+
+
+def describe(summary: dict[str, Any]) -> str:
+    return f"RWKV-{summary['version']} {summary['n_layer']}x{summary['n_embd']} vocab {summary['vocab_size']} {summary['dtype']}"
 
 
 def content_hash(state: Mapping[str, np.ndarray]) -> str:
@@ -66,21 +71,21 @@ def _host(value: Any) -> np.ndarray:
 def select_rows(state: Mapping[str, Any], manifest: Manifest, rows: Sequence[int]) -> dict[str, np.ndarray]:
     """The given batch rows of a state (in that order), every tensor cut on its batch axis."""
     out = {}
-    for spec in state_specs(manifest):
-        value = _host(state[spec["name"]])
-        axis = batch_axis(spec)
+    for spec in manifest.state:
+        value = _host(state[spec.name])
+        axis = spec.batch_axis
         bad = [r for r in rows if not -value.shape[axis] <= r < value.shape[axis]]
         if bad or not rows:
             raise RwkvExportError(f"state rows {list(rows)}: the state has {value.shape[axis]} row(s) (0..{value.shape[axis] - 1})")
-        out[spec["name"]] = np.ascontiguousarray(np.take(value, list(rows), axis=axis))
+        out[spec.name] = np.ascontiguousarray(np.take(value, list(rows), axis=axis))
     return out
 
 
 def encode(state: Mapping[str, Any], manifest: Manifest, note: str = "") -> bytes:
     """The .npz bytes of `state` (checked against the manifest first)."""
-    arrays = {spec["name"]: np.ascontiguousarray(_host(state[spec["name"]])) for spec in state_specs(manifest)}
+    arrays = {spec.name: np.ascontiguousarray(_host(state[spec.name])) for spec in manifest.state}
     batch = _check_tensors(arrays, manifest, "state to save")
-    meta = {"format": FORMAT, "fingerprint": fingerprint(manifest), "model": model_summary(manifest), "batch": batch,
+    meta = {"format": FORMAT, "fingerprint": manifest.fingerprint, "model": model_summary(manifest), "batch": batch,
             "tensors": {n: {"dtype": a.dtype.name, "shape": list(a.shape)} for n, a in arrays.items()},
             "content_sha256": content_hash(arrays), "note": note}
     buffer = io.BytesIO()
@@ -122,11 +127,11 @@ def load_state(path: str | Path, manifest: Manifest, rows: Sequence[int] | None 
     meta, arrays = read_meta(path)
     where = f"state file '{path}'"
     mine, theirs = model_summary(manifest), meta.get("model", {})
-    if meta.get("fingerprint") != fingerprint(manifest):
+    if meta.get("fingerprint") != manifest.fingerprint:
         if theirs != mine:
             raise RwkvExportError(f"{where} holds the state of a {_describe(theirs)} export; this export is {describe(mine)}")
         raise RwkvExportError(f"{where} belongs to another export of a {describe(mine)} model (fingerprint "
-                              f"{str(meta.get('fingerprint'))[:12]}, this export's is {fingerprint(manifest)[:12]})")
+                              f"{str(meta.get('fingerprint'))[:12]}, this export's is {manifest.fingerprint[:12]})")
     _check_tensors(arrays, manifest, where)
     return select_rows(arrays, manifest, rows) if rows is not None else arrays
 
@@ -136,7 +141,7 @@ def load_states(paths: Sequence[str | Path], manifest: Manifest) -> dict[str, np
     if not paths:
         raise RwkvExportError("no state files to load")
     parts = [load_state(p, manifest) for p in paths]
-    return {spec["name"]: np.concatenate([p[spec["name"]] for p in parts], axis=batch_axis(spec)) for spec in state_specs(manifest)}
+    return {spec.name: np.concatenate([p[spec.name] for p in parts], axis=spec.batch_axis) for spec in manifest.state}
 
 
 def _describe(summary: Any) -> str:
@@ -148,28 +153,27 @@ def _describe(summary: Any) -> str:
 
 def _check_tensors(arrays: Mapping[str, np.ndarray], manifest: Manifest, where: str) -> int:
     """Names, dtypes and shapes against the manifest; returns the (common) batch size."""
-    specs = state_specs(manifest)
-    names = [s["name"] for s in specs]
+    names = [s.name for s in manifest.state]
     if sorted(arrays) != sorted(names):
         raise RwkvExportError(f"{where} holds tensors {sorted(arrays)}; this export's state is {names}")
-    first = specs[0]
-    batch = arrays[first["name"]].shape[batch_axis(first)] if arrays[first["name"]].ndim == len(first["shape"]) else -1
-    for spec in specs:
-        value = arrays[spec["name"]]
-        if value.dtype != np.dtype(spec["dtype"]):
-            raise RwkvExportError(f"{where}: '{spec['name']}' is {value.dtype}, this export's state is {spec['dtype']}")
-        expected = concrete_shape(spec, batch)
+    first = manifest.state[0]
+    batch = arrays[first.name].shape[first.batch_axis] if arrays[first.name].ndim == len(first.shape) else -1
+    for spec in manifest.state:
+        value = arrays[spec.name]
+        if value.dtype != np.dtype(spec.dtype):
+            raise RwkvExportError(f"{where}: '{spec.name}' is {value.dtype}, this export's state is {spec.dtype}")
+        expected = spec.concrete_shape(batch)
         if batch < 1 or value.shape != expected:
-            raise RwkvExportError(f"{where}: '{spec['name']}' has shape {list(value.shape)}, expected {list(expected)} "
-                                  f"(manifest shape {spec['shape']})")
+            raise RwkvExportError(f"{where}: '{spec.name}' has shape {list(value.shape)}, expected {list(expected)} "
+                                  f"(manifest shape {list(spec.shape)})")
     return int(batch)
 
 
 def fit_to_prompts(state: Mapping[str, np.ndarray], manifest: Manifest, prompts: int) -> dict[str, np.ndarray]:
     """A loaded state for `prompts` rows: one row is repeated for every prompt (a shared system
     prompt); otherwise the row count must equal the number of prompts (row i continues prompt i)."""
-    spec = state_specs(manifest)[0]
-    rows = state[spec["name"]].shape[batch_axis(spec)]
+    spec = manifest.state[0]
+    rows = state[spec.name].shape[spec.batch_axis]
     if rows == prompts:
         return dict(state)
     if rows == 1:

@@ -27,17 +27,10 @@ import numpy as np
 
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.fileio import atomic_directory
+from rwkv_export.manifest import Manifest, StateSpec, TensorSpec
+from rwkv_export.manifest.files import checked_sha256
 from rwkv_export.serving import onnx_wrap
-from rwkv_export.serving.manifest_view import (
-    BATCH,
-    Manifest,
-    describe,
-    engine_entry,
-    graph_io,
-    initial_value,
-    model_summary,
-    state_specs,
-)
+from rwkv_export.serving.state_file import describe, model_summary
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -60,16 +53,18 @@ def unsupported(manifest: Manifest, options: RepoOptions) -> str | None:
     """Why this export cannot be served with these options (None when it can)."""
     if options.backend not in BACKENDS:
         return f"unknown Triton backend {options.backend!r} (expected one of {', '.join(BACKENDS)})"
-    for spec in [*state_specs(manifest), *(t for g in GRAPHS for t in (*graph_io(manifest, g)[0], *graph_io(manifest, g)[1]))]:
-        if spec["dtype"] not in TRITON_TYPES:
-            return f"tensor '{spec['name']}' has dtype {spec['dtype']}, which Triton's model configuration has no type for"
+    tensors: list[StateSpec | TensorSpec] = [*manifest.state]
+    tensors += [t for g in GRAPHS for t in (*manifest.graph(g).inputs, *manifest.graph(g).outputs)]
+    for spec in tensors:
+        if spec.dtype not in TRITON_TYPES:
+            return f"tensor '{spec.name}' has dtype {spec.dtype}, which Triton's model configuration has no type for"
     if options.backend == "onnxruntime":
         return None
-    entries = {g: engine_entry(manifest, g) for g in GRAPHS}
+    entries = {g: (manifest.engines or {}).get(g) for g in GRAPHS}
     missing = [g for g, e in entries.items() if e is None]
     if missing:
         return f"the export has no TensorRT engine for {', '.join(missing)}; run `rwkv-export build` first or use --backend onnxruntime"
-    python = [g for g, e in entries.items() if e is not None and e.get("plugin") == "python"]
+    python = [g for g, e in entries.items() if e is not None and e.plugin == "python"]
     if python:
         return (f"the {', '.join(python)} engine(s) use the Python plugin front, which needs our Python plugin registered in the "
                 "serving process; Triton's TensorRT backend loads plans without Python: rebuild with --plugin aot or --plugin none")
@@ -83,7 +78,7 @@ def _dims(shape: list[Any], batching: bool, batch_axis: int = 0) -> list[int]:
     """Manifest shape -> Triton dims: the batch axis dropped (batching) or 1; symbolic dims -1."""
     dims = []
     for axis, d in enumerate(shape):
-        if d == BATCH:
+        if d == "batch":
             if axis != batch_axis:
                 raise RwkvExportError(f"shape {shape}: the batch dim is on axis {axis}, Triton needs it on axis {batch_axis}")
             if not batching:
@@ -97,44 +92,42 @@ def _list(values: list[Any]) -> str:
     return "[ " + ", ".join(str(v) for v in values) + " ]"
 
 
-def _tensor(t: dict[str, Any], batching: bool) -> str:
-    dims = _dims(list(t["shape"]), batching)
+def _tensor(t: TensorSpec, batching: bool) -> str:
+    dims = _dims(list(t.shape), batching)
     reshape = ""
     if not dims:  # a [batch] tensor: Triton needs dims [1], reshaped away for the model
         dims, reshape = [1], " reshape: { shape: [ ] }"
-    return f'  {{ name: "{t["name"]}" data_type: {TRITON_TYPES[t["dtype"]]} dims: {_list(dims)}{reshape} }}'
+    return f'  {{ name: "{t.name}" data_type: {TRITON_TYPES[t.dtype]} dims: {_list(dims)}{reshape} }}'
 
 
-def state_dims(spec: dict[str, Any], options: RepoOptions) -> list[int]:
+def state_dims(spec: StateSpec, options: RepoOptions) -> list[int]:
     """A state tensor's dims in the served model: batch-first wrapper (onnxruntime) or engine layout."""
-    shape = list(spec["shape"])
     if options.backend == "onnxruntime":
-        return _dims(onnx_wrap.swap01(shape), options.max_batch_size > 0)
-    return [1 if d == BATCH else int(d) for d in shape]
+        return _dims(onnx_wrap.swap01(list(spec.shape)), options.max_batch_size > 0)
+    return list(spec.concrete_shape(1))
 
 
-def initial_data(directory: Path, spec: dict[str, Any], options: RepoOptions) -> np.ndarray | None:
-    """The raw initial value of one state (one sequence, in state_dims layout); None for all zeros."""
-    value = initial_value(directory, spec)
+def initial_data(spec: StateSpec, value: np.ndarray, options: RepoOptions) -> np.ndarray | None:
+    """The raw initial `value` of one state (one sequence, in state_dims layout); None for all zeros."""
     if not value.any():
         return None
     return np.ascontiguousarray(value.reshape(state_dims(spec, options)), value.dtype.newbyteorder("<"))
 
 
-def _state_entry(spec: dict[str, Any], options: RepoOptions, has_data: bool) -> str:
-    kind = TRITON_TYPES[spec["dtype"]]
+def _state_entry(spec: StateSpec, options: RepoOptions, has_data: bool) -> str:
+    kind = TRITON_TYPES[spec.dtype]
     dims = _list(state_dims(spec, options))
-    source = f'data_file: "{spec["name"]}.bin"' if has_data else "zero_data: true"
-    return (f'    {{ input_name: "{spec["name"]}" output_name: "{spec["output"]}" data_type: {kind} dims: {dims}\n'
-            f'      initial_state: {{ data_type: {kind} dims: {dims} {source} name: "{spec["name"]} initial" }} }}')
+    source = f'data_file: "{spec.name}.bin"' if has_data else "zero_data: true"
+    return (f'    {{ input_name: "{spec.name}" output_name: "{spec.output}" data_type: {kind} dims: {dims}\n'
+            f'      initial_state: {{ data_type: {kind} dims: {dims} {source} name: "{spec.name} initial" }} }}')
 
 
 def config_text(manifest: Manifest, graph: str, options: RepoOptions, data_files: set[str]) -> str:
     """config.pbtxt of one graph's sequence model (protobuf text format of Triton's ModelConfig)."""
     batching = options.max_batch_size > 0
-    inputs, outputs = graph_io(manifest, graph)
-    io_in = [_tensor(t, batching) for t in inputs if t.get("role") != "state"]
-    io_out = [_tensor(t, batching) for t in outputs if t.get("role") != "state"]
+    info = manifest.graph(graph)
+    io_in = [_tensor(t, batching) for t in info.inputs if t.role != "state"]
+    io_out = [_tensor(t, batching) for t in info.outputs if t.role != "state"]
     lines = [f'name: "{options.model_name(graph)}"',
              f'backend: "{options.backend}"',
              f"max_batch_size: {options.max_batch_size}",
@@ -146,42 +139,43 @@ def config_text(manifest: Manifest, graph: str, options: RepoOptions, data_files
     if options.backend == "onnxruntime":
         controls = [f'    {{ name: "{name}" control [ {{ kind: {kind} int32_false_true: [ 0, 1 ] }} ] }}' for name, kind in CONTROL_KINDS.items()]
         lines += ["  control_input [", ",\n".join(controls), "  ]"]
-    states = [_state_entry(spec, options, spec["name"] in data_files) for spec in state_specs(manifest)]
+    states = [_state_entry(spec, options, spec.name in data_files) for spec in manifest.state]
     lines += ["  state [", ",\n".join(states), "  ]", "}"]
     return "\n".join(lines) + "\n"
 
 
-def _write_model(directory: Path, manifest: Manifest, graph: str, options: RepoOptions, target: Path) -> None:
+def _write_model(manifest: Manifest, graph: str, options: RepoOptions, target: Path) -> None:
     version = target / "1"
     version.mkdir(parents=True)
     if options.backend == "onnxruntime":
         control_shape_batching = options.max_batch_size > 0
-        model = onnx_wrap.batch_first_model(directory, manifest, graph, controls=True, batched_controls=control_shape_batching)
+        model = onnx_wrap.batch_first_model(manifest, graph, controls=True, batched_controls=control_shape_batching)
         onnx_wrap.save_model(model, version / "model.onnx", onnx_wrap.has_external_data(manifest, graph))
         return
-    entry = engine_entry(manifest, graph)
-    assert entry is not None
-    (version / "model.plan").write_bytes((directory / entry["file"]).read_bytes())
+    entry = (manifest.engines or {})[graph]
+    plan = manifest.path(entry.file, f"engines.{graph}.file")
+    checked_sha256({plan: (entry.sha256, f"engines.{graph}.sha256")}, manifest.directory or plan.parent)  # as the runtime's loader does
+    (version / "model.plan").write_bytes(plan.read_bytes())
 
 
-def write_repository(directory: str | Path, out: str | Path, options: RepoOptions, manifest: Manifest, force: bool = False) -> Path:
-    """Write the repository for the export in `directory` to `out` (atomically; an existing `out`
-    only with force). Raises RwkvExportError for what Triton cannot express."""
-    directory = Path(directory)
+def write_repository(manifest: Manifest, out: str | Path, options: RepoOptions, force: bool = False) -> Path:
+    """Write the repository for the export `manifest` was read from (Manifest.read(DIR)) to `out`
+    (atomically; an existing `out` only with force). Raises RwkvExportError for what Triton cannot express."""
     reason = unsupported(manifest, options)
     if reason:
-        raise RwkvExportError(f"cannot make a Triton repository of '{directory}': {reason}")
+        raise RwkvExportError(f"cannot make a Triton repository of '{manifest.directory}': {reason}")
+    initial = manifest.initial_state(1)  # one sequence
     with atomic_directory(out, force=force) as tmp:
         for graph in GRAPHS:
             target = tmp / options.model_name(graph)
-            _write_model(directory, manifest, graph, options, target)
+            _write_model(manifest, graph, options, target)
             data_files = set()
-            for spec in state_specs(manifest):
-                data = initial_data(directory, spec, options)
+            for spec in manifest.state:
+                data = initial_data(spec, initial[spec.name], options)
                 if data is not None:
                     (target / "initial_state").mkdir(exist_ok=True)
-                    (target / "initial_state" / f"{spec['name']}.bin").write_bytes(data.tobytes())
-                    data_files.add(spec["name"])
+                    (target / "initial_state" / f"{spec.name}.bin").write_bytes(data.tobytes())
+                    data_files.add(spec.name)
             (target / "config.pbtxt").write_text(config_text(manifest, graph, options, data_files))
         (tmp / "README.md").write_text(request_flow(manifest, options))
     return Path(out)
@@ -195,7 +189,7 @@ def request_flow(manifest: Manifest, options: RepoOptions) -> str:
 
 Model: {describe(model_summary(manifest))}; backend `{options.backend}`, max_batch_size {options.max_batch_size}.
 
-Both models are *sequence models*: Triton keeps the recurrent state ({', '.join(s['name'] for s in state_specs(manifest))})
+Both models are *sequence models*: Triton keeps the recurrent state ({', '.join(s.name for s in manifest.state)})
 per sequence (correlation id) inside the model (implicit state) and resets it to its `initial_state` on the
 request flagged `sequence_start`. A sequence stays on one model from start to end.
 

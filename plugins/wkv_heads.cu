@@ -1,6 +1,6 @@
 // WKV5, WKV6 and WKV7 kernels for rwkv::WKV5/6/7 (custom_ops/wkv5.py, wkv6.py, wkv7.py define the
 // ops and their float64 references). Built like wkv4.cu: NVRTC to PTX/SASS (plugins/nvrtc.py, unit
-// "matrix"), and g++ for the CPU proof (tests/wkv_matrix_host.cpp runs these bodies over an
+// "wkv_heads"), and g++ for the CPU proof (tests/wkv_heads_host.cpp runs these bodies over an
 // emulated block, phase by phase between the barriers).
 //
 // One block per (batch row b, head h), N threads (N = head size, a template parameter: the state
@@ -207,7 +207,7 @@ template <int OP, int N, typename IO> __device__ __forceinline__ void mat_kernel
     }
 }
 
-#define MAT_DEFINE_56(OPN, OP, N, SUFFIX, IO)                                                        \
+#define HEADS_DEFINE_KV(OPN, OP, N, SUFFIX, IO)                                                        \
     extern "C" __global__ void __launch_bounds__(N) OPN##_n##N##_##SUFFIX(                       \
         const IO* __restrict__ r, const IO* __restrict__ k, const IO* __restrict__ v,             \
         const float* __restrict__ w_raw, const float* __restrict__ u, const float* state_in,      \
@@ -216,7 +216,7 @@ template <int OP, int N, typename IO> __device__ __forceinline__ void mat_kernel
         mat_kernel<OP, N, IO>(a);                                                                 \
     }
 
-#define MAT_DEFINE_7(N, SUFFIX, IO)                                                                \
+#define HEADS_DEFINE_DELTA(N, SUFFIX, IO)                                                                \
     extern "C" __global__ void __launch_bounds__(N) wkv7_n##N##_##SUFFIX(                        \
         const IO* __restrict__ r, const float* __restrict__ w_raw, const IO* __restrict__ k,      \
         const IO* __restrict__ v, const IO* __restrict__ a_in, const IO* __restrict__ b_in,       \
@@ -225,18 +225,18 @@ template <int OP, int N, typename IO> __device__ __forceinline__ void mat_kernel
         mat_kernel<WKV7, N, IO>(a);                                                               \
     }
 
-#define MAT_DEFINE_N(N)                                                                            \
-    MAT_DEFINE_56(wkv5, WKV5, N, f32, float)                                                     \
-    MAT_DEFINE_56(wkv5, WKV5, N, f16, wkv_half)                                                  \
-    MAT_DEFINE_56(wkv6, WKV6, N, f32, float)                                                     \
-    MAT_DEFINE_56(wkv6, WKV6, N, f16, wkv_half)                                                  \
-    MAT_DEFINE_7(N, f32, float)                                                                   \
-    MAT_DEFINE_7(N, f16, wkv_half)
+#define HEADS_DEFINE_N(N)                                                                            \
+    HEADS_DEFINE_KV(wkv5, WKV5, N, f32, float)                                                     \
+    HEADS_DEFINE_KV(wkv5, WKV5, N, f16, wkv_half)                                                  \
+    HEADS_DEFINE_KV(wkv6, WKV6, N, f32, float)                                                     \
+    HEADS_DEFINE_KV(wkv6, WKV6, N, f16, wkv_half)                                                  \
+    HEADS_DEFINE_DELTA(N, f32, float)                                                                   \
+    HEADS_DEFINE_DELTA(N, f16, wkv_half)
 
-MAT_DEFINE_N(8)
-MAT_DEFINE_N(16)
-MAT_DEFINE_N(32)
-MAT_DEFINE_N(64)
-MAT_DEFINE_N(128)
+HEADS_DEFINE_N(8)
+HEADS_DEFINE_N(16)
+HEADS_DEFINE_N(32)
+HEADS_DEFINE_N(64)
+HEADS_DEFINE_N(128)
 
 #endif  // __CUDACC__

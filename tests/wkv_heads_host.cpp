@@ -1,9 +1,9 @@
-// CPU harness for plugins/wkv_matrix.cu: runs the kernels' own __host__ __device__ phases over an
+// CPU harness for plugins/wkv_heads.cu: runs the kernels' own __host__ __device__ phases over an
 // emulated grid (block bh = b*H + h, N threads), every thread through one phase before any thread
 // starts the next, which is what the kernel's barriers guarantee. Driven by
-// tests/test_kernels_matrix_cpu.py.
+// tests/test_kernels_cpu.py.
 //
-//   wkv_matrix_host OP N IO B T H FLAGS IN OUT
+//   wkv_heads_host OP N IO B T H FLAGS IN OUT
 //     OP 5|6|7, N 8|16|32|64|128, IO f32|f16. FLAGS bit 2: state in place (state_out == state_in)
 //     and threads run in reverse order within each phase (any order is legal between barriers).
 //     IN holds the op's inputs in its order (custom_ops/wkv{5,6,7}.py INPUTS): r k v (IO) w_raw u
@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "../plugins/wkv_matrix.cu"
+#include "../plugins/wkv_heads.cu"
 
 template <typename T> static bool read_n(FILE* f, std::vector<T>& dst, size_t n) {
     dst.resize(n);
@@ -94,7 +94,7 @@ template <typename IO> static int run_op(int op, int N, int B, int T, int H, int
 
 int main(int argc, char** argv) {
     if (argc != 10) {
-        fprintf(stderr, "usage: wkv_matrix_host OP N IO B T H FLAGS IN OUT\n");
+        fprintf(stderr, "usage: wkv_heads_host OP N IO B T H FLAGS IN OUT\n");
         return 2;
     }
     const int op = atoi(argv[1]), N = atoi(argv[2]), B = atoi(argv[4]), T = atoi(argv[5]), H = atoi(argv[6]);
