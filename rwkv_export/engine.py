@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from rwkv_export.errors import RwkvExportError
-from rwkv_export.fileio import atomic_write_bytes, sha256_file
+from rwkv_export.fileio import atomic_update, atomic_write_bytes, sha256_file
 from rwkv_export.kernels import trt_compat
 from rwkv_export.manifest import Engine, Graph, Manifest
 
@@ -198,15 +198,13 @@ def build(model_dir: str | os.PathLike[str], options: BuildOptions = BuildOption
     bounds = options.dim_bounds()
     engines: dict[str, Any] = {}
     staged: dict[Path, Path] = {}  # final plan -> finished temp plan: nothing moves until all graphs built
-    try:
-        _build_each(model_dir, manifest, graphs, options, target, plugin, bounds, engines, staged, on_report)
+    # The plans and the manifest change together: in a staged copy of the directory that replaces it
+    # in one step, so a build killed at any moment leaves the old export or the new one.
+    with atomic_update(model_dir) as stage:
+        _build_each(stage, manifest, graphs, options, target, plugin, bounds, engines, staged, on_report)
         for final, tmp in staged.items():
             os.replace(tmp, final)
-    finally:
-        for tmp in staged.values():
-            if tmp.exists():
-                tmp.unlink()
-    _record_engines(model_dir, engines)
+        _record_engines(stage, engines)
     return {name: entry.to_dict() for name, entry in engines.items()}
 
 

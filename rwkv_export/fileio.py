@@ -1,17 +1,21 @@
 """Atomic file and directory writes: nothing the user had is half-overwritten.
 
 Files are written to a temporary sibling and moved into place with os.replace (atomic on POSIX).
-Output directories are assembled in a temporary sibling and renamed into place at the end; an
-existing directory is replaced only when the caller passes force=True.
+Output directories are assembled in a temporary sibling and renamed into place at the end (swapped
+atomically with an existing one); an existing directory is replaced only when the caller passes
+force=True. An existing directory is changed as one step through a staged, hard-linked copy.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,26 +77,122 @@ def refuse_existing(path: Path, force: bool, what: str = "output") -> None:
         raise RwkvExportError(f"{what} '{path}' already exists; pass --force to replace it")
 
 
+# Temporary siblings of an output directory DIR are named `.DIR.<kind>-<pid>-<random>`: a run killed
+# with SIGKILL leaves its sibling behind, and the next run on DIR removes those whose process is gone.
+_SIBLING_KINDS = ("partial", "old", "stage")
+
+
+def _sibling(path: Path, kind: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.{kind}-{os.getpid()}-", dir=path.parent))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_siblings(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove temporary siblings of `path` left by runs that were killed; return what was removed.
+
+    A killed swap can leave DIR absent with the previous export in an `old` sibling: that one is
+    moved back to DIR rather than deleted.
+    """
+    path = Path(path)
+    removed: list[Path] = []
+    if not path.parent.is_dir():
+        return removed
+    for entry in sorted(path.parent.glob(f".{glob.escape(path.name)}.*-*-*")):
+        kind, _, rest = entry.name[len(path.name) + 2 :].partition("-")
+        pid = rest.partition("-")[0]
+        if kind not in _SIBLING_KINDS or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if kind == "old" and not path.exists() and (entry / "dir").is_dir():
+            os.replace(entry / "dir", path)  # killed between the two renames of _move_into_place
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if sys.platform != "linux":
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    if ctypes.get_errno() in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(b))
+
+
+def _move_into_place(tmp: Path, path: Path) -> None:
+    """Put directory `tmp` at `path`; at every instant `path` is the old directory or the new one
+    (with renameat2; elsewhere it is absent for a moment, the old one kept in an `old` sibling)."""
+    if not path.exists():
+        os.replace(tmp, path)
+    elif _exchange(tmp, path):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old directory
+    else:
+        old = _sibling(path, "old")
+        os.replace(path, old / "dir")
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike[str], force: bool = False) -> Iterator[Path]:
-    """Build a directory in a temporary sibling; rename it to `path` only when the block succeeds."""
+    """Build a directory in a temporary sibling; move it to `path` only when the block succeeds.
+
+    Killed at any moment, `path` is absent, the old directory or the new one, never a mixture; the
+    next run removes the temporary siblings a killed run left.
+    """
     path = Path(path)
     refuse_existing(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    clean_stale_siblings(path)
+    tmp = _sibling(path, "partial")
     _public(tmp, directory=True)
     try:
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        _move_into_place(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_update(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Change an existing directory as one step: yield a staged copy (files hard-linked, so write
+    only by replacing files, never in place); it replaces `path` only when the block succeeds."""
+    path = Path(path)
+    clean_stale_siblings(path)
+    stage = _sibling(path, "stage")
+    try:
+        os.rmdir(stage)
+        shutil.copytree(path, stage, copy_function=_link_or_copy)
+        yield stage
+        _move_into_place(stage, path)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

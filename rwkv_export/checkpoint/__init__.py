@@ -6,19 +6,22 @@ Formats, told apart by content rather than trusted suffixes:
     directory         transformers RwkvForCausalLM (config.json + weights, HF key names)
     rwkv.cpp file     `ggmf` header, versions 100 / 101, FP32 / FP16
 The version (4, 5.1, 5.2, 6, 7) and hyper-parameters are read off the keys and shapes; every key
-and shape is checked against the version's table (versions.py). Hugging Face directories exist only
+and shape is checked against the version's table (versions.py). What a file claims (key names, block
+indices, sizes, zip records, config.json) is checked before anything is allocated from it, and NaN /
+Inf weights are refused unless allowed (validate.py). Hugging Face directories exist only
 for RWKV-4 (transformers has no v5-v7 class); other model types are refused by name.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from rwkv_export.checkpoint import hf, rwkvcpp
+from rwkv_export.checkpoint import hf, rwkvcpp, validate
 from rwkv_export.checkpoint.config import ModelConfig
 from rwkv_export.checkpoint.versions import detect_version, infer_config
 from rwkv_export.errors import RwkvExportError
@@ -45,17 +48,17 @@ class Checkpoint:
 
 
 def read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
-    """Load a .pth/.bin (weights_only) or .safetensors file into a dict of tensors."""
+    """Load a .pth/.bin (weights_only) or .safetensors file into a dict of tensors with string keys."""
+    size = validate.regular_file(path, "checkpoint")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise RwkvExportError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
+        return _read_safetensors(path, size)
+    if not validate.is_zip(path):
+        raise RwkvExportError(f"{path}: not a readable PyTorch checkpoint (not a zip archive; torch.save writes one since torch 1.6)")
+    validate.check_zip_sizes(path, size)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 18": the error line below says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except Exception as exc:  # the unpickler raises anything (IndexError, KeyError...) on garbage
         if isinstance(exc, (KeyboardInterrupt, MemoryError)):
             raise
@@ -64,27 +67,60 @@ def read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise RwkvExportError(f"{path}: expected a state dict of tensors, found {type(obj).__name__}")
+    validate.check_keys(list(obj), str(path))
     return dict(obj)
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Load any supported checkpoint; raise RwkvExportError with one line on any problem."""
+def _read_safetensors(path: Path, size: int) -> dict[str, torch.Tensor]:
+    """safetensors checks every offset against the file; the header length is checked here first."""
+    from safetensors.torch import load_file
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+    header_len = int.from_bytes(head, "little") if len(head) == 8 else -1
+    if not 0 < header_len <= size - 8:
+        raise RwkvExportError(f"{path}: not a readable safetensors file (header length {header_len} does not fit its {size} bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tensors = load_file(str(path))
+    except Exception as exc:  # SafetensorError, OSError, ValueError, TypeError of an unsupported dtype...
+        if isinstance(exc, (KeyboardInterrupt, MemoryError)):
+            raise
+        raise RwkvExportError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
+    validate.check_keys(list(tensors), str(path))
+    return tensors
+
+
+def load_checkpoint(path: str | os.PathLike[str], allow_nonfinite: bool = False) -> Checkpoint:
+    """Load any supported checkpoint; raise RwkvExportError with one line on any problem.
+
+    NaN / Inf weights are refused (naming the tensor) unless `allow_nonfinite`.
+    """
     path = Path(path)
     if not path.exists():
         raise RwkvExportError(f"checkpoint '{path}' does not exist")
     if path.is_dir():
         if not hf.is_hf_dir(path):
             raise RwkvExportError(f"{path}: a directory but not a Hugging Face model (no config.json)")
-        weights, _ = hf.read_hf_dir(path)
+        weights, hf_json = hf.read_hf_dir(path)
         fmt = "hf"
-    elif rwkvcpp.is_rwkvcpp(path):
-        raw, _ = rwkvcpp.read_rwkvcpp(path)
-        weights = rwkvcpp.from_rwkvcpp(raw, detect_version(raw))
-        fmt = "rwkvcpp"
     else:
-        weights = read_tensor_file(path)
-        fmt = "safetensors" if path.suffix == ".safetensors" else "pth"
+        validate.regular_file(path, "checkpoint")
+        if rwkvcpp.is_rwkvcpp(path):
+            raw, header = rwkvcpp.read_rwkvcpp(path)
+            weights = rwkvcpp.from_rwkvcpp(raw, detect_version(raw))
+            fmt = "rwkvcpp"
+        else:
+            weights = read_tensor_file(path)
+            fmt = "safetensors" if path.suffix == ".safetensors" else "pth"
     config = infer_config(weights, str(path), fmt)
+    if fmt == "hf":
+        hf.check_config(hf_json, config, str(path / "config.json"))
+    elif fmt == "rwkvcpp":
+        rwkvcpp.check_header(header, config, str(path))
+    if not allow_nonfinite:
+        validate.check_finite(weights, str(path))
     return Checkpoint(config, weights, fmt, path)
 
 

@@ -7,12 +7,13 @@ The mapping to BlinkDL names is a fixed rename (transformers' own converter does
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import torch
 
+from rwkv_export.checkpoint.config import ModelConfig
+from rwkv_export.checkpoint.validate import json_int, read_json_object
 from rwkv_export.errors import RwkvExportError
 
 _HF_TO_BLINK = [
@@ -51,11 +52,10 @@ def is_hf_dir(path: Path) -> bool:
 
 def read_hf_dir(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
     """Return (BlinkDL-named tensors, config.json). Refuses other model types by name."""
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError as exc:
-        raise RwkvExportError(f"{path / 'config.json'}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    model_type = str(config.get("model_type", ""))
+    from rwkv_export.checkpoint import read_tensor_file
+
+    config = read_json_object(path / "config.json")
+    model_type = str(config.get("model_type", ""))[:40]
     if model_type in _OTHER_MODEL_TYPES:
         # RWKV/v5-v7 hub repositories need trust_remote_code and their own key names: not read here.
         raise RwkvExportError(
@@ -69,10 +69,28 @@ def read_hf_dir(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, object]]
         raise RwkvExportError(f"{path}: no weights found (expected model*.safetensors or pytorch_model*.bin)")
     tensors: dict[str, torch.Tensor] = {}
     for file in files:
-        from rwkv_export.checkpoint import read_tensor_file
+        part = read_tensor_file(file)  # stats the file first: a FIFO is refused, never opened
+        twice = sorted(set(part) & set(tensors))
+        if twice:
+            raise RwkvExportError(f"{file}: key '{twice[0]}' is also in another weights file of {path}")
+        tensors.update(part)
+    blink = {hf_to_blink(k): v for k, v in tensors.items()}
+    if len(blink) != len(tensors):
+        raise RwkvExportError(f"{path}: two Hugging Face keys map to the same RWKV tensor name")
+    return blink, config
 
-        tensors.update(read_tensor_file(file))
-    return {hf_to_blink(k): v for k, v in tensors.items()}, config
+
+# config.json field -> the ModelConfig attribute it must equal (RWKV-4: attention width = n_embd)
+_CONFIG_FIELDS = {"vocab_size": "vocab_size", "hidden_size": "n_embd", "attention_hidden_size": "n_embd",
+                  "intermediate_size": "ffn_size", "num_hidden_layers": "n_layer"}
+
+
+def check_config(config: dict[str, object], model: ModelConfig, where: str) -> None:
+    """config.json's sizes, where given, must be those of the weights."""
+    for field, attr in _CONFIG_FIELDS.items():
+        value = json_int(config, field, where)
+        if value is not None and value != getattr(model, attr):
+            raise RwkvExportError(f"{where}: '{field}' is {value} but the weights have {attr} {getattr(model, attr)}")
 
 
 def hf_config(n_layer: int, n_embd: int, vocab: int, ffn: int) -> dict[str, object]:

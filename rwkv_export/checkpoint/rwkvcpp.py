@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rwkv_export.checkpoint.config import ModelConfig
+from rwkv_export.checkpoint.validate import check_keys
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.fileio import atomic_write_bytes
 
@@ -49,32 +51,50 @@ def read_rwkvcpp(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     offset = _HEADER.size
     while offset < len(data):
         offset, key, tensor = _read_record(data, offset, path)
+        if key in raw:
+            raise RwkvExportError(f"{path}: '{key}' appears twice in the rwkv.cpp file")
         raw[key] = tensor
+    check_keys(raw, str(path))
     return raw, header
 
 
 def _read_record(data: bytes, offset: int, path: Path) -> tuple[int, str, torch.Tensor]:
+    """One record; every size it claims is checked against the bytes left before anything is read."""
     if offset + 12 > len(data):
         raise RwkvExportError(f"{path}: truncated rwkv.cpp file (record header at byte {offset})")
     n_dims, key_len, dtype_code = struct.unpack_from("<3i", data, offset)
-    offset += 12
+    start, offset = offset, offset + 12
     if not 1 <= n_dims <= 3 or key_len <= 0 or key_len > 1024:
-        raise RwkvExportError(f"{path}: corrupt rwkv.cpp record at byte {offset - 12} (n_dims={n_dims}, key length={key_len})")
+        raise RwkvExportError(f"{path}: corrupt rwkv.cpp record at byte {start} (n_dims={n_dims}, key length={key_len})")
+    if offset + 4 * n_dims + key_len > len(data):
+        raise RwkvExportError(f"{path}: truncated rwkv.cpp file (record at byte {start} runs past the end)")
     dims = struct.unpack_from(f"<{n_dims}i", data, offset)
     offset += 4 * n_dims
-    key = data[offset : offset + key_len].decode("utf-8", errors="replace")
+    try:
+        key = data[offset : offset + key_len].decode("utf-8")
+    except UnicodeDecodeError:
+        raise RwkvExportError(f"{path}: corrupt rwkv.cpp record at byte {start} (key is not UTF-8)") from None
     offset += key_len
+    if min(dims) < 1:
+        raise RwkvExportError(f"{path}: '{key}' has dims {list(dims)} (rwkv.cpp record at byte {start}); each must be >= 1")
     if dtype_code in _QUANTIZED:
         raise RwkvExportError(f"{path}: '{key}' is quantized ({_QUANTIZED[dtype_code]}); only FP32 and FP16 rwkv.cpp files load")
     if dtype_code not in _DTYPES:
         raise RwkvExportError(f"{path}: '{key}' has unknown rwkv.cpp data type {dtype_code}")
     np_dtype = _DTYPES[dtype_code]
-    count = int(np.prod(dims))
+    count = int(np.prod(dims, dtype=np.int64))
     nbytes = count * np.dtype(np_dtype).itemsize
     if offset + nbytes > len(data):
         raise RwkvExportError(f"{path}: truncated rwkv.cpp file ('{key}' needs {nbytes} bytes at byte {offset})")
     array = np.frombuffer(data, np_dtype, count, offset).reshape(tuple(reversed(dims)))
     return offset + nbytes, key, torch.from_numpy(array.copy())
+
+
+def check_header(header: dict[str, int], config: ModelConfig, where: str) -> None:
+    """The header's n_vocab / n_embed / n_layer must be those of the tensors."""
+    for field, value in (("n_vocab", config.vocab_size), ("n_embed", config.n_embd), ("n_layer", config.n_layer)):
+        if header[field] != value:
+            raise RwkvExportError(f"{where}: rwkv.cpp header says {field} {header[field]} but the tensors have {value}")
 
 
 def from_rwkvcpp(raw: dict[str, torch.Tensor], version: str) -> dict[str, torch.Tensor]:
@@ -83,34 +103,52 @@ def from_rwkvcpp(raw: dict[str, torch.Tensor], version: str) -> dict[str, torch.
         return v4_from_rwkvcpp(raw)
     out: dict[str, torch.Tensor] = {}
     for key, tensor in raw.items():
-        name = key.rsplit(".", 1)[-1]
-        if version in ("5.1", "5.2") and name == "time_decay":
-            stored = tensor.double()  # exp(-exp(d)) in (0, 1)
-            if not bool(((stored > 0) & (stored < 1)).all()):
-                raise RwkvExportError(f"'{key}' should hold exp(-exp(time_decay)) (in (0, 1)) in an rwkv.cpp RWKV-{version} file")
-            tensor = torch.log(-torch.log(stored)).to(tensor.dtype)
-        elif version in ("5.1", "5.2") and name == "time_first":
-            tensor = torch.log(tensor.double()).to(tensor.dtype)  # stored as exp(u)
-        if version in ("5.1", "5.2") and name in ("time_decay", "time_first", "time_faaaa"):
-            tensor = tensor.reshape(tensor.shape[0]) if version == "5.1" else tensor.reshape(tensor.shape[0], -1)
-        elif version == "6" and name in ("time_maa_w1", "time_decay_w1", "time_decay_w2"):
-            tensor = tensor.t()
-        elif version == "6" and name == "time_maa_w2":
-            tensor = tensor.transpose(1, 2)  # (5, C, D) -> (5, D, C)
-        elif version == "6" and name == "time_decay":
-            tensor = tensor.reshape(1, 1, -1)
-        elif version == "6" and name == "time_faaaa":
-            tensor = tensor.reshape(tensor.shape[0], -1)
-        elif version == "7" and name == "x_rwkvag":
-            for i, m in enumerate("rwkvag"):
-                out[key[: -len(name)] + f"x_{m}"] = tensor[i].reshape(1, 1, -1).contiguous()
-            continue
-        elif version == "7" and re.fullmatch(r"[wavg][12]", name):
-            tensor = tensor.t()
-        elif name.startswith(("time_mix_", "time_maa_")):
-            tensor = tensor.reshape(1, 1, -1)
-        out[key] = tensor.contiguous()
+        try:
+            _undo_one(key, tensor, version, out)
+        except (RuntimeError, IndexError, ValueError) as exc:  # a shape the layout cannot hold
+            raise RwkvExportError(f"'{key}' has shape {list(tensor.shape)}, which rwkv.cpp's RWKV-{version} layout cannot hold "
+                                  f"({str(exc).splitlines()[0][:120]})") from None
     return out
+
+
+def _undo_one(key: str, tensor: torch.Tensor, version: str, out: dict[str, torch.Tensor]) -> None:
+    name = key.rsplit(".", 1)[-1]
+    if version in ("5.1", "5.2") and name == "time_decay":
+        stored = tensor.double()  # exp(-exp(d)) in (0, 1)
+        if not bool(((stored > 0) & (stored < 1)).all()):
+            raise RwkvExportError(f"'{key}' should hold exp(-exp(time_decay)) (in (0, 1)) in an rwkv.cpp RWKV-{version} file")
+        tensor = torch.log(-torch.log(stored)).to(tensor.dtype)
+    elif version in ("5.1", "5.2") and name == "time_first":
+        if not bool((tensor.double() > 0).all()):
+            raise RwkvExportError(f"'{key}' should hold exp(time_first) (all positive) in an rwkv.cpp RWKV-{version} file")
+        tensor = torch.log(tensor.double()).to(tensor.dtype)  # stored as exp(u)
+    if version in ("5.1", "5.2") and name in ("time_decay", "time_first", "time_faaaa"):
+        tensor = tensor.reshape(tensor.shape[0]) if version == "5.1" else tensor.reshape(tensor.shape[0], -1)
+    elif version == "6" and name in ("time_maa_w1", "time_decay_w1", "time_decay_w2"):
+        tensor = _matrix(tensor).t()
+    elif version == "6" and name == "time_maa_w2":
+        tensor = tensor.transpose(1, 2)  # (5, C, D) -> (5, D, C)
+    elif version == "6" and name == "time_decay":
+        tensor = tensor.reshape(1, 1, -1)
+    elif version == "6" and name == "time_faaaa":
+        tensor = tensor.reshape(tensor.shape[0], -1)
+    elif version == "7" and name == "x_rwkvag":
+        if tensor.shape[0] != 6 or tensor.dim() > 3 or tensor[0].numel() != tensor.shape[-1]:
+            raise ValueError("expected 6 rows, one per mix r, w, k, v, a, g")
+        for i, m in enumerate("rwkvag"):
+            out[key[: -len(name)] + f"x_{m}"] = tensor[i].reshape(1, 1, -1).contiguous()
+        return
+    elif version == "7" and re.fullmatch(r"[wavg][12]", name):
+        tensor = _matrix(tensor).t()
+    elif name.startswith(("time_mix_", "time_maa_")):
+        tensor = tensor.reshape(1, 1, -1)
+    out[key] = tensor.contiguous()
+
+
+def _matrix(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.dim() != 2:
+        raise ValueError(f"expected a matrix, found {tensor.dim()} dimensions")
+    return tensor
 
 
 def to_rwkvcpp(weights: dict[str, torch.Tensor], version: str) -> dict[str, torch.Tensor]:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from rwkv_export.checkpoint.config import ModelConfig
+from rwkv_export.checkpoint.validate import check_keys, check_nonempty, check_rank
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.versions import KNOWN_VERSIONS, BlockShapes, detect_version, version_info
 
@@ -72,14 +73,14 @@ def expected_shapes(config: ModelConfig) -> tuple[dict[str, tuple[int, ...]], di
 
 def infer_config(weights: Mapping[str, torch.Tensor], where: str, fmt: str = "pth") -> ModelConfig:
     """Read the version and hyper-parameters off the keys and shapes; check every key against them."""
+    n_layer = check_keys(weights, where)  # before any table is built from what the keys claim
+    check_nonempty(weights, where)  # every dimension >= 1: the registry's readers divide by them
     for needed in ("emb.weight", "blocks.0.ffn.key.weight"):
         if needed not in weights:
             raise RwkvExportError(f"{where}: not an RWKV checkpoint: key '{needed}' is missing")
     version = detect_version(weights)
-    vocab, n_embd = weights["emb.weight"].shape
-    ffn = weights["blocks.0.ffn.key.weight"].shape[0]
-    layer_ids = {int(m.group(1)) for k in weights if (m := re.match(r"blocks\.(\d+)\.", k))}
-    n_layer = max(layer_ids) + 1
+    vocab, n_embd = check_rank(weights, "emb.weight", 2, where)
+    ffn = check_rank(weights, "blocks.0.ffn.key.weight", 2, where)[0]
     extra = _version_fields(version, weights, where, fmt)
     dtype = _DTYPE_NAMES.get(weights["blocks.0.att.key.weight"].dtype, str(weights["blocks.0.att.key.weight"].dtype)) \
         if "blocks.0.att.key.weight" in weights else "float32"

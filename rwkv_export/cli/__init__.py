@@ -28,12 +28,22 @@ class UserError(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
+class UsageLine(UserError):
+    """A bad option value or usage of a verb: click's message as one line, exit 2."""
+
+    def __init__(self, exc: click.UsageError) -> None:
+        command = exc.ctx.command_path if exc.ctx is not None else "rwkv-export"
+        super().__init__(f"{exc.format_message()} (see '{command} --help')")
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except RwkvExportError as exc:
             raise UserError(str(exc)) from None
+        except click.UsageError as exc:  # a verb's option failed its type: one line, not the usage block
+            raise UsageLine(exc) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,7 +51,8 @@ class _Group(click.Group):
 def cli() -> None:
     """Compile RWKV checkpoints into ONNX / TensorRT inference graphs and prove their parity.
 
-    Exit codes: 0 OK, 1 a parity check failed, 2 bad input.
+    Exit codes: 0 OK, 1 a parity check failed, 2 bad input (one line on stderr: a bad checkpoint,
+    directory or option value).
     """
 
 

@@ -11,7 +11,9 @@ import click
 
 from rwkv_export.bench.progress import Progress
 from rwkv_export.checkpoint.versions import KNOWN_VERSIONS
-from rwkv_export.cli.options import examples, quiet_flag
+from rwkv_export.cli.options import bounded, examples, quiet_flag
+
+MAX_LIST_ITEM = 1 << 20  # --seq / --batch entries (tokens, sequences)
 from rwkv_export.errors import RwkvExportError
 
 
@@ -22,8 +24,8 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         items = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got '{value}'") from None
-    if not items or min(items) < 1:
-        raise click.BadParameter(f"expected positive integers, got '{value}'")
+    if not items or min(items) < 1 or max(items) > MAX_LIST_ITEM:
+        raise click.BadParameter(f"expected integers in 1 .. {MAX_LIST_ITEM}, got '{value}'")
     return items
 
 
@@ -76,22 +78,22 @@ class _Progress(Progress):
 @click.option("--backends", default=None, help="Comma-separated backends (default: all): torch, ort-fp32, ort-fp16, ort-int8, ort-int4, tensorrt, rwkv, transformers.")
 @click.option("--seq", callback=_int_list, default=None, help="Prefill lengths T  [default: 128,512,2048; --scaling: 128..8192]")
 @click.option("--batch", callback=_int_list, default="1,8", show_default=True, help="Batch sizes B.")
-@click.option("--steps", type=click.IntRange(1), default=16, show_default=True, help="Consecutive steps per timed repetition.")
-@click.option("--reps", type=click.IntRange(1), default=3, show_default=True, help="Repetitions of each prefill figure (the median is reported).")
-@click.option("--step-reps", type=click.IntRange(1), default=5, show_default=True, help="Repetitions of each step figure.")
-@click.option("--threads", type=click.IntRange(1), default=2, show_default=True, help="Threads for ONNX Runtime and torch alike.")
-@click.option("--max-prefill-tokens", type=click.IntRange(1), default=2048, show_default=True, help="Skip prefill cells with B x T above this (they would dominate the run).")
+@click.option("--steps", type=bounded(1, 1 << 20), default=16, show_default=True, help="Consecutive steps per timed repetition.")
+@click.option("--reps", type=bounded(1, 1 << 16), default=3, show_default=True, help="Repetitions of each prefill figure (the median is reported).")
+@click.option("--step-reps", type=bounded(1, 1 << 16), default=5, show_default=True, help="Repetitions of each step figure.")
+@click.option("--threads", type=bounded(1, 1024), default=2, show_default=True, help="Threads for ONNX Runtime and torch alike.")
+@click.option("--max-prefill-tokens", type=bounded(1), default=2048, show_default=True, help="Skip prefill cells with B x T above this (they would dominate the run).")
 @click.option("--no-memory", is_flag=True, help="Skip the per-backend peak-memory processes.")
 @click.option("--json", "json_file", type=click.Path(path_type=str), default=None, help="Also write the full result as JSON to this file.")
 @click.option("--scaling", is_flag=True, help="Instead: ORT prefill time and peak memory as T grows, whole vs chunked.")
-@click.option("--chunk", type=click.IntRange(1), default=512, show_default=True, help="--scaling: tokens per prefill call when chunking.")
-@click.option("--paper", type=click.IntRange(2), default=None, metavar="N", help="Instead: the paper's generation experiment over N tokens (RWKV vs GPT-NeoX).")
+@click.option("--chunk", type=bounded(1, MAX_LIST_ITEM), default=512, show_default=True, help="--scaling: tokens per prefill call when chunking.")
+@click.option("--paper", type=bounded(2, MAX_LIST_ITEM), default=None, metavar="N", help="Instead: the paper's generation experiment over N tokens (RWKV vs GPT-NeoX).")
 @click.option("--profile", "profile_ops", is_flag=True, help="Instead: ORT's profiler on the float32 step and prefill (first --seq), time by op type.")
 @click.option("--plot", type=click.Path(path_type=str), default=None, help="--paper/--scaling: write a PNG plot here.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Where the model files are made and kept [default: ~/.cache/rwkv-export/bench].")
 @click.option("--version", "rwkv_version", type=click.Choice(KNOWN_VERSIONS), default=None,
               help="Version of the random model benchmarked when no SOURCE is given  [default: 4]")
-@click.option("--head-size", type=click.IntRange(1), default=None,
+@click.option("--head-size", type=bounded(1, 4096), default=None,
               help="RWKV-5/6/7 random model: channels per head  [default: 64]")
 @click.option("--shape", default=None, hidden=True, help="Random model shape LAYERSxEMBDxVOCAB in place of 12x768x50277 (tests).")
 @click.option("--quick-limits", is_flag=True, hidden=True, help="Small limit probes (tests).")

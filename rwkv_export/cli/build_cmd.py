@@ -6,7 +6,7 @@ import json
 
 import click
 
-from rwkv_export.cli.options import examples, json_flag, quiet_flag
+from rwkv_export.cli.options import bounded, examples, json_flag, quiet_flag
 
 
 @click.command(
@@ -22,8 +22,8 @@ from rwkv_export.cli.options import examples, json_flag, quiet_flag
               help="Engine flavour; default: standard TensorRT if installed, else TensorRT-RTX.")
 @click.option("--compute-capability", "compute_capabilities", multiple=True, metavar="SM",
               help="TensorRT-RTX build target (sm75, sm80, sm86, sm89, sm120, sm121); repeatable.")
-@click.option("--max-batch", type=click.IntRange(1), default=8, show_default=True, help="Largest batch the engines accept.")
-@click.option("--max-seq", type=click.IntRange(1), default=512, show_default=True, help="Longest prefill chunk the prefill engine accepts.")
+@click.option("--max-batch", type=bounded(1), default=8, show_default=True, help="Largest batch the engines accept.")
+@click.option("--max-seq", type=bounded(1), default=512, show_default=True, help="Longest prefill chunk the prefill engine accepts.")
 @click.option("--workspace", type=str, default=None, metavar="BYTES",
               help="Builder workspace limit, e.g. 512M or 2G; default: TensorRT's.")
 @click.option("--plugin", type=click.Choice(["auto", "python", "aot", "none"]), default="auto", show_default=True,
@@ -72,7 +72,7 @@ def parse_size(text: str | None) -> int | None:
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     scale = units.get(text[-1:].upper(), 1)
     digits = text[:-1] if scale != 1 else text
-    if not digits.isdigit() or int(digits) <= 0:
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 15 or int(digits) <= 0:
         raise RwkvExportError(f"--workspace {text!r} is not a size; expected bytes or a number with K, M or G, e.g. 512M")
     return int(digits) * scale
 

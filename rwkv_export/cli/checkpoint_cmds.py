@@ -8,17 +8,25 @@ import click
 
 from rwkv_export.checkpoint.make import DEFAULT_HEAD_SIZE, DEFAULT_LORA
 from rwkv_export.checkpoint.versions import KNOWN_VERSIONS
-from rwkv_export.cli.options import checkpoint_arg, examples, force_flag, json_flag
+from rwkv_export.cli.options import (
+    SEED,
+    allow_nonfinite_flag,
+    checkpoint_arg,
+    examples,
+    force_flag,
+    json_flag,
+)
 
 
 @click.command(epilog=examples("rwkv-export info model.pth", "rwkv-export info tiny-rwkv-4v0-660K-FP32.bin --json"))
 @checkpoint_arg
 @json_flag
-def info(checkpoint: str, as_json: bool) -> None:
+@allow_nonfinite_flag
+def info(checkpoint: str, as_json: bool, allow_nonfinite: bool) -> None:
     """Describe CHECKPOINT: format, RWKV version, sizes, dtype, parameter count."""
     from rwkv_export.checkpoint import load_checkpoint
 
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(checkpoint, allow_nonfinite=allow_nonfinite)
     cfg = ckpt.config
     facts = {
         "path": str(ckpt.path),
@@ -57,7 +65,7 @@ def info(checkpoint: str, as_json: bool) -> None:
               help=f"RWKV-5/6/7: channels per head; must divide --embd [default: {DEFAULT_HEAD_SIZE}].")
 @click.option("--lora", type=click.IntRange(1, 4096), default=None,
               help=f"RWKV-6/7: rank of every LoRA matrix pair (v6 mix and decay, v7 w/a/v/g) [default: {DEFAULT_LORA}].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same weights).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed, 0 .. 2**64-1 (same seed, same weights).")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True, help="Storage dtype.")
 @click.option("-o", "--output", type=click.Path(path_type=str), required=True, help="Output file: .pth or .safetensors.")
 @force_flag
@@ -93,14 +101,15 @@ def make_checkpoint(version: str, layers: int, embd: int, vocab: int, ffn: int |
 @click.option("--format", "fmt", type=click.Choice(["pth", "safetensors", "hf", "rwkvcpp", "rwkvcpp-fp16"]), default=None,
               help="Output format (default: from the suffix; a path without suffix is an HF directory).")
 @force_flag
-def convert(checkpoint: str, output: str, fmt: str | None, force: bool) -> None:
+@allow_nonfinite_flag
+def convert(checkpoint: str, output: str, fmt: str | None, force: bool, allow_nonfinite: bool) -> None:
     """Convert CHECKPOINT between .pth, .safetensors, HF directory and rwkv.cpp formats."""
     from pathlib import Path
 
     from rwkv_export.checkpoint import load_checkpoint, save_checkpoint
     from rwkv_export.fileio import refuse_existing
 
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(checkpoint, allow_nonfinite=allow_nonfinite)
     refuse_existing(Path(output), force)
     written = save_checkpoint(ckpt, output, fmt)
     click.echo(f"wrote {output} ({written}, RWKV-{ckpt.config.version})", err=True)

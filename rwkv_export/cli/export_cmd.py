@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from rwkv_export.ops.registry import op_spec
-from rwkv_export.cli.options import checkpoint_arg, examples, force_flag, quiet_flag
+from rwkv_export.cli.options import allow_nonfinite_flag, checkpoint_arg, examples, force_flag, quiet_flag
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.export import ALL_FORMS
 from rwkv_export.export.quantize import DEFAULT_ACCURACY_LEVEL, DEFAULT_BLOCK_SIZE, PRECISIONS, QUANT_FORMATS, ROLES, QuantSpec
@@ -61,15 +61,18 @@ def _policy_text(scheme: str) -> str:
                    f"precisions: {', '.join(PRECISIONS)}). Defaults: int8 " + _policy_text("int8") + "; int4 " + _policy_text("int4")
                    + ". lora = the low-rank time-mix/decay/a/v/g matrices of RWKV-6/7; head = the output projection.")
 @force_flag
+@allow_nonfinite_flag
 @quiet_flag
 def export(checkpoint: str, output: str, dtype: str, opset: int | None, all_logits: bool, wkv_form: str | None,
            tokenizer: str | None, quantize: str | None, block_size: int | None, symmetric: bool | None, quant_format: str,
-           accuracy_level: int | None, policy: str | None, force: bool, quiet: bool) -> None:
+           accuracy_level: int | None, policy: str | None, force: bool, allow_nonfinite: bool, quiet: bool) -> None:
     """Export CHECKPOINT to ONNX: prefill and step graphs with rwkv::WKV4 (RWKV-4) or WKV5/6/7 custom nodes."""
+    from rwkv_export.checkpoint import load_checkpoint
     from rwkv_export.export import export_checkpoint
 
     spec = quant_spec(quantize, block_size, symmetric, quant_format, policy, accuracy_level)
-    result = export_checkpoint(checkpoint, output, dtype=dtype, opset=opset, all_logits=all_logits, force=force,
+    source = load_checkpoint(checkpoint, allow_nonfinite=True) if allow_nonfinite else checkpoint
+    result = export_checkpoint(source, output, dtype=dtype, opset=opset, all_logits=all_logits, force=force,
                                wkv_form=wkv_form, tokenizer=tokenizer, progress=progress_printer(quiet), quantize=spec)
     click.echo(str(result.directory))
 

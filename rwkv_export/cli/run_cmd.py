@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING
 import click
 import numpy as np
 
-from rwkv_export.cli.options import examples, quiet_flag
+from rwkv_export.cli.options import (
+    SEED,
+    TEMPERATURE,
+    TOKEN_IDS,
+    TOP_P,
+    bounded,
+    examples,
+    quiet_flag,
+)
 from rwkv_export.errors import RwkvExportError
 
 if TYPE_CHECKING:
@@ -35,12 +43,12 @@ if TYPE_CHECKING:
 ))
 @click.argument("model_dir", metavar="DIR", type=click.Path(path_type=str))
 @click.option("--prompt", "prompts", multiple=True, help="Prompt text (repeat for a batch).")
-@click.option("--tokens", "token_lists", multiple=True, metavar="IDS", help="Prompt as comma-separated token ids, e.g. 34,105,110 (repeatable).")
+@click.option("--tokens", "token_lists", multiple=True, metavar="IDS", type=TOKEN_IDS, help="Prompt as comma-separated token ids, e.g. 34,105,110 (repeatable).")
 @click.option("--max-tokens", type=click.IntRange(0, 1 << 20), default=100, show_default=True, help="Tokens to generate per prompt.")
-@click.option("--temperature", type=click.FloatRange(0), default=1.0, show_default=True, help="Sampling temperature; 0 is greedy.")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True, help="Nucleus sampling: keep the smallest set of tokens with this much probability.")
-@click.option("--top-k", type=click.IntRange(0), default=0, show_default=True, help="Keep only the k most likely tokens (0: all).")
-@click.option("--seed", type=int, default=None, help="Random seed (same seed, same text).")
+@click.option("--temperature", type=TEMPERATURE, default=1.0, show_default=True, help="Sampling temperature (finite, >= 0); 0 is greedy.")
+@click.option("--top-p", type=TOP_P, default=1.0, show_default=True, help="Nucleus sampling: keep the smallest set of tokens with this much probability.")
+@click.option("--top-k", type=bounded(0), default=0, show_default=True, help="Keep only the k most likely tokens (0: all).")
+@click.option("--seed", type=SEED, default=None, help="Random seed, 0 .. 2**64-1 (same seed, same text).")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True,
               help="Where to run: ONNX Runtime on CPU or CUDA, TensorRT (the built engines, else ORT's TensorRT provider), or the best available.")
 @click.option("--tokenizer", type=click.Path(path_type=str), default=None, help="tokenizer.json (or a world vocabulary .txt) to use instead of the manifest's.")

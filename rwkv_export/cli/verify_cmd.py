@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from rwkv_export.cli.options import examples, force_flag, quiet_flag
+from rwkv_export.cli.options import SEED, examples, force_flag, quiet_flag
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.parity.tolerances import help_text
 
@@ -62,7 +62,7 @@ Exit codes: 0 every backend passes, 1 one fails, 2 bad input.""")
 @click.option("--seq", type=click.IntRange(1, 65536), default=16, show_default=True, help="Prompt length T of the prefill.")
 @click.option("--steps", type=click.IntRange(0, 4096), default=8, show_default=True, help="Steps N after the prefill.")
 @click.option("--batch", type=click.IntRange(1, 1024), default=2, show_default=True, help="Sequences per call.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random prompt.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the random prompt (0 .. 2**64-1).")
 @click.option("--json", "json_file", type=click.Path(path_type=str), default=None, help="Also write the full report as JSON to this file.")
 @_tol_option("--rtol", "logits_rtol", "--tol")
 @_tol_option("--atol", "logits_atol")
