@@ -17,8 +17,8 @@ import argparse
 import json
 import statistics
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -32,8 +32,16 @@ from tests._wkv_cases import make_case  # noqa: E402
 # (169M-like layer 768 = 12 x 64 prefill and decode; 1.5B-like 2048 = 32 x 64; a batch).
 SHAPES = {
     ("B", "T", "C"): [(1, 512, 768), (1, 4096, 768), (1, 4096, 2560), (8, 1024, 2048), (16, 4096, 4096), (64, 4096, 4096)],
-    ("B", "T", "H", "N"): [(1, 1, 12, 64), (1, 512, 12, 64), (1, 4096, 12, 64), (1, 1, 32, 64), (1, 1024, 32, 64),
-                           (16, 1, 32, 64), (16, 512, 32, 64), (64, 1, 32, 64)],
+    ("B", "T", "H", "N"): [
+        (1, 1, 12, 64),
+        (1, 512, 12, 64),
+        (1, 4096, 12, 64),
+        (1, 1, 32, 64),
+        (1, 1024, 32, 64),
+        (16, 1, 32, 64),
+        (16, 512, 32, 64),
+        (64, 1, 32, 64),
+    ],
 }
 QUICK = {
     ("B", "T", "C"): [(1, 512, 768), (1, 4096, 768), (1, 4096, 2560), (8, 1024, 2048), (64, 4096, 4096)],
@@ -72,11 +80,11 @@ def _wkv4_inputs(B: int, T: int, C: int, dtype: torch.dtype) -> list[torch.Tenso
     """Drawn on the GPU: the large per-channel shapes would take numpy minutes."""
     g = torch.Generator(device="cuda").manual_seed(0)
     dev = "cuda"
-    td = torch.empty(C, device=dev).uniform_(-5, 1.5, generator=g)           # [C]
-    tf = torch.randn(C, device=dev, generator=g)                             # [C]
-    k = torch.randn(B, T, C, device=dev, generator=g).to(dtype)              # [B, T, C]
-    v = torch.randn(B, T, C, device=dev, generator=g).to(dtype)              # [B, T, C]
-    aa = torch.randn(B, C, device=dev, generator=g)                          # [B, C]
+    td = torch.empty(C, device=dev).uniform_(-5, 1.5, generator=g)  # [C]
+    tf = torch.randn(C, device=dev, generator=g)  # [C]
+    k = torch.randn(B, T, C, device=dev, generator=g).to(dtype)  # [B, T, C]
+    v = torch.randn(B, T, C, device=dev, generator=g).to(dtype)  # [B, T, C]
+    aa = torch.randn(B, C, device=dev, generator=g)  # [B, C]
     bb = torch.rand(B, C, device=dev, generator=g) + 0.5
     pp = torch.randn(B, C, device=dev, generator=g) * 5
     return [td, tf, k, v, aa, bb, pp]
@@ -139,12 +147,24 @@ def bench(ops: Sequence[str], shapes: dict, ios: Sequence[str], peak: float) -> 
                     base_ms = base_ms or ms
                     launch = plan_launch(op, form, io, sizes, sm_count=sm_count)
                     gbs = moved / ms / 1e6
-                    rows.append({
-                        "op": op, "sizes": dict(size), "io": io, "launch": form, "entry": launch.entry, "grid": launch.grid,
-                        "block": launch.block, "ms": ms, "tok_s": size["B"] * size["T"] / ms * 1e3, "gb_s": gbs,
-                        "pct_peak": 100.0 * gbs / peak if peak == peak else None, "vs_first": base_ms / ms,
-                        "torch_loop_ms": torch_ms, "vs_torch_loop": torch_ms / ms if torch_ms else None,
-                    })
+                    rows.append(
+                        {
+                            "op": op,
+                            "sizes": dict(size),
+                            "io": io,
+                            "launch": form,
+                            "entry": launch.entry,
+                            "grid": launch.grid,
+                            "block": launch.block,
+                            "ms": ms,
+                            "tok_s": size["B"] * size["T"] / ms * 1e3,
+                            "gb_s": gbs,
+                            "pct_peak": 100.0 * gbs / peak if peak == peak else None,
+                            "vs_first": base_ms / ms,
+                            "torch_loop_ms": torch_ms,
+                            "vs_torch_loop": torch_ms / ms if torch_ms else None,
+                        }
+                    )
                 del ts, outs
                 torch.cuda.empty_cache()
     return rows
@@ -152,14 +172,18 @@ def bench(ops: Sequence[str], shapes: dict, ios: Sequence[str], peak: float) -> 
 
 def print_table(rows: list[dict], peak: float, source: str) -> None:
     print(f"device: {torch.cuda.get_device_name()}  peak {peak:.0f} GB/s ({source})")
-    print(f"{'op':>4} {'sizes':>16} {'io':>3} {'launch':>8} {'block':>10} {'ms':>9} {'tok/s':>11} {'GB/s':>8} {'%peak':>6} "
-          f"{'x first':>7} {'x torch':>8}")
+    print(
+        f"{'op':>4} {'sizes':>16} {'io':>3} {'launch':>8} {'block':>10} {'ms':>9} {'tok/s':>11} {'GB/s':>8} {'%peak':>6} "
+        f"{'x first':>7} {'x torch':>8}"
+    )
     for r in rows:
         fmt = lambda x, spec: format(x, spec) if x is not None else "-"  # noqa: E731
         shape = "x".join(map(str, r["sizes"].values()))
         block = "x".join(map(str, r["block"][:2]))
-        print(f"{r['op']:>4} {shape:>16} {r['io']:>3} {r['launch']:>8} {block:>10} {r['ms']:9.4f} {r['tok_s']:11.0f} {r['gb_s']:8.1f} "
-              f"{fmt(r['pct_peak'], '6.1f'):>6} {fmt(r['vs_first'], '7.2f'):>7} {fmt(r['vs_torch_loop'], '8.1f'):>8}")
+        print(
+            f"{r['op']:>4} {shape:>16} {r['io']:>3} {r['launch']:>8} {block:>10} {r['ms']:9.4f} {r['tok_s']:11.0f} {r['gb_s']:8.1f} "
+            f"{fmt(r['pct_peak'], '6.1f'):>6} {fmt(r['vs_first'], '7.2f'):>7} {fmt(r['vs_torch_loop'], '8.1f'):>8}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

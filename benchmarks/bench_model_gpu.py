@@ -17,16 +17,17 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from rwkv_export.kernels.torch_cuda import use_kernels  # noqa: E402
-from rwkv_export.checkpoint.random import random_weights  # noqa: E402
-from rwkv_export.model import build_model  # noqa: E402
 from rwkv_export.checkpoint import Checkpoint  # noqa: E402
+from rwkv_export.checkpoint.random import random_weights  # noqa: E402
+from rwkv_export.kernels.torch_cuda import use_kernels  # noqa: E402
+from rwkv_export.model import build_model  # noqa: E402
 
 VOCAB = {"4": 50277}  # v5+: the world vocabulary
 STEPS = 32
@@ -80,7 +81,7 @@ def bench_one(version: str, dtype: str, prompt: int, reps: int, device: str = "c
     row["step_speedup"] = row["torch_step_ms"] / row["kernels_step_ms"]
     ref = logits["torch"].double()
     row["logits_rel_diff"] = float((logits["kernels"].double() - ref).abs().max() / ref.abs().max())
-    del model, weights
+    del weights  # the model goes with this frame (a `del model` here reads as unbound to the closures above)
     torch.cuda.empty_cache()
     return row
 
@@ -101,14 +102,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"device: {name}  {args.layers} x {args.embd}, B = 1, prompt {args.prompt}, step = mean of {STEPS}")
-    print(f"{'version':>7} {'dtype':>8} | {'prefill tok/s torch':>19} {'kernels':>9} {'x':>6} | {'step ms torch':>13} {'kernels':>8} {'x':>5} | {'logit diff':>10}")
+    print(
+        f"{'version':>7} {'dtype':>8} | {'prefill tok/s torch':>19} {'kernels':>9} {'x':>6} | {'step ms torch':>13} {'kernels':>8} {'x':>5} | {'logit diff':>10}"
+    )
     rows = []
     for version in args.versions.split(","):
         for dtype in args.dtypes.split(","):
             r = bench_one(version, dtype, args.prompt, args.reps, args.device, args.layers, args.embd)
             rows.append(r)
-            print(f"{version:>7} {dtype:>8} | {r['torch_prefill_tok_s']:19.0f} {r['kernels_prefill_tok_s']:9.0f} {r['prefill_speedup']:6.1f} | "
-                  f"{r['torch_step_ms']:13.3f} {r['kernels_step_ms']:8.3f} {r['step_speedup']:5.2f} | {r['logits_rel_diff']:10.2e}", flush=True)
+            print(
+                f"{version:>7} {dtype:>8} | {r['torch_prefill_tok_s']:19.0f} {r['kernels_prefill_tok_s']:9.0f} {r['prefill_speedup']:6.1f} | "
+                f"{r['torch_step_ms']:13.3f} {r['kernels_step_ms']:8.3f} {r['step_speedup']:5.2f} | {r['logits_rel_diff']:10.2e}",
+                flush=True,
+            )
     if args.json:
         args.json.write_text(json.dumps({"device": name, "rows": rows}, indent=1))
     return 0

@@ -96,8 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     so = ort.SessionOptions()
     so.intra_op_num_threads = args.threads
     chunks = {b: [int(v) for v in ls.split(",")] for b, ls in (item.split("=") for item in args.chunks.split(";") if item)}
-    print(f"ORT {ort.__version__} CPU, intra_op_num_threads={args.threads}, fastest of {args.repeat}; "
-          f"WKV4 C = {WIDTH}, WKV5/6/7 H = {HEADS}, N = {HEAD_SIZE}")
+    print(
+        f"ORT {ort.__version__} CPU, intra_op_num_threads={args.threads}, fastest of {args.repeat}; "
+        f"WKV4 C = {WIDTH}, WKV5/6/7 H = {HEADS}, N = {HEAD_SIZE}"
+    )
     print(f"{'op':>5} {'body':<12}{'B':>3}{'T':>6}{'ms':>10}{'/numpy':>9}{'/scan':>8}{'y err':>10}")
     for op in args.ops.split(","):
         for B, T in (tuple(map(int, s.split(","))) for s in args.shapes.split(";")):

@@ -39,8 +39,10 @@ def main() -> None:
     parser.add_argument("--tiny", type=Path, default=None, help="an RWKV-4 checkpoint to add (e.g. the rwkv.cpp tiny model)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="peer-parity-"))
-    cases = [("random 4x64 v97", make_checkpoint(tmp / "a.pth", 4, 64, 97, seed=4)),
-             ("random 7x96 v300", make_checkpoint(tmp / "b.pth", 7, 96, 300, seed=7))]
+    cases = [
+        ("random 4x64 v97", make_checkpoint(tmp / "a.pth", 4, 64, 97, seed=4)),
+        ("random 7x96 v300", make_checkpoint(tmp / "b.pth", 7, 96, 300, seed=7)),
+    ]
     if args.tiny is not None:
         save_checkpoint(load_checkpoint(args.tiny), tmp / "tiny.pth")
         cases.append((args.tiny.stem, tmp / "tiny.pth"))
@@ -51,8 +53,10 @@ def main() -> None:
         ref = _logits(path, tokens, "float64")[0]
         hf = tmp / f"{path.stem}-hf"
         save_checkpoint(load_checkpoint(path), hf, "hf")
-        rows = {"rwkv package fp32": oracles.rwkv_package(path, tokens[0].tolist())[0],
-                "transformers fp32": oracles.transformers_model(hf, tokens)[0][0]}
+        rows = {
+            "rwkv package fp32": oracles.rwkv_package(path, tokens[0].tolist())[0],
+            "transformers fp32": oracles.transformers_model(hf, tokens)[0][0],
+        }
         for dtype in ("float32", "float16", "bfloat16"):
             rows[f"ours {dtype}"] = _logits(path, tokens, dtype)[0]
         for impl, got in rows.items():

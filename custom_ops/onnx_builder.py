@@ -89,8 +89,9 @@ class Axes:
         self.last, self.second_last = g.ints(-1), g.ints(-2)
 
 
-def scan_over_time(g: Builder, op: str, body: Builder, state_in: str, carried: str, scanned: dict[str, str],
-                   y: str, state_out: str) -> tuple[str, str]:
+def scan_over_time(
+    g: Builder, op: str, body: Builder, state_in: str, carried: str, scanned: dict[str, str], y: str, state_out: str
+) -> tuple[str, str]:
     """Run `body` as a Scan: `carried` is the body's state input name, `scanned` maps the body's
     per-token input names to outer 5-D tensors [B, T, H, *, *] (already shaped as the body uses
     them: rows, columns). Returns (y [B, T, H, *, *] as the body's y per token, state_out)."""

@@ -64,8 +64,14 @@ def wkv_node(op: str, inputs, outputs, name: str) -> onnx.NodeProto:  # type: ig
     )  # fmt: skip
 
 
-def wkv_model(op: str, opset: int = MIN_OPSET, body: str | None = None, chunk: int | None = None,
-              weights: dict[str, np.ndarray] | None = None, single_step: bool = True) -> onnx.ModelProto:
+def wkv_model(
+    op: str,
+    opset: int = MIN_OPSET,
+    body: str | None = None,
+    chunk: int | None = None,
+    weights: dict[str, np.ndarray] | None = None,
+    single_step: bool = True,
+) -> onnx.ModelProto:
     """A standalone model of one `op` node and its function, every size dynamic (tests, benches).
 
     weights: optional inputs (e.g. WKV4's time_decay, time_first) stored as initializers, as in an

@@ -44,9 +44,7 @@ class WKVState(NamedTuple):
 # --- torch ------------------------------------------------------------------------------------
 
 
-def wkv4_step(
-    w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: WKVState
-) -> tuple[torch.Tensor, WKVState]:
+def wkv4_step(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: WKVState) -> tuple[torch.Tensor, WKVState]:
     """One token. w = exp(time_decay) [C]; u [C]; k, v [B, C]. Math in the dtype of k."""
     aa, bb, pp = state
     ww = u + k

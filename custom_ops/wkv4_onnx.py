@@ -62,7 +62,6 @@ from onnx import helper
 from rwkv_export.ops.onnx_builder import EXP_FLOOR, FLOAT, Builder, float_inputs
 from rwkv_export.ops.wkv4 import INPUTS, OUTPUTS, PP_INIT
 
-
 # --- the single step (Scan body and the T == 1 branch) ------------------------------------------
 
 
@@ -202,9 +201,7 @@ def _chunk_carry(g: Builder, ch: _Chunks, w: str, aa: str, bb: str, pp: str):
     for o, n in zip((new_aa, new_bb, p, s_aa, s_bb, s_pp), outs):
         body.rename(o, n)
     graph = helper.make_graph(body.nodes, "wkv4_chunk_carry", float_inputs(names), float_inputs(outs))
-    aa_f, bb_f, pp_f, *incoming = g.ops(
-        "Scan", aa, bb, pp, p_c, a_c, b_c, decay_c, outputs=6, body=graph, num_scan_inputs=4
-    )
+    aa_f, bb_f, pp_f, *incoming = g.ops("Scan", aa, bb, pp, p_c, a_c, b_c, decay_c, outputs=6, body=graph, num_scan_inputs=4)
     from_scan = dict(perm=[1, 0, 2])  # [nC, B, C] -> [B, nC, C]
     incoming = [g.op("Unsqueeze", g.op("Transpose", x, **from_scan), g.ints(2)) for x in incoming]
     return (aa_f, bb_f, pp_f), incoming

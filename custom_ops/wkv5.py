@@ -36,7 +36,12 @@ def wkv5(
 
 
 def wkv5_numpy(
-    r: np.ndarray, k: np.ndarray, v: np.ndarray, w_raw: np.ndarray, u: np.ndarray, state_in: np.ndarray,
+    r: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    w_raw: np.ndarray,
+    u: np.ndarray,
+    state_in: np.ndarray,
     dtype: type = np.float64,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reference WKV5 in numpy (float64 by default): WKV6's recurrence with a constant decay."""

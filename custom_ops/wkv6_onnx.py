@@ -144,8 +144,13 @@ def nodes(op: str, body: str, chunk: int | None, single_step: bool = True) -> li
     elif not single_step:
         y_out, s_out = _chunked_body(g, op, r32, k32, v32, w_raw, u32, state_in, L)
     else:
-        y_out, s_out = if_single_token(g, op, k32, lambda bld: _scan_body(bld, op, ax, r32, k32, v32, w_raw, u32, state_in),
-                                       lambda bld: _chunked_body(bld, op, r32, k32, v32, w_raw, u32, state_in, L))
+        y_out, s_out = if_single_token(
+            g,
+            op,
+            k32,
+            lambda bld: _scan_body(bld, op, ax, r32, k32, v32, w_raw, u32, state_in),
+            lambda bld: _chunked_body(bld, op, r32, k32, v32, w_raw, u32, state_in, L),
+        )
     g.rename(y_out, "y")
     g.rename(s_out, "state_out")
     return g.nodes

@@ -25,7 +25,12 @@ STATE_LAYOUT = "value-major [B, H, N(value), N(key)]"
 
 
 def wkv7(
-    r: torch.Tensor, w_raw: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+    r: torch.Tensor,
+    w_raw: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
     state_in: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The op over a sequence (the sequential scan that defines it), in the dtype of state_in.
@@ -45,8 +50,14 @@ def wkv7(
 
 
 def wkv7_numpy(
-    r: np.ndarray, w_raw: np.ndarray, k: np.ndarray, v: np.ndarray, a: np.ndarray, b: np.ndarray,
-    state_in: np.ndarray, dtype: type = np.float64,
+    r: np.ndarray,
+    w_raw: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    state_in: np.ndarray,
+    dtype: type = np.float64,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reference WKV7 in numpy, computed in `dtype` (float64 by default: the oracle)."""
     r, k, v, a, b = (np.asarray(x, dtype) for x in (r, k, v, a, b))

@@ -17,7 +17,9 @@ def _driver():
     try:
         from cuda.bindings import driver
     except ImportError as exc:
-        raise RwkvExportError(f"cannot launch the WKV kernels: cuda-bindings is not importable ({exc}); pip install 'cuda-bindings>=13.0,<14'") from exc
+        raise RwkvExportError(
+            f"cannot launch the WKV kernels: cuda-bindings is not importable ({exc}); pip install 'cuda-bindings>=13.0,<14'"
+        ) from exc
     return driver
 
 
@@ -40,7 +42,9 @@ class _Module:
         attr = driver.CUdevice_attribute
         major = _check(driver, driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev), "cuDeviceGetAttribute")
         minor = _check(driver, driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev), "cuDeviceGetAttribute")
-        self.sm_count = _check(driver, driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev), "cuDeviceGetAttribute")
+        self.sm_count = _check(
+            driver, driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev), "cuDeviceGetAttribute"
+        )
         self.arch = f"sm_{major}{minor}"
         self.driver = driver
         self.functions: dict[str, Any] = {}
@@ -54,12 +58,14 @@ class _Module:
 
     def function(self, entry: str):
         if entry not in self.functions:
-            self.functions[entry] = _check(self.driver, self.driver.cuModuleGetFunction(self.module, entry.encode()), f"cuModuleGetFunction({entry})")
+            self.functions[entry] = _check(
+                self.driver, self.driver.cuModuleGetFunction(self.module, entry.encode()), f"cuModuleGetFunction({entry})"
+            )
         return self.functions[entry]
 
 
-_modules: dict[tuple[int, str], _Module] = {}   # by (context handle, unit)
-_primary: dict[int, tuple] = {}     # device ordinal -> (CUcontext, CUdevice), retained once
+_modules: dict[tuple[int, str], _Module] = {}  # by (context handle, unit)
+_primary: dict[int, tuple] = {}  # device ordinal -> (CUcontext, CUdevice), retained once
 _lock = threading.Lock()
 
 
@@ -67,7 +73,9 @@ def _init(driver) -> None:
     try:
         result = driver.cuInit(0)
     except Exception as exc:  # cuda-bindings raises its own loader error when libcuda is absent
-        raise RwkvExportError(f"cannot launch the WKV kernels: the CUDA driver (libcuda) is not loadable ({type(exc).__name__}); run on a machine with an NVIDIA GPU and a CUDA 13 driver") from exc
+        raise RwkvExportError(
+            f"cannot launch the WKV kernels: the CUDA driver (libcuda) is not loadable ({type(exc).__name__}); run on a machine with an NVIDIA GPU and a CUDA 13 driver"
+        ) from exc
     _check(driver, result, "cuInit")
 
 
@@ -99,7 +107,16 @@ def module_for(device: int | None, unit: str) -> _Module:
 def enqueue(mod: _Module, launch: Any, args: Any, stream: int) -> None:
     """cuLaunchKernel of `launch` from `mod` with packed `args` on `stream` (the one launch call)."""
     driver = mod.driver
-    _check(driver, driver.cuLaunchKernel(
-        mod.function(launch.entry), *launch.grid, *launch.block, launch.shared_mem,
-        driver.CUstream(int(stream)), args.address, 0,
-    ), f"cuLaunchKernel({launch.entry})")
+    _check(
+        driver,
+        driver.cuLaunchKernel(
+            mod.function(launch.entry),
+            *launch.grid,
+            *launch.block,
+            launch.shared_mem,
+            driver.CUstream(int(stream)),
+            args.address,
+            0,
+        ),
+        f"cuLaunchKernel({launch.entry})",
+    )

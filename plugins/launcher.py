@@ -25,12 +25,12 @@ from rwkv_export.kernels import cuda_driver
 from rwkv_export.ops.registry import IO_DTYPES, OpSpec, op_spec
 
 THREADS_PER_BLOCK = 128  # 1-D launches: 4 warps, small enough for many resident blocks per SM
-MAX_BLOCK = 1024         # chunked: cw * nch threads; the kernel has __launch_bounds__(1024)
-MIN_CHUNK = 16           # tokens per chunk: shorter chunks spend more on the scan than they save
-MAX_CHUNKS = 128         # with cw >= 8 channels per block (32-byte sectors of f32 loads)
-MIN_CW = 8               # narrowest chunked block: 8 f32 channels fill one 32-byte sector
-DEFAULT_SM_COUNT = 132   # H100 SXM; the raw API queries the real device
-THREADS_PER_SM = 2048    # resident threads per SM on sm_80 .. sm_90
+MAX_BLOCK = 1024  # chunked: cw * nch threads; the kernel has __launch_bounds__(1024)
+MIN_CHUNK = 16  # tokens per chunk: shorter chunks spend more on the scan than they save
+MAX_CHUNKS = 128  # with cw >= 8 channels per block (32-byte sectors of f32 loads)
+MIN_CW = 8  # narrowest chunked block: 8 f32 channels fill one 32-byte sector
+DEFAULT_SM_COUNT = 132  # H100 SXM; the raw API queries the real device
+THREADS_PER_SM = 2048  # resident threads per SM on sm_80 .. sm_90
 
 
 @dataclass(frozen=True)
@@ -202,15 +202,25 @@ def device_pointer(obj: Any, allow_host: bool = False) -> int:
     raise RwkvExportError(f"cannot get a device pointer from {type(obj).__name__}: pass an int, torch tensor, CuPy array or DLPack object")
 
 
-def launch_raw(op: str, inputs: Sequence[int], outputs: Sequence[int], sizes: Sequence[int], *, io: str = "f32",
-               launch: str = "auto", stream: int = 0, device: int | None = None) -> Launch:
+def launch_raw(
+    op: str,
+    inputs: Sequence[int],
+    outputs: Sequence[int],
+    sizes: Sequence[int],
+    *,
+    io: str = "f32",
+    launch: str = "auto",
+    stream: int = 0,
+    device: int | None = None,
+) -> Launch:
     """Enqueue `op` on `stream` from raw device addresses (ints): `inputs` and `outputs` in the op's
     order, contiguous, the IO inputs in `io` ('f32' | 'f16'), the rest float32; a state output may
     equal its input. Returns the Launch used. Asynchronous: no synchronisation, no allocation."""
     spec = op_spec(op)
     if len(inputs) != len(spec.inputs) or len(outputs) != len(spec.outputs):
-        raise RwkvExportError(f"{op} takes {len(spec.inputs)} inputs {spec.inputs} and {len(spec.outputs)} outputs, "
-                              f"got {len(inputs)} and {len(outputs)}")
+        raise RwkvExportError(
+            f"{op} takes {len(spec.inputs)} inputs {spec.inputs} and {len(spec.outputs)} outputs, got {len(inputs)} and {len(outputs)}"
+        )
     plan_launch(op, launch, io, sizes)  # bad requests fail before the driver is touched
     size = dict(zip(spec.sizes, (int(s) for s in sizes)))
     mod = cuda_driver.module_for(device, spec.kernel.unit)
@@ -259,6 +269,14 @@ def launch_tensors(op: str, *tensors: Any, launch: str = "auto", stream: int | N
     if stream is None:
         stream = torch.cuda.current_stream(k.device).cuda_stream
     with torch.cuda.device(k.device):  # torch and the driver agree on the current context
-        launch_raw(op, [t.data_ptr() for t in ins.values()], [t.data_ptr() for t in outs], tuple(size.values()),
-                   io=io, launch=launch, stream=stream, device=k.device.index or 0)
+        launch_raw(
+            op,
+            [t.data_ptr() for t in ins.values()],
+            [t.data_ptr() for t in outs],
+            tuple(size.values()),
+            io=io,
+            launch=launch,
+            stream=stream,
+            device=k.device.index or 0,
+        )
     return tuple(outs)

@@ -34,7 +34,6 @@ BASE_OPTIONS = ("-std=c++17", "--fmad=true")
 _INSTALL_HINT = "install them with: pip install 'cuda-bindings>=13.0,<14' 'nvidia-cuda-nvrtc==13.0.*'"
 
 
-
 def entry_names(unit: str = "wkv4") -> list[str]:
     """Every extern "C" kernel a unit defines, e.g. 'wkv4_chunked_f16', 'wkv6_n64_f16'."""
     _unit_path(unit)

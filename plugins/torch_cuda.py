@@ -51,8 +51,9 @@ def _schema(spec: OpSpec) -> str:
 
 
 def _register(spec: OpSpec):  # type: ignore[no-untyped-def]
-    op = torch.library.custom_op(f"rwkv_export::{spec.name.lower()}", lambda *t: _reference(spec, *t),
-                                 mutates_args=(), schema=_schema(spec))
+    op = torch.library.custom_op(
+        f"rwkv_export::{spec.name.lower()}", lambda *t: _reference(spec, *t), mutates_args=(), schema=_schema(spec)
+    )
     op.register_kernel("cuda")(lambda *t: _cuda(spec, *t))
     op.register_fake(lambda *t: tuple(_output_like(spec, t)))
     return op

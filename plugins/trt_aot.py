@@ -85,11 +85,13 @@ def _define(trtp: Any, trt: Any, spec: OpSpec, ptx_arch: str) -> None:
         return _launch(trtp, spec, args[names.index("k")], ptx_arch)
 
     trtp.register(pid)(_function(f"{stem}_desc", names, {**desc, "return": outs}, outputs))
-    trtp.autotune(pid)(_function(f"{stem}_autotune", (*names, "outputs"),
-                                 {**desc, "outputs": outs, "return": List[trtp.AutoTuneCombination]}, autotune))
+    trtp.autotune(pid)(
+        _function(f"{stem}_autotune", (*names, "outputs"), {**desc, "outputs": outs, "return": List[trtp.AutoTuneCombination]}, autotune)
+    )
     aot_return = Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]
-    trtp.aot_impl(pid)(_function(f"{stem}_aot", (*names, "outputs", "tactic"),
-                                 {**desc, "outputs": outs, "tactic": int, "return": aot_return}, aot))
+    trtp.aot_impl(pid)(
+        _function(f"{stem}_aot", (*names, "outputs", "tactic"), {**desc, "outputs": outs, "tactic": int, "return": aot_return}, aot)
+    )
 
 
 def _launch(trtp: Any, spec: OpSpec, k: Any, ptx_arch: str) -> Tuple[bytes, bytes, Any, Any]:
@@ -104,8 +106,9 @@ def _launch(trtp: Any, spec: OpSpec, k: Any, ptx_arch: str) -> Tuple[bytes, byte
             raise ValueError(f"rwkv::{spec.name}: the head size (k's last dim) must be static to pick the kernel")
         n = int(size["N"].constant_value())
         if n not in spec.kernel.head_sizes:
-            raise ValueError(f"rwkv::{spec.name} has no kernel for head size {n} (compiled: {spec.kernel.head_sizes}); "
-                             "build with --plugin none")
+            raise ValueError(
+                f"rwkv::{spec.name} has no kernel for head size {n} (compiled: {spec.kernel.head_sizes}); build with --plugin none"
+            )
     form = spec.kernel.launches[0]
     params = trtp.KernelLaunchParams()
     if form == "head":  # one block of N threads per (b, h)

@@ -57,8 +57,7 @@ def load(target: str | None = None) -> ModuleType:
     target = target or default_target()
     if target is None:
         raise TensorRTUnavailable(
-            "TensorRT is not installed (neither tensorrt nor tensorrt_rtx_bindings imports): "
-            + INSTALL_HINT["tensorrt-rtx"]
+            "TensorRT is not installed (neither tensorrt nor tensorrt_rtx_bindings imports): " + INSTALL_HINT["tensorrt-rtx"]
         )
     if target not in MODULES:
         raise ValueError(f"unknown TensorRT target {target!r}; expected one of {', '.join(TARGETS)}")

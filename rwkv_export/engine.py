@@ -94,8 +94,7 @@ def normalize_compute_capabilities(values: tuple[str, ...], target: str) -> tupl
         name = f"sm{digits}"
         if name not in RTX_COMPUTE_CAPABILITIES:
             raise RwkvExportError(
-                f"compute capability {raw!r} is not one TensorRT-RTX builds for; expected one of "
-                f"{', '.join(RTX_COMPUTE_CAPABILITIES)}"
+                f"compute capability {raw!r} is not one TensorRT-RTX builds for; expected one of {', '.join(RTX_COMPUTE_CAPABILITIES)}"
             )
         out.append(name)
     if out and target != "tensorrt-rtx":
@@ -106,8 +105,9 @@ def normalize_compute_capabilities(values: tuple[str, ...], target: str) -> tupl
 def profile_for(graph: Graph | Mapping[str, Any], bounds: dict[str, tuple[int, int, int]]) -> dict[str, list[list[int]]]:
     """{input name: [min, opt, max]} for every input with a symbolic dim; static inputs are omitted.
     `graph`: a manifest Graph, or its JSON form (a dict with "inputs")."""
-    inputs = ([(t.name, t.shape) for t in graph.inputs] if isinstance(graph, Graph)
-              else [(t["name"], tuple(t["shape"])) for t in graph["inputs"]])
+    inputs = (
+        [(t.name, t.shape) for t in graph.inputs] if isinstance(graph, Graph) else [(t["name"], tuple(t["shape"])) for t in graph["inputs"]]
+    )
     profile: dict[str, list[list[int]]] = {}
     for name, shape in inputs:
         if all(isinstance(d, int) for d in shape):
@@ -122,17 +122,23 @@ def profile_for(graph: Graph | Mapping[str, Any], bounds: dict[str, tuple[int, i
     return profile
 
 
-def build_graph(onnx_path: Path, plan_path: Path, profile: dict[str, list[list[int]]], options: BuildOptions,
-                target: str, plugin: str) -> dict[str, Any]:
+def build_graph(
+    onnx_path: Path, plan_path: Path, profile: dict[str, list[list[int]]], options: BuildOptions, target: str, plugin: str
+) -> dict[str, Any]:
     """Build one engine in a child process; return its report. Writes plan_path atomically."""
     compute = normalize_compute_capabilities(options.compute_capabilities, target)
     ptx_arch = options.ptx_arch or (f"sm_{min(int(c[2:]) for c in compute)}" if compute else "sm_75")
     with tempfile.TemporaryDirectory(prefix="rwkv-trt-build-") as tmp:
         parsed = _inlinable_copy(onnx_path, Path(tmp)) if plugin == "none" else onnx_path
         job: dict[str, Any] = {
-            "target": target, "onnx": str(parsed), "plan": str(Path(tmp) / "engine.plan"),
-            "profile": profile, "workspace": options.workspace, "compute_capabilities": list(compute),
-            "plugin": plugin, "ptx_arch": ptx_arch,
+            "target": target,
+            "onnx": str(parsed),
+            "plan": str(Path(tmp) / "engine.plan"),
+            "profile": profile,
+            "workspace": options.workspace,
+            "compute_capabilities": list(compute),
+            "plugin": plugin,
+            "ptx_arch": ptx_arch,
         }
         job_path, report_path = Path(tmp) / "job.json", Path(tmp) / "report.json"
         job_path.write_text(json.dumps(job))
@@ -184,8 +190,12 @@ def _child_env(target: str) -> dict[str, str]:
     return env
 
 
-def build(model_dir: str | os.PathLike[str], options: BuildOptions = BuildOptions(),
-          graphs: tuple[str, ...] = GRAPHS, on_report: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def build(
+    model_dir: str | os.PathLike[str],
+    options: BuildOptions = BuildOptions(),
+    graphs: tuple[str, ...] = GRAPHS,
+    on_report: Callable[[str, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Build `graphs` of an exported model directory; return the manifest's new "engines" entries.
 
     `on_report(graph, report)` receives each child's full report (layers, plugin build calls).
@@ -219,9 +229,18 @@ def plugin_front(op: str, plugin: str) -> str:
     return "python" if plugin == "auto" and not op_spec(op).aot_by_default else plugin
 
 
-def _build_each(model_dir: Path, manifest: Manifest, graphs: tuple[str, ...], options: BuildOptions, target: str,
-                plugin: str, bounds: dict[str, tuple[int, int, int]], engines: dict[str, Engine], staged: dict[Path, Path],
-                on_report: Callable[[str, dict[str, Any]], None] | None) -> None:
+def _build_each(
+    model_dir: Path,
+    manifest: Manifest,
+    graphs: tuple[str, ...],
+    options: BuildOptions,
+    target: str,
+    plugin: str,
+    bounds: dict[str, tuple[int, int, int]],
+    engines: dict[str, Engine],
+    staged: dict[Path, Path],
+    on_report: Callable[[str, dict[str, Any]], None] | None,
+) -> None:
     for name in graphs:
         graph = manifest.graph(name)
         onnx_path = manifest.path(graph.file, f"graphs.{name}.file")
@@ -232,11 +251,15 @@ def _build_each(model_dir: Path, manifest: Manifest, graphs: tuple[str, ...], op
         if on_report is not None:
             on_report(name, report)
         engines[name] = Engine(
-            file=plan_path.name, sha256=sha256_file(staged[plan_path]), target=target,
-            tensorrt_version=report["version"], plugin=report["plugin"],
+            file=plan_path.name,
+            sha256=sha256_file(staged[plan_path]),
+            target=target,
+            tensorrt_version=report["version"],
+            plugin=report["plugin"],
             ptx_arch=report["ptx_arch"] if report["plugin"] == "aot" else None,  # "python" JITs per GPU
             compute_capabilities=tuple(report["compute_capabilities"]),
-            profile={k: tuple(tuple(b) for b in v) for k, v in profile.items()}, plugin_layers=report["plugin_layers"],
+            profile={k: tuple(tuple(b) for b in v) for k, v in profile.items()},
+            plugin_layers=report["plugin_layers"],
         )
 
 
@@ -295,7 +318,11 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
     with open(job["plan"], "wb") as f:
         f.write(memoryview(plan))
     return {
-        "ok": True, "version": trt.__version__, "plugin": job["plugin"], "layers": layers, "plugin_events": events,
+        "ok": True,
+        "version": trt.__version__,
+        "plugin": job["plugin"],
+        "layers": layers,
+        "plugin_events": events,
         "plugin_layers": sum(layer["type"] in ("PLUGIN_V3", "PLUGIN_V2", "PLUGIN") for layer in layers),
         "compute_capabilities": job["compute_capabilities"],
     }

@@ -8,4 +8,3 @@ and exits 2; it never shows a traceback for these.
 
 class RwkvExportError(Exception):
     """A problem with the user's input: printed as one line, exit code 2."""
-

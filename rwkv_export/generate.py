@@ -100,8 +100,9 @@ def last_logits(logits: np.ndarray) -> np.ndarray:
     return logits[:, -1] if logits.ndim == 3 else logits
 
 
-def prefill_prompts(model: Backend, prompts: Sequence[Sequence[int]], chunk: int | None = None,
-                    initial: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, State]:
+def prefill_prompts(
+    model: Backend, prompts: Sequence[Sequence[int]], chunk: int | None = None, initial: dict[str, np.ndarray] | None = None
+) -> tuple[np.ndarray, State]:
     """Prefill prompts of any lengths without padding: one batch per distinct length.
 
     Returns logits [B, V] of each prompt's last token and the state with rows in prompt order.
@@ -151,12 +152,21 @@ class Stats:
     def summary(self) -> str:
         prefill = self.prompt_tokens / self.prefill_s if self.prefill_s else float("inf")
         step_ms = 1000 * self.step_s / self.steps if self.steps else 0.0
-        return (f"prefill {self.prompt_tokens} tokens in {self.prefill_s * 1000:.1f} ms ({prefill:,.0f} tok/s); "
-                f"{self.steps} steps at {step_ms:.2f} ms/token (batch {len(self.generated)})")
+        return (
+            f"prefill {self.prompt_tokens} tokens in {self.prefill_s * 1000:.1f} ms ({prefill:,.0f} tok/s); "
+            f"{self.steps} steps at {step_ms:.2f} ms/token (batch {len(self.generated)})"
+        )
 
 
-def generate(model: Backend, prompts: Sequence[Sequence[int]], max_tokens: int, sampling: Sampling = Sampling(),
-             stats: Stats | None = None, chunk: int | None = None, initial: dict[str, np.ndarray] | None = None) -> Iterator[np.ndarray]:
+def generate(
+    model: Backend,
+    prompts: Sequence[Sequence[int]],
+    max_tokens: int,
+    sampling: Sampling = Sampling(),
+    stats: Stats | None = None,
+    chunk: int | None = None,
+    initial: dict[str, np.ndarray] | None = None,
+) -> Iterator[np.ndarray]:
     """Yield the next token of every prompt ([B] int64), max_tokens times: prefill, then steps.
 
     `stats.state` is the state after the prompt and every token fed back so far (the last yielded

@@ -156,7 +156,9 @@ def load_tokenizer(source: str | Path | Mapping[str, Any], override_file: str | 
     if kind == "world":
         return WorldTokenizer()
     if kind == "gpt-neox-20b":
-        raise RwkvExportError("this model uses the GPT-NeoX 20B tokenizer, which was not exported with it; pass --tokenizer 20B_tokenizer.json")
+        raise RwkvExportError(
+            "this model uses the GPT-NeoX 20B tokenizer, which was not exported with it; pass --tokenizer 20B_tokenizer.json"
+        )
     raise RwkvExportError(f"the manifest records no tokenizer (kind '{kind}'); pass --tokenizer FILE or give ids with --tokens")
 
 

@@ -16,7 +16,7 @@ verbs in this process (click's CliRunner, a SIGALRM watchdog) and classifies eac
 
 Deleting an optional field (source, versions, hint, ...) is a valid manifest: those cases must
 either run (exit 0) or fail cleanly; they are counted under "benign ok". `build` never starts a
-TensorRT build here: reaching the builder counts as "accepted". tests/test_manifest_fuzz.py runs
+TensorRT build here: reaching the builder counts as "accepted". tests/runtime/test_manifest_fuzz.py runs
 a smaller sample of the same cases.
 """
 
@@ -39,8 +39,24 @@ from pathlib import Path
 from typing import Any
 
 OPTIONAL = {"source", "dynamic_dims", "versions", "tokenizer", "hint", "wkv_function_sha256", "wkv_op", "engines"}
-KINDS = ("delete", "retype", "null", "unknown-field", "path-escape", "dim", "non-finite", "nan-initial-file", "sha256",
-         "graph-file-changed", "empty", "truncate", "garbage", "non-utf8", "deep-nesting", "special-file")
+KINDS = (
+    "delete",
+    "retype",
+    "null",
+    "unknown-field",
+    "path-escape",
+    "dim",
+    "non-finite",
+    "nan-initial-file",
+    "sha256",
+    "graph-file-changed",
+    "empty",
+    "truncate",
+    "garbage",
+    "non-utf8",
+    "deep-nesting",
+    "special-file",
+)
 
 
 @dataclass
@@ -152,8 +168,17 @@ def field_cases(doc: Any, rng: random.Random, n: int) -> list[Case]:
 
 def file_name_cases(doc: Any, directory: Path) -> list[Case]:
     spots = [("graphs", "prefill", "file"), ("graphs", "step", "file"), ("graphs", "step", "external_data"), ("tokenizer", "file")]
-    names = ["../other/prefill.onnx", str(directory / "step.onnx"), "/etc/passwd", "sub/../../step.onnx", "~/step.onnx", "",
-             None, 7, "a\\..\\..\\b"]
+    names = [
+        "../other/prefill.onnx",
+        str(directory / "step.onnx"),
+        "/etc/passwd",
+        "sub/../../step.onnx",
+        "~/step.onnx",
+        "",
+        None,
+        7,
+        "a\\..\\..\\b",
+    ]
     cases = []
     for spot in spots:
         for name in names:
@@ -178,8 +203,13 @@ def value_cases(doc: Any) -> list[Case]:
             cases.append(Case("dim", f"{_label(p)} = {value}", _writer(mutated)))
     text = json.dumps(doc)
     for literal in ("NaN", "Infinity", "-Infinity", "1e999"):
-        cases.append(Case("non-finite", f"state[3].initial = {literal}",
-                          _writer(text.replace('"initial": -1e+38', f'"initial": {literal}', 1).encode(), raw=True)))
+        cases.append(
+            Case(
+                "non-finite",
+                f"state[3].initial = {literal}",
+                _writer(text.replace('"initial": -1e+38', f'"initial": {literal}', 1).encode(), raw=True),
+            )
+        )
     cases.append(Case("empty", "graphs = {}", _writer(_set(doc, ("graphs",), {}))))
     for g in ("prefill", "step"):
         for part in ("inputs", "outputs"):
@@ -230,10 +260,15 @@ def byte_cases(text: bytes, rng: random.Random, n: int) -> list[Case]:
         garbage = bytes(rng.randrange(256) for _ in range(rng.choice((1, 64, 4096))))
         cases.append(Case("garbage", f"{len(garbage)} random bytes", _writer(garbage, raw=True)))
         at = rng.randrange(len(text))
-        cases.append(Case("non-utf8", f"0xff at byte {at}", _writer(text[:at] + b"\xff" + text[at + 1:], raw=True)))
+        cases.append(Case("non-utf8", f"0xff at byte {at}", _writer(text[:at] + b"\xff" + text[at + 1 :], raw=True)))
     cases.append(Case("deep-nesting", "100,000 nested lists", _writer(b"[" * 100_000 + b"]" * 100_000, raw=True)))
-    cases.append(Case("deep-nesting", "model nested 100,000 deep",
-                      _writer(text.replace(b'"model": {', b'"model": ' + b'{"a": ' * 100_000 + b"{", 1) + b"}" * 100_000, raw=True)))
+    cases.append(
+        Case(
+            "deep-nesting",
+            "model nested 100,000 deep",
+            _writer(text.replace(b'"model": {', b'"model": ' + b'{"a": ' * 100_000 + b"{", 1) + b"}" * 100_000, raw=True),
+        )
+    )
     return cases
 
 
@@ -256,9 +291,12 @@ def special_cases(doc: Any) -> list[Case]:
         (d / "manifest.json").unlink()
         (d / "manifest.json").mkdir()
 
-    return [Case("special-file", "step.onnx is a FIFO", fifo_graph), Case("special-file", "manifest.json is a FIFO", fifo_manifest),
-            Case("special-file", "step.onnx links outside the directory", link_out),
-            Case("special-file", "manifest.json is a directory", dir_manifest)]
+    return [
+        Case("special-file", "step.onnx is a FIFO", fifo_graph),
+        Case("special-file", "manifest.json is a FIFO", fifo_manifest),
+        Case("special-file", "step.onnx links outside the directory", link_out),
+        Case("special-file", "manifest.json is a directory", dir_manifest),
+    ]
 
 
 def optional_cases(doc: Any) -> list[Case]:
@@ -306,8 +344,19 @@ def watchdog(seconds: int) -> Iterator[None]:
 def verbs(directory: Path, ckpt: Path, benign: bool) -> dict[str, list[str]]:
     out = {"run": ["run", str(directory), "--tokens", "1,2,3", "--max-tokens", "2", "--temperature", "0", "--ids", "-q"]}
     if not benign:  # a valid manifest would run the whole scenario / a TensorRT build: not what is tested here
-        out["verify"] = ["verify", str(directory), "--checkpoint", str(ckpt), "--backends", "ort-cpu-float32", "--seq", "2",
-                         "--steps", "1", "-q"]
+        out["verify"] = [
+            "verify",
+            str(directory),
+            "--checkpoint",
+            str(ckpt),
+            "--backends",
+            "ort-cpu-float32",
+            "--seq",
+            "2",
+            "--steps",
+            "1",
+            "-q",
+        ]
         out["build"] = ["build", str(directory), "--target", "tensorrt-rtx", "--max-batch", "1", "--max-seq", "4", "-q"]
     return out
 
@@ -351,8 +400,7 @@ def reset(work: Path, pristine: Path) -> None:
         outside.unlink()
 
 
-def run_cases(cases: list[Case], pristine: Path, ckpt: Path, timeout: int,
-              progress: Callable[[str], None] = lambda m: None) -> Tally:
+def run_cases(cases: list[Case], pristine: Path, ckpt: Path, timeout: int, progress: Callable[[str], None] = lambda m: None) -> Tally:
     from rwkv_export import engine
 
     def refuse_build(*args: Any, **kw: Any) -> Any:
@@ -404,9 +452,11 @@ def main(argv: list[str] | None = None) -> int:
         cases = all_cases(pristine, args.cases, args.seed)
         start = time.perf_counter()
         tally = run_cases(cases, pristine, ckpt, args.timeout, lambda m: print(m, end="\r", file=sys.stderr))
-    print(f"{len(cases)} mutated manifests (seed {args.seed}), "
-          f"{sum(sum(c.values()) for c in tally.counts.values())} CLI calls in {time.perf_counter() - start:.1f} s, "
-          f"slowest call {tally.slowest:.2f} s\n")
+    print(
+        f"{len(cases)} mutated manifests (seed {args.seed}), "
+        f"{sum(sum(c.values()) for c in tally.counts.values())} CLI calls in {time.perf_counter() - start:.1f} s, "
+        f"slowest call {tally.slowest:.2f} s\n"
+    )
     print(table(tally))
     for line in tally.bad:
         print(line)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU run of the kernel checks (every op of the registry: WKV4, and WKV5/6/7 of plugins/wkv_heads.cu): environment facts
 # (driver, NVRTC, PTX ISA, which image loaded), the GPU tests against the float64 oracle (kernels
-# alone and inside the tiny trained models), the benchmarks (kernels; whole 169M-like models). The NVRTC/PTX tests and the g++ proofs run in CPU CI (tests/test_kernels_ptx.py, test_kernels_launcher.py, test_kernels_cpu.py).
+# alone and inside the tiny trained models), the benchmarks (kernels; whole 169M-like models). The NVRTC/PTX tests and the g++ proofs run in CPU CI (tests/kernels/test_kernels_ptx.py, test_kernels_launcher.py, test_kernels_cpu.py).
 # Exit 0 only if everything passed. Sized for ~5 minutes on an H100 with torch (CUDA 13), cuda-python and no internet.
 #   scripts/gpu_check.sh [OUT_DIR]   (results: OUT_DIR/{pytest-gpu.txt,bench*.json,bench*.txt})
 set -uo pipefail
@@ -27,7 +27,7 @@ for unit in UNITS:
     print(unit, "loaded", m.image_kind, "for", m.arch, "SMs", m.sm_count)
 PYEOF
 
-timeout 240 $PY -m pytest -q -rs -s -m gpu tests/test_kernels_gpu.py tests/test_model_kernels.py 2>&1 | tee "$OUT/pytest-gpu.txt" | tail -30
+timeout 240 $PY -m pytest -q -rs -s -m gpu tests/kernels/test_kernels_gpu.py tests/kernels/test_model_kernels.py 2>&1 | tee "$OUT/pytest-gpu.txt" | tail -30
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 grep -o "WKV[567] f[0-9]* B=[^:]*: y [0-9.e+-]* state [0-9.e+-]*" "$OUT/pytest-gpu.txt"
 grep -o "MODEL [^:]*: .*e[-+][0-9]*" "$OUT/pytest-gpu.txt"

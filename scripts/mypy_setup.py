@@ -19,6 +19,8 @@ import re
 import sys
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def write_patched_stubs(dest: str | os.PathLike[str]) -> Path:
     """Copy tensorrt-stubs' .pyi files to `dest`, repairing the lines no Python parser accepts.
@@ -89,7 +91,7 @@ def _repair_def(line: str) -> str:
 NAMESPACE = {"ops": "custom_ops", "kernels": "plugins"}  # rwkv_export.<key> <- <value>/ (pyproject.toml)
 
 
-def write_namespace(dest: str | os.PathLike[str], repo: Path = Path(__file__).resolve().parents[1]) -> Path:
+def write_namespace(dest: str | os.PathLike[str], repo: Path = REPO) -> Path:
     """DEST/rwkv_export: symlinks to every entry of rwkv_export/ plus ops and kernels. Returns DEST."""
     out = Path(dest) / "rwkv_export"
     if out.exists():

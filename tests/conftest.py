@@ -25,8 +25,9 @@ def tiny_model(stem: str, precision: str = "FP32") -> Path:
     return TINY / f"tiny-rwkv-{stem}-{precision}.bin"
 
 
-def make_checkpoint(path: Path, layers: int = 3, embd: int = 64, vocab: int = 97, ffn: int | None = None, seed: int = 0,
-                    dtype: torch.dtype = torch.float32) -> Path:
+def make_checkpoint(
+    path: Path, layers: int = 3, embd: int = 64, vocab: int = 97, ffn: int | None = None, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> Path:
     config, weights = random_weights("4", layers, embd, vocab, ffn, seed=seed, dtype=dtype)
     save_checkpoint(Checkpoint(config, weights, "random", path), path)
     return path

@@ -134,8 +134,10 @@ def rwkv_package_class(version: str) -> Any:
     has_v7 = hasattr(module, "RWKV_x070")
     if has_v7 != want_v7:
         family = "RWKV-7 only (RWKV_V7_ON=1)" if has_v7 else "RWKV-4/5/6 only (RWKV_V7_ON unset)"
-        raise BackendUnavailable(f"the `rwkv` package was already imported in this process for {family}; it picks its model "
-                                 f"family once per process, at import, so RWKV-{version} needs a fresh process")
+        raise BackendUnavailable(
+            f"the `rwkv` package was already imported in this process for {family}; it picks its model "
+            f"family once per process, at import, so RWKV-{version} needs a fresh process"
+        )
     return module.RWKV
 
 

@@ -90,10 +90,12 @@ def _ort_matmul(b: np.ndarray, threads: int):  # type: ignore[no-untyped-def]
     except ImportError:
         return None
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "b"], ["c"])], "sgemm_probe",
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "sgemm_probe",
         [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["m", b.shape[0]])],
         [helper.make_tensor_value_info("c", TensorProto.FLOAT, ["m", b.shape[1]])],
-        [numpy_helper.from_array(b, "b")])
+        [numpy_helper.from_array(b, "b")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -119,8 +121,7 @@ def measure_limits(config: ModelConfig, quick: bool = False, threads: int | None
 
 # Per-layer tensors multiplied by activations (matrix products), besides every 2-D `*.weight`:
 # the LoRA pairs of v6 (mix, decay) and v7 (decay w, in-context rate a, value residual v, gate g).
-LORA_NAMES = frozenset({"time_maa_w1", "time_maa_w2", "time_decay_w1", "time_decay_w2",
-                        "w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2"})
+LORA_NAMES = frozenset({"time_maa_w1", "time_maa_w2", "time_decay_w1", "time_decay_w2", "w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2"})
 
 
 def _is_matrix(key: str, shape: tuple[int, ...]) -> bool:

@@ -86,18 +86,26 @@ def child(spec: dict[str, Any]) -> dict[str, float]:
     for _ in range(spec["steps"]):
         backend.step(rng.integers(0, spec["vocab"], (batch,)))
     peak = _peak_mb()
-    return {"baseline_mb": baseline, "loaded_mb": loaded, "peak_mb": peak, "delta_mb": peak - baseline,
-            "batch": batch, "seq": spec["seq"], "steps": spec["steps"]}
+    return {
+        "baseline_mb": baseline,
+        "loaded_mb": loaded,
+        "peak_mb": peak,
+        "delta_mb": peak - baseline,
+        "batch": batch,
+        "seq": spec["seq"],
+        "steps": spec["steps"],
+    }
 
 
-def measure(backend: str, ws: Workspace, threads: int, vocab: int, batch: int, seq: int, steps: int,
-            timeout: float = 600) -> dict[str, Any]:
+def measure(
+    backend: str, ws: Workspace, threads: int, vocab: int, batch: int, seq: int, steps: int, timeout: float = 600
+) -> dict[str, Any]:
     """Run `child` in a fresh interpreter; {'error': ...} if it fails (the table says so)."""
-    spec = {"backend": backend, "workspace": ws.to_dict(), "threads": threads, "vocab": vocab,
-            "batch": batch, "seq": seq, "steps": steps}
+    spec = {"backend": backend, "workspace": ws.to_dict(), "threads": threads, "vocab": vocab, "batch": batch, "seq": seq, "steps": steps}
     try:
-        proc = subprocess.run([sys.executable, "-m", "rwkv_export.bench.memory", json.dumps(spec)],
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, "-m", "rwkv_export.bench.memory", json.dumps(spec)], capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]

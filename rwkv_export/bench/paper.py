@@ -32,9 +32,14 @@ def _neox(config: ModelConfig, n_tokens: int, threads: int):  # type: ignore[no-
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     shape: dict[str, Any] = {  # Pythia's choices: head size 64, a quarter of each head rotary, untied head
-        "vocab_size": config.vocab_size, "hidden_size": config.n_embd, "num_hidden_layers": config.n_layer,
-        "num_attention_heads": max(1, config.n_embd // 64), "intermediate_size": config.ffn_size,
-        "max_position_embeddings": max(2048, n_tokens + 1), "rotary_pct": 0.25, "use_cache": True,
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.n_embd,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": max(1, config.n_embd // 64),
+        "intermediate_size": config.ffn_size,
+        "max_position_embeddings": max(2048, n_tokens + 1),
+        "rotary_pct": 0.25,
+        "use_cache": True,
         "tie_word_embeddings": False,
     }
     cfg = GPTNeoXConfig(**shape)
@@ -95,8 +100,9 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     return {"parameters": params, "cumulative_s": cumulative, "peak_mb": memory}
 
 
-def run(ws: Workspace, config: ModelConfig, n_tokens: int, threads: int,
-        progress: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+def run(
+    ws: Workspace, config: ModelConfig, n_tokens: int, threads: int, progress: Callable[[str], None] = lambda m: None
+) -> dict[str, Any]:
     series: dict[str, Any] = {}
     for model in MODELS:
         progress(f"paper: generating {n_tokens} tokens with {model} (fresh process)")
@@ -108,10 +114,19 @@ def run(ws: Workspace, config: ModelConfig, n_tokens: int, threads: int,
             series[model] = {"error": f"exit {proc.returncode}: {tail[:200]}"}
         else:
             series[model] = json.loads(lines[-1])
-    return {"kind": "paper", "tokens": n_tokens, "threads": threads,
-            "model": {"source": ws.source, "version": config.version, "n_layer": config.n_layer, "n_embd": config.n_embd,
-                      "vocab_size": config.vocab_size},
-            "series": series}
+    return {
+        "kind": "paper",
+        "tokens": n_tokens,
+        "threads": threads,
+        "model": {
+            "source": ws.source,
+            "version": config.version,
+            "n_layer": config.n_layer,
+            "n_embd": config.n_embd,
+            "vocab_size": config.vocab_size,
+        },
+        "series": series,
+    }
 
 
 def checkpoints(n: int) -> list[int]:
@@ -127,10 +142,12 @@ def format_table(result: dict[str, Any]) -> str:
     m, series = result["model"], result["series"]
     ok = [name for name in MODELS if "error" not in series[name]]
     head = ", ".join(f"{n} {series[n]['parameters'] / 1e6:.1f}M parameters" for n in ok)
-    out = [f"Generation, tokens 1..{result['tokens']} greedy from one token, {result['threads']} threads, "
-           f"RWKV-{m.get('version', '4')} {m['n_layer']} x {m['n_embd']}, vocab {m['vocab_size']} ({head})",
-           "  cumulative seconds, ms for the last token (mean over the rows since the previous one), peak resident MB",
-           "  " + f"{'tokens':>7} | " + " | ".join(f"{n + ' s':>12} {'ms/tok':>7} {'MB':>6}" for n in ok)]
+    out = [
+        f"Generation, tokens 1..{result['tokens']} greedy from one token, {result['threads']} threads, "
+        f"RWKV-{m.get('version', '4')} {m['n_layer']} x {m['n_embd']}, vocab {m['vocab_size']} ({head})",
+        "  cumulative seconds, ms for the last token (mean over the rows since the previous one), peak resident MB",
+        "  " + f"{'tokens':>7} | " + " | ".join(f"{n + ' s':>12} {'ms/tok':>7} {'MB':>6}" for n in ok),
+    ]
     prev = 0
     for k in checkpoints(result["tokens"]):
         cols = []

@@ -107,17 +107,25 @@ def profile(ws: Workspace, vocab: int, seq: int, threads: int, runs: int = 5) ->
             for _ in range(runs):
                 session.run(None, feeds)
             events = json.loads(Path(session.end_profiling()).read_text())
-        out[graph] = {"tokens": list(tokens.shape), "runs": runs, "unprofiled_ms": 1e3 * float(np.median(wall)),
-                      "ops": summarize_profile(events, runs + 1, wkv_op)}
+        out[graph] = {
+            "tokens": list(tokens.shape),
+            "runs": runs,
+            "unprofiled_ms": 1e3 * float(np.median(wall)),
+            "ops": summarize_profile(events, runs + 1, wkv_op),
+        }
     return {"kind": "profile", "threads": threads, "version": manifest.model.version, "wkv_op": wkv_op, "graphs": out}
 
 
 def format_table(result: dict[str, Any], top: int = 8) -> str:
-    out = [f"ONNX Runtime float32 kernel time by op type, RWKV-{result.get('version', '4')} ({result['threads']} threads; "
-           "ORT's profiler, mean per run)"]
+    out = [
+        f"ONNX Runtime float32 kernel time by op type, RWKV-{result.get('version', '4')} ({result['threads']} threads; "
+        "ORT's profiler, mean per run)"
+    ]
     for graph, g in result["graphs"].items():
         total = sum(r["ms_per_run"] for r in g["ops"])
-        out.append(f"  {graph} {g['tokens']}: {total:.1f} ms of kernels per profiled run; {g['unprofiled_ms']:.1f} ms per run unprofiled (median)")
+        out.append(
+            f"  {graph} {g['tokens']}: {total:.1f} ms of kernels per profiled run; {g['unprofiled_ms']:.1f} ms per run unprofiled (median)"
+        )
         for r in g["ops"][:top]:
             out.append(f"    {r['op']:<32} {r['ms_per_run']:8.2f} ms {100 * r['share']:5.1f}%  ({r['nodes']} nodes)")
     return "\n".join(out)

@@ -84,11 +84,25 @@ def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
     if 1 in result["settings"]["batch"]:
         for seq in result["settings"]["seq"]:
             values = {n: figure(n, "prefill", cell_key(1, seq), "tok_s") for n in SUMMARY}
-            rows.append({"figure": f"prefill {seq}, tok/s", "kind": "prefill", "seq": seq, "values": values,
-                         "speedup": {p: _ratio(values[ours], values[p]) for p in peers}})
+            rows.append(
+                {
+                    "figure": f"prefill {seq}, tok/s",
+                    "kind": "prefill",
+                    "seq": seq,
+                    "values": values,
+                    "speedup": {p: _ratio(values[ours], values[p]) for p in peers},
+                }
+            )
         values = {n: figure(n, "step", "1", "ms") for n in SUMMARY}
-        rows.append({"figure": "step, ms/token", "kind": "step", "seq": None, "values": values,
-                     "speedup": {p: _ratio(values[p], values[ours]) for p in peers}})
+        rows.append(
+            {
+                "figure": "step, ms/token",
+                "kind": "step",
+                "seq": None,
+                "values": values,
+                "speedup": {p: _ratio(values[p], values[ours]) for p in peers},
+            }
+        )
     return rows
 
 
@@ -100,17 +114,31 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     a = backends.get(ours, {}).get("prefill", {}).get(cell_key(batch, seq), {}).get("tok_s")
     b = backends.get(peer, {}).get("prefill", {}).get(cell_key(batch, seq), {}).get("tok_s")
     value = _ratio(a, b)
-    lines = [_target(name, value, goal, value is not None and value >= goal,
-                     f"{ours} {a:.0f} tok/s vs {peer} {b:.0f} tok/s" if value is not None else
-                     f"needs --backends {ours},{peer} --seq {seq} --batch {batch}")]
+    lines = [
+        _target(
+            name,
+            value,
+            goal,
+            value is not None and value >= goal,
+            f"{ours} {a:.0f} tok/s vs {peer} {b:.0f} tok/s"
+            if value is not None
+            else f"needs --backends {ours},{peer} --seq {seq} --batch {batch}",
+        )
+    ]
     ours, batch, goal = STEP_TARGET
     name = f"ORT float32 step <= {goal}x the bandwidth floor"
     ms = backends.get(ours, {}).get("step", {}).get(str(batch), {}).get("ms")
     floor = result["limits"]["step_floor_ms"].get("float32")
     value = _ratio(ms, floor)
-    lines.append(_target(name, value, goal, value is not None and value <= goal,
-                         f"{ours} {ms:.1f} ms vs floor {floor:.1f} ms" if value is not None else
-                         f"needs --backends {ours} --batch {batch}"))
+    lines.append(
+        _target(
+            name,
+            value,
+            goal,
+            value is not None and value <= goal,
+            f"{ours} {ms:.1f} ms vs floor {floor:.1f} ms" if value is not None else f"needs --backends {ours} --batch {batch}",
+        )
+    )
     return lines
 
 
@@ -164,10 +192,15 @@ def format_table(result: dict[str, Any]) -> str:
                 if "tok_s" not in cell:
                     out.append(f"  {key:<9} {n:<13} {'skipped: ' + cell.get('skipped', '?')}")
                     continue
-                out.append(f"  {key:<9} {n:<13} {cell['tok_s']:9.1f} {_spread(cell['seconds']):>20} "
-                           f"{_fmt(cell['vs_torch'], '.2f'):>8} {_fmt(_pct(cell['of_ceiling']), '.0f'):>6}%")
-    out += ["", f"Step, ms per step (median of {s.get('step_reps', s['reps'])} repetitions of {s['steps']} consecutive steps; tok/s = B / step time; x floor = step time / bandwidth floor)",
-            f"  {'B':<4} {'backend':<13} {'ms':>8} {'spread':>20} {'tok/s':>8} {'x torch':>8} {'x floor':>8}"]
+                out.append(
+                    f"  {key:<9} {n:<13} {cell['tok_s']:9.1f} {_spread(cell['seconds']):>20} "
+                    f"{_fmt(cell['vs_torch'], '.2f'):>8} {_fmt(_pct(cell['of_ceiling']), '.0f'):>6}%"
+                )
+    out += [
+        "",
+        f"Step, ms per step (median of {s.get('step_reps', s['reps'])} repetitions of {s['steps']} consecutive steps; tok/s = B / step time; x floor = step time / bandwidth floor)",
+        f"  {'B':<4} {'backend':<13} {'ms':>8} {'spread':>20} {'tok/s':>8} {'x torch':>8} {'x floor':>8}",
+    ]
     for batch in s["batch"]:
         for n in names:
             cell = result["backends"][n]["step"].get(str(batch))
@@ -176,15 +209,18 @@ def format_table(result: dict[str, Any]) -> str:
             if "ms" not in cell:
                 out.append(f"  {batch:<4} {n:<13} {'skipped: ' + cell.get('skipped', '?')}")
                 continue
-            out.append(f"  {batch:<4} {n:<13} {cell['ms']:8.2f} {_spread(cell['seconds']):>20} {cell['tok_s']:8.1f} "
-                       f"{_fmt(cell['vs_torch'], '.2f'):>8} {_fmt(cell['x_floor'], '.2f'):>8}")
+            out.append(
+                f"  {batch:<4} {n:<13} {cell['ms']:8.2f} {_spread(cell['seconds']):>20} {cell['tok_s']:8.1f} "
+                f"{_fmt(cell['vs_torch'], '.2f'):>8} {_fmt(cell['x_floor'], '.2f'):>8}"
+            )
     out += _memory_lines(result, names) + _parity_lines(result, names) + _quantized_lines(result)
     skipped = [(n, b) for n, b in result["backends"].items() if b.get("status") != "ok"]
     if skipped:
         out += ["", "Not run:"] + [f"  {n}: {b['status']}: {b['reason']}" for n, b in skipped]
     out += ["", "Targets:"] + [
         f"  {t['status'].upper():<7} {t['name']}: {_fmt(t['value'], '.3f', 'n/a')}{'x' if t['value'] is not None else ''} ({t['detail']})"
-        for t in result["targets"]]
+        for t in result["targets"]
+    ]
     return "\n".join(out)
 
 
@@ -197,12 +233,19 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     ours, *peers = SUMMARY
-    out = ["", f"Summary, batch 1: {ours} beside the torch reference and the `rwkv` package (speed-up of {ours} over each; > 1: faster)",
-           f"  {'figure':<20} " + " ".join(f"{n:>10}" for n in SUMMARY) + " " + " ".join(f"{'x ' + p:>9}" for p in peers)]
+    out = [
+        "",
+        f"Summary, batch 1: {ours} beside the torch reference and the `rwkv` package (speed-up of {ours} over each; > 1: faster)",
+        f"  {'figure':<20} " + " ".join(f"{n:>10}" for n in SUMMARY) + " " + " ".join(f"{'x ' + p:>9}" for p in peers),
+    ]
     for row in rows:
         spec = ".1f" if row["kind"] == "prefill" else ".2f"
-        out.append(f"  {row['figure']:<20} " + " ".join(f"{_fmt(row['values'][n], spec):>10}" for n in SUMMARY) + " "
-                   + " ".join(f"{_fmt(row['speedup'][p], '.2f'):>9}" for p in peers))
+        out.append(
+            f"  {row['figure']:<20} "
+            + " ".join(f"{_fmt(row['values'][n], spec):>10}" for n in SUMMARY)
+            + " "
+            + " ".join(f"{_fmt(row['speedup'][p], '.2f'):>9}" for p in peers)
+        )
     return out
 
 
@@ -211,8 +254,9 @@ def _load(machine: dict[str, Any]) -> str:
     if not load:
         return ""
     busy = max(load["start"], load["end"]) > 0.5 * machine["cores"]
-    return (f"; 1-min load average {load['start']:.1f} at start, {load['end']:.1f} at end"
-            + (" (BUSY: other work shared the cores; absolute figures are pessimistic, ratios less so)" if busy else ""))
+    return f"; 1-min load average {load['start']:.1f} at start, {load['end']:.1f} at end" + (
+        " (BUSY: other work shared the cores; absolute figures are pessimistic, ratios less so)" if busy else ""
+    )
 
 
 def _pct(x: float | None) -> float | None:
@@ -226,8 +270,11 @@ def _memory_lines(result: dict[str, Any], names: list[str]) -> list[str]:
         return []
     first = next((mem for _, mem in rows if "peak_mb" in mem), None)
     work = f"load + prefill {first['batch']} x {first['seq']} + {first['steps']} steps, " if first else ""
-    out = ["", f"Peak resident memory, MB (a fresh process per backend: {work}delta = above the interpreter with its libraries imported)",
-           f"  {'backend':<13} {'peak':>8} {'delta':>8} {'x torch':>8}"]
+    out = [
+        "",
+        f"Peak resident memory, MB (a fresh process per backend: {work}delta = above the interpreter with its libraries imported)",
+        f"  {'backend':<13} {'peak':>8} {'delta':>8} {'x torch':>8}",
+    ]
     ref = result["backends"].get(REFERENCE, {}).get("memory", {}).get("delta_mb")
     for n, mem in rows:
         if "peak_mb" not in mem:
@@ -241,8 +288,11 @@ def _parity_lines(result: dict[str, Any], names: list[str]) -> list[str]:
     rows = [(n, result["backends"][n].get("parity")) for n in names if result["backends"][n].get("parity")]
     if not rows:
         return []
-    return ["", "Same weights check: max |logits - torch logits| after a 16-token prefill (relative to max |torch logits|)",
-            "  " + ", ".join(f"{n} {p['max_abs']:.1e} ({p['max_rel']:.1e})" for n, p in rows)]
+    return [
+        "",
+        "Same weights check: max |logits - torch logits| after a 16-token prefill (relative to max |torch logits|)",
+        "  " + ", ".join(f"{n} {p['max_abs']:.1e} ({p['max_rel']:.1e})" for n, p in rows),
+    ]
 
 
 QUANTIZED = ("ort-int8", "ort-int4")
@@ -257,15 +307,20 @@ def _quantized_lines(result: dict[str, Any]) -> list[str]:
         return []
     seq = max((c["seq"] for c in base["prefill"].values() if c.get("batch") == 1 and "tok_s" in c), default=None)
     key = cell_key(1, seq) if seq else None
-    out = ["", f"Quantized weights vs ORT float32, batch 1 (step and prefill({seq}) speed-ups: > 1 is faster; x floor = step / "
-               "the bandwidth floor of the backend's own weight bytes; logits error = the same-weights check above)",
-           f"  {'backend':<10} {'step ms':>8} {'x fp32':>7} {'x floor':>8} {'prefill x fp32':>15} {'logits err':>11}"]
+    out = [
+        "",
+        f"Quantized weights vs ORT float32, batch 1 (step and prefill({seq}) speed-ups: > 1 is faster; x floor = step / "
+        "the bandwidth floor of the backend's own weight bytes; logits error = the same-weights check above)",
+        f"  {'backend':<10} {'step ms':>8} {'x fp32':>7} {'x floor':>8} {'prefill x fp32':>15} {'logits err':>11}",
+    ]
     base_step = base["step"].get("1", {}).get("ms")
     base_prefill = base["prefill"].get(key, {}).get("tok_s") if key else None
     for n in rows:
         b = backends[n]
         step, prefill = b["step"].get("1", {}), b["prefill"].get(key, {}) if key else {}
-        out.append(f"  {n:<10} {_fmt(step.get('ms'), '.2f'):>8} {_fmt(_ratio(base_step, step.get('ms')), '.2f'):>7} "
-                   f"{_fmt(step.get('x_floor'), '.2f'):>8} {_fmt(_ratio(prefill.get('tok_s'), base_prefill), '.2f'):>15} "
-                   f"{_fmt((b.get('parity') or {}).get('max_rel'), '.1e'):>11}")
+        out.append(
+            f"  {n:<10} {_fmt(step.get('ms'), '.2f'):>8} {_fmt(_ratio(base_step, step.get('ms')), '.2f'):>7} "
+            f"{_fmt(step.get('x_floor'), '.2f'):>8} {_fmt(_ratio(prefill.get('tok_s'), base_prefill), '.2f'):>15} "
+            f"{_fmt((b.get('parity') or {}).get('max_rel'), '.1e'):>11}"
+        )
     return out

@@ -53,16 +53,29 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": summarize(times).to_dict(), "loaded_mb": loaded, "peak_mb": _peak_mb()}
 
 
-def run(ws: Workspace, config: ModelConfig, seqs: list[int], chunk: int, threads: int, reps: int,
-        progress: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+def run(
+    ws: Workspace,
+    config: ModelConfig,
+    seqs: list[int],
+    chunk: int,
+    threads: int,
+    reps: int,
+    progress: Callable[[str], None] = lambda m: None,
+) -> dict[str, Any]:
     points = []
     for seq in sorted(seqs):
         for mode in MODES:
             progress(f"scaling: {mode} prefill of {seq} tokens (fresh process)")
-            spec = {"workspace": ws.to_dict(), "threads": threads, "vocab": config.vocab_size, "seq": seq,
-                    "chunk": chunk, "mode": mode, "reps": max(1, min(reps, MAX_REPS))}
-            proc = subprocess.run([sys.executable, "-m", "rwkv_export.bench.scaling", json.dumps(spec)],
-                                  capture_output=True, text=True)
+            spec = {
+                "workspace": ws.to_dict(),
+                "threads": threads,
+                "vocab": config.vocab_size,
+                "seq": seq,
+                "chunk": chunk,
+                "mode": mode,
+                "reps": max(1, min(reps, MAX_REPS)),
+            }
+            proc = subprocess.run([sys.executable, "-m", "rwkv_export.bench.scaling", json.dumps(spec)], capture_output=True, text=True)
             lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
             if proc.returncode != 0 or not lines:
                 tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -71,16 +84,28 @@ def run(ws: Workspace, config: ModelConfig, seqs: list[int], chunk: int, threads
                 point = json.loads(lines[-1])
                 point["ms_per_token"] = 1e3 * point["seconds"]["median"] / seq
             points.append({"seq": seq, "mode": mode, **point})
-    return {"kind": "scaling", "model": {"source": ws.source, "version": config.version, "n_layer": config.n_layer,
-                                         "n_embd": config.n_embd, "vocab_size": config.vocab_size},
-            "chunk": chunk, "threads": threads, "points": points}
+    return {
+        "kind": "scaling",
+        "model": {
+            "source": ws.source,
+            "version": config.version,
+            "n_layer": config.n_layer,
+            "n_embd": config.n_embd,
+            "vocab_size": config.vocab_size,
+        },
+        "chunk": chunk,
+        "threads": threads,
+        "points": points,
+    }
 
 
 def format_table(result: dict[str, Any]) -> str:
     m = result["model"]
-    out = [f"Prefill scaling, ONNX Runtime float32, RWKV-{m.get('version', '4')} {m['n_layer']} x {m['n_embd']} (vocab {m['vocab_size']}), "
-           f"{result['threads']} threads; chunked = calls of {result['chunk']} tokens carrying the state",
-           f"  {'T':>6} | {'whole s':>8} {'ms/tok':>7} {'peak MB':>8} | {'chunked s':>9} {'ms/tok':>7} {'peak MB':>8}"]
+    out = [
+        f"Prefill scaling, ONNX Runtime float32, RWKV-{m.get('version', '4')} {m['n_layer']} x {m['n_embd']} (vocab {m['vocab_size']}), "
+        f"{result['threads']} threads; chunked = calls of {result['chunk']} tokens carrying the state",
+        f"  {'T':>6} | {'whole s':>8} {'ms/tok':>7} {'peak MB':>8} | {'chunked s':>9} {'ms/tok':>7} {'peak MB':>8}",
+    ]
     by = {(p["seq"], p["mode"]): p for p in result["points"]}
     for seq in sorted({p["seq"] for p in result["points"]}):
         cols = []

@@ -65,9 +65,14 @@ def round_robin_order(names: Sequence[str], round_index: int) -> list[str]:
     return list(names[k:]) + list(names[:k])
 
 
-def interleaved(tasks: Mapping[str, Callable[[], object]], reps: int, warmup: int = 1,
-                clock: Callable[[], float] = time.perf_counter,
-                tick: Callable[[], None] = lambda: None, settle: float = 0.0) -> dict[str, list[float]]:
+def interleaved(
+    tasks: Mapping[str, Callable[[], object]],
+    reps: int,
+    warmup: int = 1,
+    clock: Callable[[], float] = time.perf_counter,
+    tick: Callable[[], None] = lambda: None,
+    settle: float = 0.0,
+) -> dict[str, list[float]]:
     """Time each task `reps` times in rotated round-robin order; seconds per call, per task.
 
     `warmup` untimed rounds first (first-call allocations, lazy kernels); `tick` is called after

@@ -14,7 +14,6 @@ import datetime
 import functools
 import os
 import platform
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -78,19 +77,22 @@ def _blas() -> dict[str, Any]:
         from threadpoolctl import threadpool_info
     except ImportError:
         return {"env": env, "numpy": "threadpoolctl not installed"}
-    return {"env": env, "numpy": [{k: i.get(k) for k in ("internal_api", "architecture", "num_threads", "version")}
-                                  for i in threadpool_info()]}
+    return {
+        "env": env,
+        "numpy": [{k: i.get(k) for k in ("internal_api", "architecture", "num_threads", "version")} for i in threadpool_info()],
+    }
 
 
-def load_backends(names: list[str], ws: Workspace, threads: int, progress: Progress) -> tuple[dict[str, Backend], dict[str, dict[str, Any]]]:
+def load_backends(
+    names: list[str], ws: Workspace, threads: int, progress: Progress
+) -> tuple[dict[str, Backend], dict[str, dict[str, Any]]]:
     loaded: dict[str, Backend] = {}
     entries: dict[str, dict[str, Any]] = {}
     for name in names:
         progress.stage(f"loading {name}")
         try:
             loaded[name] = make_backend(name, ws, threads)
-            entries[name] = {"status": "ok", "reason": None, "weight_dtype": WEIGHT_DTYPES.get(name, "float32"),
-                             "prefill": {}, "step": {}}
+            entries[name] = {"status": "ok", "reason": None, "weight_dtype": WEIGHT_DTYPES.get(name, "float32"), "prefill": {}, "step": {}}
         except BackendUnavailable as exc:
             entries[name] = {"status": "skipped", "reason": str(exc)}
     return loaded, entries
@@ -105,18 +107,23 @@ def parity(loaded: dict[str, Backend], vocab: int) -> dict[str, dict[str, float]
     return {n: {"max_abs": float(np.abs(v - ref).max()), "max_rel": float(np.abs(v - ref).max()) / scale} for n, v in logits.items()}
 
 
-def run(ws: Workspace, config: ModelConfig, parameters: int, settings: Settings, progress: Progress = Progress()) -> dict[str, Any]:
+def run(ws: Workspace, config: ModelConfig, parameters: int, settings: Settings, progress: Progress | None = None) -> dict[str, Any]:
+    progress = progress or Progress()
     s = settings
     load_start = os.getloadavg()[0]  # other work on the machine skews everything: say how much there was
     cells = [(b, t) for b in s.batch for t in s.seq]
     loaded, entries = load_backends(s.backends, ws, s.threads, progress)
     if not loaded:
-        raise BackendUnavailable("none of the requested backends can run here: " +
-                                 "; ".join(f"{n}: {e['reason']}" for n, e in entries.items()))
+        raise BackendUnavailable(
+            "none of the requested backends can run here: " + "; ".join(f"{n}: {e['reason']}" for n, e in entries.items())
+        )
 
     def runnable(batch: int, seq: int | None) -> dict[str, Backend]:
-        return {n: b for n, b in loaded.items() if (b.max_batch is None or batch <= b.max_batch)
-                and (seq is None or batch * seq <= s.max_prefill_tokens)}
+        return {
+            n: b
+            for n, b in loaded.items()
+            if (b.max_batch is None or batch <= b.max_batch) and (seq is None or batch * seq <= s.max_prefill_tokens)
+        }
 
     n_ticks = sum(len(runnable(b, t)) for b, t in cells) * s.reps + sum(len(runnable(b, None)) for b in s.batch) * s.step_reps
     progress.total(n_ticks + (len(loaded) if s.memory else 0) + 2)
@@ -144,8 +151,13 @@ def run(ws: Workspace, config: ModelConfig, parameters: int, settings: Settings,
         tokens = rng.integers(0, config.vocab_size, (batch, seq))
         # Small cells get a warm-up round (first-call allocations); large ones are long enough that
         # the median of the repetitions absorbs a slow first call, and a warm-up would double them.
-        samples = interleaved({n: functools.partial(b.prefill, tokens) for n, b in todo.items()}, s.reps,
-                              warmup=1 if batch * seq <= 128 else 0, tick=progress.tick, settle=SETTLE_S)
+        samples = interleaved(
+            {n: functools.partial(b.prefill, tokens) for n, b in todo.items()},
+            s.reps,
+            warmup=1 if batch * seq <= 128 else 0,
+            tick=progress.tick,
+            settle=SETTLE_S,
+        )
         for name, secs in samples.items():
             entries[name]["prefill"][key] = {"batch": batch, "seq": seq, "seconds": summarize(secs).to_dict()}
 
@@ -163,8 +175,9 @@ def run(ws: Workspace, config: ModelConfig, parameters: int, settings: Settings,
             for row in token_rows:
                 b.step(row)
 
-        samples = interleaved({n: functools.partial(steps, b) for n, b in todo.items()}, s.step_reps, warmup=1, tick=progress.tick,
-                              settle=SETTLE_S)
+        samples = interleaved(
+            {n: functools.partial(steps, b) for n, b in todo.items()}, s.step_reps, warmup=1, tick=progress.tick, settle=SETTLE_S
+        )
         for name, secs in samples.items():
             per_step = summarize([x / s.steps for x in secs])
             entries[name]["step"][str(batch)] = {"batch": batch, "steps": s.steps, "seconds": per_step.to_dict()}
@@ -181,23 +194,42 @@ def run(ws: Workspace, config: ModelConfig, parameters: int, settings: Settings,
             progress.tick()
 
     floors = {d: 1e3 * lim.step_floor_seconds(config, limits, nbytes) for d, nbytes in (("float32", 4), ("float16", 2))}
-    quant_bytes = {d: lim.quantized_step_weight_bytes(ws.onnx_dir(d), config) for d in ("int8", "int4")
-                   if any(WEIGHT_DTYPES.get(n) == d for n in loaded)}
+    quant_bytes = {
+        d: lim.quantized_step_weight_bytes(ws.onnx_dir(d), config)
+        for d in ("int8", "int4")
+        if any(WEIGHT_DTYPES.get(n) == d for n in loaded)
+    }
     floors |= {d: 1e3 * nbytes / (limits.bandwidth_gbs * 1e9) for d, nbytes in quant_bytes.items()}
     return {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(), "versions": _versions(), "blas": _blas(),
-                    "load_average": {"start": load_start, "end": os.getloadavg()[0]}},
-        "model": {"source": ws.source, "cache": str(ws.root), "version": config.version, "n_layer": config.n_layer,
-                  "n_embd": config.n_embd, "vocab_size": config.vocab_size, "ffn_size": config.ffn_size,
-                  **{k: v for k in ("n_head", "head_size") if (v := getattr(config, k)) is not None},
-                  "parameters": parameters,
-                  "step_weight_bytes": {"float32": lim.step_weight_bytes(config, 4), "float16": lim.step_weight_bytes(config, 2),
-                                        **quant_bytes}},
+        "machine": {
+            "cpu": _cpu_name(),
+            "cores": os.cpu_count(),
+            "platform": platform.platform(),
+            "versions": _versions(),
+            "blas": _blas(),
+            "load_average": {"start": load_start, "end": os.getloadavg()[0]},
+        },
+        "model": {
+            "source": ws.source,
+            "cache": str(ws.root),
+            "version": config.version,
+            "n_layer": config.n_layer,
+            "n_embd": config.n_embd,
+            "vocab_size": config.vocab_size,
+            "ffn_size": config.ffn_size,
+            **{k: v for k in ("n_head", "head_size") if (v := getattr(config, k)) is not None},
+            "parameters": parameters,
+            "step_weight_bytes": {"float32": lim.step_weight_bytes(config, 4), "float16": lim.step_weight_bytes(config, 2), **quant_bytes},
+        },
         "settings": asdict(s),
-        "limits": {**limits.to_dict(), "step_floor_ms": floors,
-                   "prefill_ceiling_tok_s": {cell_key(b, t): lim.prefill_ceiling_tok_s(config, limits, b, t) for b, t in cells
-                                             if b * t <= s.max_prefill_tokens}},
+        "limits": {
+            **limits.to_dict(),
+            "step_floor_ms": floors,
+            "prefill_ceiling_tok_s": {
+                cell_key(b, t): lim.prefill_ceiling_tok_s(config, limits, b, t) for b, t in cells if b * t <= s.max_prefill_tokens
+            },
+        },
         "backends": entries,
     }
 

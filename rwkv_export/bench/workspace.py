@@ -101,14 +101,17 @@ class Workspace:
         return self.config().version
 
 
-def random_workspace(cache: Path, n_layer: int, n_embd: int, vocab: int, seed: int = 0, version: str = "4",
-                     head_size: int | None = None) -> tuple[Workspace, Callable[[], Checkpoint]]:
+def random_workspace(
+    cache: Path, n_layer: int, n_embd: int, vocab: int, seed: int = 0, version: str = "4", head_size: int | None = None
+) -> tuple[Workspace, Callable[[], Checkpoint]]:
     """A random RWKV-`version` of the given shape (float32), keyed by version, shape and seed."""
     head_size, lora = check_sizes(version, n_embd, head_size, None)  # refuse a bad shape before anything is made
     heads = f"-h{head_size}-r{lora or 0}" if head_size else ""
     described = f", heads of {head_size}" if head_size else ""
-    ws = Workspace(cache / f"random-v{version}-{n_layer}x{n_embd}{heads}-v{vocab}-seed{seed}",
-                   f"random RWKV-{version} {n_layer} x {n_embd}{described}, vocab {vocab}, seed {seed}")
+    ws = Workspace(
+        cache / f"random-v{version}-{n_layer}x{n_embd}{heads}-v{vocab}-seed{seed}",
+        f"random RWKV-{version} {n_layer} x {n_embd}{described}, vocab {vocab}, seed {seed}",
+    )
 
     def make() -> Checkpoint:
         config, weights = random_checkpoint(version, n_layer, n_embd, vocab, None, head_size, lora, seed)
@@ -125,8 +128,9 @@ def source_workspace(cache: Path, source: str) -> tuple[Workspace, Callable[[], 
     return Workspace(cache / f"{path.stem}-{key}", str(path)), lambda: load_checkpoint(path)
 
 
-def ensure(ws: Workspace, make: Callable[[], Checkpoint], need_hf: bool, dtypes: list[str],
-           progress: Callable[[str], None], fresh: bool = False) -> Checkpoint:
+def ensure(
+    ws: Workspace, make: Callable[[], Checkpoint], need_hf: bool, dtypes: list[str], progress: Callable[[str], None], fresh: bool = False
+) -> Checkpoint:
     """Write whatever of model.pth / config.json / hf / onnx-<dtype> is missing or stale; return the checkpoint.
 
     need_hf is ignored for RWKV-5/6/7: transformers has no class to read such a directory (its

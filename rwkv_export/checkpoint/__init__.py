@@ -142,7 +142,9 @@ def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike[str], fmt: str | N
         from safetensors.torch import save_file
 
         if version_info(cfg.version).transformers_class is None:
-            raise RwkvExportError(f"cannot write RWKV-{cfg.version} as a Hugging Face directory: transformers has RwkvForCausalLM (RWKV-4) only")
+            raise RwkvExportError(
+                f"cannot write RWKV-{cfg.version} as a Hugging Face directory: transformers has RwkvForCausalLM (RWKV-4) only"
+            )
 
         path.mkdir(parents=True, exist_ok=True)
         with atomic_output_path(path / "model.safetensors") as tmp:
@@ -165,7 +167,9 @@ def _format_from_suffix(path: Path) -> str:
         return "rwkvcpp"
     if suffix == "":
         return "hf"
-    raise RwkvExportError(f"cannot tell the checkpoint format from '{path.name}': use .pth, .safetensors, .bin (rwkv.cpp) or a directory (HF)")
+    raise RwkvExportError(
+        f"cannot tell the checkpoint format from '{path.name}': use .pth, .safetensors, .bin (rwkv.cpp) or a directory (HF)"
+    )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -81,8 +81,13 @@ def read_hf_dir(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, object]]
 
 
 # config.json field -> the ModelConfig attribute it must equal (RWKV-4: attention width = n_embd)
-_CONFIG_FIELDS = {"vocab_size": "vocab_size", "hidden_size": "n_embd", "attention_hidden_size": "n_embd",
-                  "intermediate_size": "ffn_size", "num_hidden_layers": "n_layer"}
+_CONFIG_FIELDS = {
+    "vocab_size": "vocab_size",
+    "hidden_size": "n_embd",
+    "attention_hidden_size": "n_embd",
+    "intermediate_size": "ffn_size",
+    "num_hidden_layers": "n_layer",
+}
 
 
 def check_config(config: dict[str, object], model: ModelConfig, where: str) -> None:

@@ -21,13 +21,20 @@ DEFAULT_HEAD_SIZE = 64  # every released RWKV-5/6/7 model
 DEFAULT_LORA = 32
 
 
-def random_checkpoint(version: str, n_layer: int, n_embd: int, vocab_size: int, ffn_size: int | None = None,
-                      head_size: int | None = None, lora: int | None = None, seed: int = 0,
-                      dtype: torch.dtype = torch.float32) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def random_checkpoint(
+    version: str,
+    n_layer: int,
+    n_embd: int,
+    vocab_size: int,
+    ffn_size: int | None = None,
+    head_size: int | None = None,
+    lora: int | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """(config, weights) of a random RWKV-`version`; head_size / lora None: the defaults above."""
     head_size, lora = check_sizes(version, n_embd, head_size, lora)
-    return random_weights(version, n_layer, n_embd, vocab_size, ffn_size, head_size or DEFAULT_HEAD_SIZE,
-                          lora or DEFAULT_LORA, seed, dtype)
+    return random_weights(version, n_layer, n_embd, vocab_size, ffn_size, head_size or DEFAULT_HEAD_SIZE, lora or DEFAULT_LORA, seed, dtype)
 
 
 def check_sizes(version: str, n_embd: int, head_size: int | None, lora: int | None) -> tuple[int | None, int | None]:
@@ -43,6 +50,8 @@ def check_sizes(version: str, n_embd: int, head_size: int | None, lora: int | No
         raise RwkvExportError(f"--lora applies to RWKV-6 and RWKV-7 (RWKV-{version} has no LoRA matrices)")
     head_size = head_size or DEFAULT_HEAD_SIZE
     if n_embd % head_size:
-        raise RwkvExportError(f"width (n_embd) {n_embd} is not a multiple of the head size {head_size}: RWKV-{version} splits "
-                              "the width into heads of head-size channels (choose --head-size to divide it)")
+        raise RwkvExportError(
+            f"width (n_embd) {n_embd} is not a multiple of the head size {head_size}: RWKV-{version} splits "
+            "the width into heads of head-size channels (choose --head-size to divide it)"
+        )
     return head_size, (lora or DEFAULT_LORA) if info.lora_fields else None

@@ -54,8 +54,16 @@ VERSION_RULES: dict[str, dict[str, Callable[[tuple[int, ...], float, _Draw], tor
 }
 
 
-def random_config(version: str, n_layer: int, n_embd: int, vocab_size: int, ffn_size: int | None = None, head_size: int = 8,
-                  lora: int = 16, dtype: torch.dtype = torch.float32) -> ModelConfig:
+def random_config(
+    version: str,
+    n_layer: int,
+    n_embd: int,
+    vocab_size: int,
+    ffn_size: int | None = None,
+    head_size: int = 8,
+    lora: int = 16,
+    dtype: torch.dtype = torch.float32,
+) -> ModelConfig:
     """The config of a random RWKV-`version` checkpoint with these sizes (fields from the registry)."""
     info = version_info(version)
     fields: dict[str, Any] = {}
@@ -70,8 +78,15 @@ def random_config(version: str, n_layer: int, n_embd: int, vocab_size: int, ffn_
 
 
 def random_weights(
-    version: str, n_layer: int, n_embd: int, vocab_size: int, ffn_size: int | None = None, head_size: int = 8,
-    lora: int = 16, seed: int = 0, dtype: torch.dtype = torch.float32,
+    version: str,
+    n_layer: int,
+    n_embd: int,
+    vocab_size: int,
+    ffn_size: int | None = None,
+    head_size: int = 8,
+    lora: int = 16,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """A random RWKV-`version` checkpoint ("4", "5.1", "5.2", "6" or "7") in BlinkDL form.
 

@@ -106,8 +106,10 @@ def from_rwkvcpp(raw: dict[str, torch.Tensor], version: str) -> dict[str, torch.
         try:
             _undo_one(key, tensor, version, out)
         except (RuntimeError, IndexError, ValueError) as exc:  # a shape the layout cannot hold
-            raise RwkvExportError(f"'{key}' has shape {list(tensor.shape)}, which rwkv.cpp's RWKV-{version} layout cannot hold "
-                                  f"({str(exc).splitlines()[0][:120]})") from None
+            raise RwkvExportError(
+                f"'{key}' has shape {list(tensor.shape)}, which rwkv.cpp's RWKV-{version} layout cannot hold "
+                f"({str(exc).splitlines()[0][:120]})"
+            ) from None
     return out
 
 

@@ -62,8 +62,9 @@ def check_keys(keys: Mapping[Any, Any] | list[Any], where: str) -> int:
             blocks.add(int(match.group(1)))
     if blocks and max(blocks) >= len(blocks):
         gap = min(set(range(len(blocks))) - blocks)
-        raise RwkvExportError(f"{where}: a key names block {max(blocks)} but the checkpoint holds {len(blocks)} blocks "
-                              f"(block {gap} is absent)")
+        raise RwkvExportError(
+            f"{where}: a key names block {max(blocks)} but the checkpoint holds {len(blocks)} blocks (block {gap} is absent)"
+        )
     return len(blocks)
 
 
@@ -79,8 +80,7 @@ def check_nonempty(weights: Mapping[str, torch.Tensor], where: str) -> None:
     """Every tensor has one or more dimensions, each >= 1 (a 0-D or empty tensor describes no layer)."""
     for key, tensor in weights.items():
         if tensor.dim() == 0 or min(tensor.shape) < 1:
-            raise RwkvExportError(f"{where}: '{key}' has shape {list(tensor.shape)}: every tensor needs one or more "
-                                  "dimensions, each >= 1")
+            raise RwkvExportError(f"{where}: '{key}' has shape {list(tensor.shape)}: every tensor needs one or more dimensions, each >= 1")
 
 
 def check_finite(weights: Mapping[str, torch.Tensor], where: str) -> None:
@@ -88,8 +88,9 @@ def check_finite(weights: Mapping[str, torch.Tensor], where: str) -> None:
     for key, tensor in weights.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
-            raise RwkvExportError(f"{where}: '{key}' holds {bad} NaN/Inf value(s) of {tensor.numel()}; "
-                                  f"pass {NONFINITE_OPTION} to load it anyway")
+            raise RwkvExportError(
+                f"{where}: '{key}' holds {bad} NaN/Inf value(s) of {tensor.numel()}; pass {NONFINITE_OPTION} to load it anyway"
+            )
 
 
 def check_zip_sizes(path: Path, size: int) -> None:
@@ -102,8 +103,10 @@ def check_zip_sizes(path: Path, size: int) -> None:
     declared = sum(e.file_size for e in entries)
     limit = MAX_INFLATION * size + INFLATION_SLACK
     if declared > limit:
-        raise RwkvExportError(f"{path}: its zip records declare {declared:,} bytes once inflated, more than a "
-                              f"{size:,}-byte checkpoint can hold (limit {limit:,}); refusing to inflate them")
+        raise RwkvExportError(
+            f"{path}: its zip records declare {declared:,} bytes once inflated, more than a "
+            f"{size:,}-byte checkpoint can hold (limit {limit:,}); refusing to inflate them"
+        )
 
 
 def is_zip(path: Path) -> bool:

@@ -82,8 +82,11 @@ def infer_config(weights: Mapping[str, torch.Tensor], where: str, fmt: str = "pt
     vocab, n_embd = check_rank(weights, "emb.weight", 2, where)
     ffn = check_rank(weights, "blocks.0.ffn.key.weight", 2, where)[0]
     extra = _version_fields(version, weights, where, fmt)
-    dtype = _DTYPE_NAMES.get(weights["blocks.0.att.key.weight"].dtype, str(weights["blocks.0.att.key.weight"].dtype)) \
-        if "blocks.0.att.key.weight" in weights else "float32"
+    dtype = (
+        _DTYPE_NAMES.get(weights["blocks.0.att.key.weight"].dtype, str(weights["blocks.0.att.key.weight"].dtype))
+        if "blocks.0.att.key.weight" in weights
+        else "float32"
+    )
     config = ModelConfig(version, n_layer, n_embd, vocab, ffn, dtype, **extra)
     required, optional = expected_shapes(config)
     unknown = sorted(set(weights) - set(required) - set(optional), key=_natural)

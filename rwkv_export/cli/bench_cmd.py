@@ -12,9 +12,9 @@ import click
 from rwkv_export.bench.progress import Progress
 from rwkv_export.checkpoint.versions import KNOWN_VERSIONS
 from rwkv_export.cli.options import bounded, examples, quiet_flag
+from rwkv_export.errors import RwkvExportError
 
 MAX_LIST_ITEM = 1 << 20  # --seq / --batch entries (tokens, sequences)
-from rwkv_export.errors import RwkvExportError
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
@@ -66,43 +66,97 @@ class _Progress(Progress):
             self.bar = None
 
 
-@click.command(epilog=examples(
-    "rwkv-export bench                                  # 169M-shaped random RWKV-4, every backend",
-    "rwkv-export bench --version 7 --backends torch,ort-fp32,rwkv --seq 128 --batch 1   # 169M-shaped random RWKV-7",
-    "rwkv-export bench model.pth --backends torch,ort-fp32,rwkv --seq 512 --batch 1 --json bench.json",
-    "rwkv-export bench --scaling --seq 128,1024,8192",
-    "rwkv-export bench --paper 1024 --plot paper.png",
-    "rwkv-export bench --profile --seq 512",
-))
+@click.command(
+    epilog=examples(
+        "rwkv-export bench                                  # 169M-shaped random RWKV-4, every backend",
+        "rwkv-export bench --version 7 --backends torch,ort-fp32,rwkv --seq 128 --batch 1   # 169M-shaped random RWKV-7",
+        "rwkv-export bench model.pth --backends torch,ort-fp32,rwkv --seq 512 --batch 1 --json bench.json",
+        "rwkv-export bench --scaling --seq 128,1024,8192",
+        "rwkv-export bench --paper 1024 --plot paper.png",
+        "rwkv-export bench --profile --seq 512",
+    )
+)
 @click.argument("source", required=False, type=click.Path(path_type=str))
-@click.option("--backends", default=None, help="Comma-separated backends (default: all): torch, ort-fp32, ort-fp16, ort-int8, ort-int4, tensorrt, rwkv, transformers.")
+@click.option(
+    "--backends",
+    default=None,
+    help="Comma-separated backends (default: all): torch, ort-fp32, ort-fp16, ort-int8, ort-int4, tensorrt, rwkv, transformers.",
+)
 @click.option("--seq", callback=_int_list, default=None, help="Prefill lengths T  [default: 128,512,2048; --scaling: 128..8192]")
 @click.option("--batch", callback=_int_list, default="1,8", show_default=True, help="Batch sizes B.")
 @click.option("--steps", type=bounded(1, 1 << 20), default=16, show_default=True, help="Consecutive steps per timed repetition.")
-@click.option("--reps", type=bounded(1, 1 << 16), default=3, show_default=True, help="Repetitions of each prefill figure (the median is reported).")
+@click.option(
+    "--reps", type=bounded(1, 1 << 16), default=3, show_default=True, help="Repetitions of each prefill figure (the median is reported)."
+)
 @click.option("--step-reps", type=bounded(1, 1 << 16), default=5, show_default=True, help="Repetitions of each step figure.")
 @click.option("--threads", type=bounded(1, 1024), default=2, show_default=True, help="Threads for ONNX Runtime and torch alike.")
-@click.option("--max-prefill-tokens", type=bounded(1), default=2048, show_default=True, help="Skip prefill cells with B x T above this (they would dominate the run).")
+@click.option(
+    "--max-prefill-tokens",
+    type=bounded(1),
+    default=2048,
+    show_default=True,
+    help="Skip prefill cells with B x T above this (they would dominate the run).",
+)
 @click.option("--no-memory", is_flag=True, help="Skip the per-backend peak-memory processes.")
 @click.option("--json", "json_file", type=click.Path(path_type=str), default=None, help="Also write the full result as JSON to this file.")
 @click.option("--scaling", is_flag=True, help="Instead: ORT prefill time and peak memory as T grows, whole vs chunked.")
-@click.option("--chunk", type=bounded(1, MAX_LIST_ITEM), default=512, show_default=True, help="--scaling: tokens per prefill call when chunking.")
-@click.option("--paper", type=bounded(2, MAX_LIST_ITEM), default=None, metavar="N", help="Instead: the paper's generation experiment over N tokens (RWKV vs GPT-NeoX).")
-@click.option("--profile", "profile_ops", is_flag=True, help="Instead: ORT's profiler on the float32 step and prefill (first --seq), time by op type.")
+@click.option(
+    "--chunk", type=bounded(1, MAX_LIST_ITEM), default=512, show_default=True, help="--scaling: tokens per prefill call when chunking."
+)
+@click.option(
+    "--paper",
+    type=bounded(2, MAX_LIST_ITEM),
+    default=None,
+    metavar="N",
+    help="Instead: the paper's generation experiment over N tokens (RWKV vs GPT-NeoX).",
+)
+@click.option(
+    "--profile", "profile_ops", is_flag=True, help="Instead: ORT's profiler on the float32 step and prefill (first --seq), time by op type."
+)
 @click.option("--plot", type=click.Path(path_type=str), default=None, help="--paper/--scaling: write a PNG plot here.")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Where the model files are made and kept [default: ~/.cache/rwkv-export/bench].")
-@click.option("--version", "rwkv_version", type=click.Choice(KNOWN_VERSIONS), default=None,
-              help="Version of the random model benchmarked when no SOURCE is given  [default: 4]")
-@click.option("--head-size", type=bounded(1, 4096), default=None,
-              help="RWKV-5/6/7 random model: channels per head  [default: 64]")
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the model files are made and kept [default: ~/.cache/rwkv-export/bench].",
+)
+@click.option(
+    "--version",
+    "rwkv_version",
+    type=click.Choice(KNOWN_VERSIONS),
+    default=None,
+    help="Version of the random model benchmarked when no SOURCE is given  [default: 4]",
+)
+@click.option("--head-size", type=bounded(1, 4096), default=None, help="RWKV-5/6/7 random model: channels per head  [default: 64]")
 @click.option("--shape", default=None, hidden=True, help="Random model shape LAYERSxEMBDxVOCAB in place of 12x768x50277 (tests).")
 @click.option("--quick-limits", is_flag=True, hidden=True, help="Small limit probes (tests).")
 @click.option("--fresh", is_flag=True, help="Remake the cached model files (checkpoint, HF directory, exports).")
 @quiet_flag
-def bench(source: str | None, backends: str | None, seq: list[int] | None, batch: list[int], steps: int, reps: int, step_reps: int,
-          threads: int, max_prefill_tokens: int, no_memory: bool, json_file: str | None, scaling: bool, chunk: int,
-          paper: int | None, profile_ops: bool, plot: str | None, cache_dir: Path | None, rwkv_version: str | None, head_size: int | None,
-          shape: str | None, quick_limits: bool, fresh: bool, quiet: bool) -> None:
+def bench(
+    source: str | None,
+    backends: str | None,
+    seq: list[int] | None,
+    batch: list[int],
+    steps: int,
+    reps: int,
+    step_reps: int,
+    threads: int,
+    max_prefill_tokens: int,
+    no_memory: bool,
+    json_file: str | None,
+    scaling: bool,
+    chunk: int,
+    paper: int | None,
+    profile_ops: bool,
+    plot: str | None,
+    cache_dir: Path | None,
+    rwkv_version: str | None,
+    head_size: int | None,
+    shape: str | None,
+    quick_limits: bool,
+    fresh: bool,
+    quiet: bool,
+) -> None:
     """Benchmark SOURCE (a checkpoint; default: a 169M-shaped random model of --version) on every backend.
 
     Prefill tokens/s per B x T, step ms per B, peak memory; each figure as a ratio to the torch
@@ -156,8 +210,18 @@ def bench(source: str | None, backends: str | None, seq: list[int] | None, batch
             if plot:
                 scaling_mod.plot(result, plot)
         else:
-            settings = suite.Settings(names, seq or [128, 512, 2048], batch, steps=steps, reps=reps, step_reps=step_reps, threads=threads,
-                                      max_prefill_tokens=max_prefill_tokens, memory=not no_memory, quick_limits=quick_limits)
+            settings = suite.Settings(
+                names,
+                seq or [128, 512, 2048],
+                batch,
+                steps=steps,
+                reps=reps,
+                step_reps=step_reps,
+                threads=threads,
+                max_prefill_tokens=max_prefill_tokens,
+                memory=not no_memory,
+                quick_limits=quick_limits,
+            )
             raw = suite.run(ws, ckpt.config, ckpt.parameter_count, settings, progress)
             result = report.finalize(raw)
             text = report.format_table(result)

@@ -18,22 +18,44 @@ from rwkv_export.cli.options import bounded, examples, json_flag, quiet_flag
     ),
 )
 @click.argument("model_dir", type=click.Path(file_okay=False, path_type=str))
-@click.option("--target", type=click.Choice(["tensorrt", "tensorrt-rtx"]), default=None,
-              help="Engine flavour; default: standard TensorRT if installed, else TensorRT-RTX.")
-@click.option("--compute-capability", "compute_capabilities", multiple=True, metavar="SM",
-              help="TensorRT-RTX build target (sm75, sm80, sm86, sm89, sm120, sm121); repeatable.")
+@click.option(
+    "--target",
+    type=click.Choice(["tensorrt", "tensorrt-rtx"]),
+    default=None,
+    help="Engine flavour; default: standard TensorRT if installed, else TensorRT-RTX.",
+)
+@click.option(
+    "--compute-capability",
+    "compute_capabilities",
+    multiple=True,
+    metavar="SM",
+    help="TensorRT-RTX build target (sm75, sm80, sm86, sm89, sm120, sm121); repeatable.",
+)
 @click.option("--max-batch", type=bounded(1), default=8, show_default=True, help="Largest batch the engines accept.")
 @click.option("--max-seq", type=bounded(1), default=512, show_default=True, help="Longest prefill chunk the prefill engine accepts.")
-@click.option("--workspace", type=str, default=None, metavar="BYTES",
-              help="Builder workspace limit, e.g. 512M or 2G; default: TensorRT's.")
-@click.option("--plugin", type=click.Choice(["auto", "python", "aot", "none"]), default="auto", show_default=True,
-              help="WKV4 plugin front: python (IPluginV3), aot (TensorRT >= 10.9, no Python at run time), none (inline the ONNX function).")
-@click.option("--graph", "graphs", multiple=True, type=click.Choice(["prefill", "step"]),
-              help="Build only these graphs (default: both).")
+@click.option("--workspace", type=str, default=None, metavar="BYTES", help="Builder workspace limit, e.g. 512M or 2G; default: TensorRT's.")
+@click.option(
+    "--plugin",
+    type=click.Choice(["auto", "python", "aot", "none"]),
+    default="auto",
+    show_default=True,
+    help="WKV4 plugin front: python (IPluginV3), aot (TensorRT >= 10.9, no Python at run time), none (inline the ONNX function).",
+)
+@click.option("--graph", "graphs", multiple=True, type=click.Choice(["prefill", "step"]), help="Build only these graphs (default: both).")
 @json_flag
 @quiet_flag
-def build(model_dir: str, target: str | None, compute_capabilities: tuple[str, ...], max_batch: int, max_seq: int,
-          workspace: str | None, plugin: str, graphs: tuple[str, ...], as_json: bool, quiet: bool) -> None:
+def build(
+    model_dir: str,
+    target: str | None,
+    compute_capabilities: tuple[str, ...],
+    max_batch: int,
+    max_seq: int,
+    workspace: str | None,
+    plugin: str,
+    graphs: tuple[str, ...],
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Build prefill.plan and step.plan from MODEL_DIR's ONNX graphs and record them in its manifest.
 
     One optimization profile per graph from the manifest's dynamic dims; precision follows the
@@ -49,8 +71,12 @@ def build(model_dir: str, target: str | None, compute_capabilities: tuple[str, .
     engine.resolve_plugin(plugin, target)
     engine.normalize_compute_capabilities(compute_capabilities, target)
     options = engine.BuildOptions(
-        target=target, compute_capabilities=compute_capabilities, max_batch=max_batch,
-        max_seq=max_seq, workspace=parse_size(workspace), plugin=plugin,
+        target=target,
+        compute_capabilities=compute_capabilities,
+        max_batch=max_batch,
+        max_seq=max_seq,
+        workspace=parse_size(workspace),
+        plugin=plugin,
     )
     if not quiet:
         click.echo(f"building {', '.join(graphs or engine.GRAPHS)} in {model_dir} ...", err=True)
@@ -59,8 +85,10 @@ def build(model_dir: str, target: str | None, compute_capabilities: tuple[str, .
         click.echo(json.dumps(engines, indent=2))
         return
     for name, entry in engines.items():
-        click.echo(f"{name}\t{entry['file']}\t{entry['target']} {entry['tensorrt_version']}\tplugin={entry['plugin']}"
-                   f" ({entry['plugin_layers']} layers)\tsha256={entry['sha256'][:16]}")
+        click.echo(
+            f"{name}\t{entry['file']}\t{entry['target']} {entry['tensorrt_version']}\tplugin={entry['plugin']}"
+            f" ({entry['plugin_layers']} layers)\tsha256={entry['sha256'][:16]}"
+        )
 
 
 def parse_size(text: str | None) -> int | None:

@@ -50,27 +50,55 @@ def info(checkpoint: str, as_json: bool, allow_nonfinite: bool) -> None:
         click.echo(f"{key:<{width}}  {shown}")
 
 
-@click.command("make-checkpoint", epilog=examples(
-    "rwkv-export make-checkpoint --layers 12 --embd 768 --vocab 50277 -o rwkv4-169m-random.pth",
-    "rwkv-export make-checkpoint --version 6 --layers 12 --embd 768 --vocab 65536 -o rwkv6-169m-random.pth",
-    "rwkv-export make-checkpoint --version 7 --layers 2 --embd 64 --head-size 16 --vocab 256 --seed 1 -o tiny7.safetensors",
-))
-@click.option("--version", "version", type=click.Choice(KNOWN_VERSIONS), default="4", show_default=True, help="RWKV version (architecture).")
+@click.command(
+    "make-checkpoint",
+    epilog=examples(
+        "rwkv-export make-checkpoint --layers 12 --embd 768 --vocab 50277 -o rwkv4-169m-random.pth",
+        "rwkv-export make-checkpoint --version 6 --layers 12 --embd 768 --vocab 65536 -o rwkv6-169m-random.pth",
+        "rwkv-export make-checkpoint --version 7 --layers 2 --embd 64 --head-size 16 --vocab 256 --seed 1 -o tiny7.safetensors",
+    ),
+)
+@click.option(
+    "--version", "version", type=click.Choice(KNOWN_VERSIONS), default="4", show_default=True, help="RWKV version (architecture)."
+)
 @click.option("--layers", type=click.IntRange(1, 1024), required=True, help="Number of layers (n_layer).")
 @click.option("--embd", type=click.IntRange(1, 65536), required=True, help="Embedding width (n_embd).")
 @click.option("--vocab", type=click.IntRange(1, 1 << 22), required=True, help="Vocabulary size.")
-@click.option("--ffn", type=click.IntRange(1, 1 << 20), default=None,
-              help="Channel-mixing width (default 4 x embd; RWKV-6: 3.5 x embd rounded down to a multiple of 32).")
-@click.option("--head-size", type=click.IntRange(1, 4096), default=None,
-              help=f"RWKV-5/6/7: channels per head; must divide --embd [default: {DEFAULT_HEAD_SIZE}].")
-@click.option("--lora", type=click.IntRange(1, 4096), default=None,
-              help=f"RWKV-6/7: rank of every LoRA matrix pair (v6 mix and decay, v7 w/a/v/g) [default: {DEFAULT_LORA}].")
+@click.option(
+    "--ffn",
+    type=click.IntRange(1, 1 << 20),
+    default=None,
+    help="Channel-mixing width (default 4 x embd; RWKV-6: 3.5 x embd rounded down to a multiple of 32).",
+)
+@click.option(
+    "--head-size",
+    type=click.IntRange(1, 4096),
+    default=None,
+    help=f"RWKV-5/6/7: channels per head; must divide --embd [default: {DEFAULT_HEAD_SIZE}].",
+)
+@click.option(
+    "--lora",
+    type=click.IntRange(1, 4096),
+    default=None,
+    help=f"RWKV-6/7: rank of every LoRA matrix pair (v6 mix and decay, v7 w/a/v/g) [default: {DEFAULT_LORA}].",
+)
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed, 0 .. 2**64-1 (same seed, same weights).")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True, help="Storage dtype.")
 @click.option("-o", "--output", type=click.Path(path_type=str), required=True, help="Output file: .pth or .safetensors.")
 @force_flag
-def make_checkpoint(version: str, layers: int, embd: int, vocab: int, ffn: int | None, head_size: int | None, lora: int | None,
-                    seed: int, dtype: str, output: str, force: bool) -> None:
+def make_checkpoint(
+    version: str,
+    layers: int,
+    embd: int,
+    vocab: int,
+    ffn: int | None,
+    head_size: int | None,
+    lora: int | None,
+    seed: int,
+    dtype: str,
+    output: str,
+    force: bool,
+) -> None:
     """Write a random RWKV checkpoint of any version with realistic scales (for tests and benchmarks)."""
     from pathlib import Path
 
@@ -92,14 +120,21 @@ def make_checkpoint(version: str, layers: int, embd: int, vocab: int, ffn: int |
     click.echo(f"wrote {path} (RWKV-{version}, {layers} x {embd}{heads}, vocab {vocab}, {n:,} parameters, {dtype})", err=True)
 
 
-@click.command(epilog=examples(
-    "rwkv-export convert tiny-rwkv-4v0-660K-FP32.bin -o tiny.pth",
-    "rwkv-export convert model.pth -o hf-dir --format hf",
-))
+@click.command(
+    epilog=examples(
+        "rwkv-export convert tiny-rwkv-4v0-660K-FP32.bin -o tiny.pth",
+        "rwkv-export convert model.pth -o hf-dir --format hf",
+    )
+)
 @checkpoint_arg
 @click.option("-o", "--output", type=click.Path(path_type=str), required=True, help="Output file or directory.")
-@click.option("--format", "fmt", type=click.Choice(["pth", "safetensors", "hf", "rwkvcpp", "rwkvcpp-fp16"]), default=None,
-              help="Output format (default: from the suffix; a path without suffix is an HF directory).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["pth", "safetensors", "hf", "rwkvcpp", "rwkvcpp-fp16"]),
+    default=None,
+    help="Output format (default: from the suffix; a path without suffix is an HF directory).",
+)
 @force_flag
 @allow_nonfinite_flag
 def convert(checkpoint: str, output: str, fmt: str | None, force: bool, allow_nonfinite: bool) -> None:

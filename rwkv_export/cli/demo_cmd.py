@@ -50,8 +50,10 @@ def _demo(directory: Path, prompt: str, max_tokens: int, force: bool) -> bool:
 
     config, weights = random_weights("4", DEMO_SHAPE["n_layer"], DEMO_SHAPE["n_embd"], DEMO_SHAPE["vocab_size"], seed=DEMO_SEED)
     ckpt = Checkpoint(config, weights, "built-in", directory / "built-in")
-    _say(f"1/4 built-in model: RWKV-{config.version}, {config.n_layer} x {config.n_embd}, byte vocab {config.vocab_size}, "
-         f"seed {DEMO_SEED} ({ckpt.parameter_count:,} parameters, random weights with trained-like scales)")
+    _say(
+        f"1/4 built-in model: RWKV-{config.version}, {config.n_layer} x {config.n_embd}, byte vocab {config.vocab_size}, "
+        f"seed {DEMO_SEED} ({ckpt.parameter_count:,} parameters, random weights with trained-like scales)"
+    )
     _say(f"2/4 exporting prefill.onnx + step.onnx (float32, rwkv::WKV4 custom op) to {directory}")
     export_checkpoint(ckpt, directory, all_logits=True, force=force, progress=lambda m: _say(f"    {m}"))
 
@@ -70,8 +72,9 @@ def _demo(directory: Path, prompt: str, max_tokens: int, force: bool) -> bool:
     _say("4/4 parity against the float64 reference (prefill, steps, chunked prefill)")
     scen = scenario.Scenario.random(config.vocab_size, batch=2, seq=16, steps=8, seed=0)
     names = backends.select(["torch-float32", "ort-cpu-float32"])
-    results = verify_all(ckpt, {"float32": directory, "float16": "the demo exports float32 only"}, names, scen,
-                         progress=lambda m: _say(f"    {m}"))
+    results = verify_all(
+        ckpt, {"float32": directory, "float16": "the demo exports float32 only"}, names, scen, progress=lambda m: _say(f"    {m}")
+    )
     click.echo(report.table(results))
     passed = same and not any(r.failed for r in results)
     click.echo("demo: OK, the exported graphs compute what the checkpoint computes" if passed else "demo: FAILED (see above)")

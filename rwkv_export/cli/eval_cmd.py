@@ -14,27 +14,58 @@ from rwkv_export.errors import RwkvExportError
 BIG_MODEL_PARAMETERS = 1_000_000_000  # above this the reference runs in float32 (float64 would need 8 bytes a weight)
 
 
-@click.command("eval", epilog=examples(
-    "rwkv-export eval tiny-rwkv-7v0-834K-FP32.bin out-f32 out-int8 out-int4 --text tinyshakespeare.txt --holdout 0.1",
-    "rwkv-export eval out-int4 --text book.txt --max-tokens 4096 --json",
-))
+@click.command(
+    "eval",
+    epilog=examples(
+        "rwkv-export eval tiny-rwkv-7v0-834K-FP32.bin out-f32 out-int8 out-int4 --text tinyshakespeare.txt --holdout 0.1",
+        "rwkv-export eval out-int4 --text book.txt --max-tokens 4096 --json",
+    ),
+)
 @click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--text", "text_file", type=click.Path(path_type=str), required=True, help="UTF-8 text to score.")
-@click.option("--chunk", type=click.IntRange(1), default=256, show_default=True,
-              help="Tokens per call; the state is carried between chunks, so memory does not grow with the text.")
+@click.option(
+    "--chunk",
+    type=click.IntRange(1),
+    default=256,
+    show_default=True,
+    help="Tokens per call; the state is carried between chunks, so memory does not grow with the text.",
+)
 @click.option("--max-tokens", type=click.IntRange(2), default=None, help="Score at most this many tokens of the slice.")
-@click.option("--holdout", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="Score only the last FRACTION of the text (0.1: the held-out last 10%% that published figures use).")
+@click.option(
+    "--holdout",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=None,
+    help="Score only the last FRACTION of the text (0.1: the held-out last 10%% that published figures use).",
+)
 @click.option("--start", type=float, default=0.0, show_default=True, help="Slice start, a fraction of the text's characters.")
 @click.option("--end", type=float, default=1.0, show_default=True, help="Slice end, a fraction of the text's characters.")
-@click.option("--reference", type=click.Choice(["auto", "float64", "float32"]), default="auto", show_default=True,
-              help="Torch reference dtype; auto: float64, float32 above 1B parameters.")
-@click.option("--tokenizer", type=click.Path(path_type=str), default=None, help="tokenizer.json or world vocab .txt (default: the export's).")
+@click.option(
+    "--reference",
+    type=click.Choice(["auto", "float64", "float32"]),
+    default="auto",
+    show_default=True,
+    help="Torch reference dtype; auto: float64, float32 above 1B parameters.",
+)
+@click.option(
+    "--tokenizer", type=click.Path(path_type=str), default=None, help="tokenizer.json or world vocab .txt (default: the export's)."
+)
 @click.option("--threads", type=click.IntRange(0), default=0, help="ONNX Runtime intra-op threads (0: ORT decides).")
 @json_flag
 @quiet_flag
-def eval_(sources: tuple[str, ...], text_file: str, chunk: int, max_tokens: int | None, holdout: float | None, start: float,
-          end: float, reference: str, tokenizer: str | None, threads: int, as_json: bool, quiet: bool) -> None:
+def eval_(
+    sources: tuple[str, ...],
+    text_file: str,
+    chunk: int,
+    max_tokens: int | None,
+    holdout: float | None,
+    start: float,
+    end: float,
+    reference: str,
+    tokenizer: str | None,
+    threads: int,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Score SOURCES (a checkpoint and/or exported directories) on a text, run as an RNN.
 
     Reports, per backend: perplexity, bits per byte, mean and p99 KL divergence of the next-token
@@ -53,8 +84,12 @@ def eval_(sources: tuple[str, ...], text_file: str, chunk: int, max_tokens: int 
     text = tokenize(read_text(text_file, start, end), tok, chunk, max_tokens, where)
     ref, backends = _open(ckpt_path, dirs, reference, threads, sources)
     rows = _run(evaluate, ref, backends, text, chunk, quiet)
-    report = {"text": {"file": text_file, "start": start, "end": end, "tokens": len(text.tokens), "bytes": text.n_bytes},
-              "chunk": chunk, "reference": ref.name, "rows": rows}
+    report = {
+        "text": {"file": text_file, "start": start, "end": end, "tokens": len(text.tokens), "bytes": text.n_bytes},
+        "chunk": chunk,
+        "reference": ref.name,
+        "rows": rows,
+    }
     click.echo(json.dumps(report, indent=2) if as_json else format_table(report))
 
 
@@ -116,12 +151,18 @@ def _run(evaluate: Any, ref: Any, backends: list[Any], text: Any, chunk: int, qu
 def format_table(report: dict[str, Any]) -> str:
     t = report["text"]
     ref = report["rows"][0]["perplexity"]
-    lines = [(f"{t['file']} [{t['start']:g}, {t['end']:g}): {t['tokens']} tokens, {t['bytes']} bytes; chunk {report['chunk']}; "
-              f"reference {report['reference']}"),
-             f"{'backend':<22} {'ppl':>9} {'vs ref':>8} {'bits/byte':>9} {'KL mean':>10} {'KL p99':>10} {'top-1':>8}"]
+    lines = [
+        (
+            f"{t['file']} [{t['start']:g}, {t['end']:g}): {t['tokens']} tokens, {t['bytes']} bytes; chunk {report['chunk']}; "
+            f"reference {report['reference']}"
+        ),
+        f"{'backend':<22} {'ppl':>9} {'vs ref':>8} {'bits/byte':>9} {'KL mean':>10} {'KL p99':>10} {'top-1':>8}",
+    ]
     for r in report["rows"]:
-        lines.append(f"{r['backend']:<22} {r['perplexity']:>9.4f} {100 * (r['perplexity'] / ref - 1):>+7.2f}% {r['bits_per_byte']:>9.4f} "
-                     f"{r['kl_mean']:>10.3g} {r['kl_p99']:>10.3g} {100 * r['top1_agreement']:>7.2f}%")
+        lines.append(
+            f"{r['backend']:<22} {r['perplexity']:>9.4f} {100 * (r['perplexity'] / ref - 1):>+7.2f}% {r['bits_per_byte']:>9.4f} "
+            f"{r['kl_mean']:>10.3g} {r['kl_p99']:>10.3g} {100 * r['top1_agreement']:>7.2f}%"
+        )
     return "\n".join(lines)
 
 

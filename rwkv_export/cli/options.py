@@ -23,7 +23,9 @@ force_flag = click.option("--force", is_flag=True, help="Replace an existing out
 quiet_flag = click.option("-q", "--quiet", is_flag=True, help="No progress or log lines on stderr.")
 checkpoint_arg = click.argument("checkpoint", type=click.Path(path_type=str))
 allow_nonfinite_flag = click.option(
-    NONFINITE_OPTION, "allow_nonfinite", is_flag=True,
+    NONFINITE_OPTION,
+    "allow_nonfinite",
+    is_flag=True,
     help="Load a checkpoint whose weights hold NaN or Inf (refused by default, naming the first such tensor).",
 )
 

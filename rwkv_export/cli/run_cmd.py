@@ -33,36 +33,88 @@ if TYPE_CHECKING:
     from rwkv_export.manifest import Manifest
 
 
-@click.command("run", epilog=examples(
-    "rwkv-export run out/ --prompt 'The quick brown' --max-tokens 64",
-    "rwkv-export run out/ --prompt 'Hello' --prompt 'Once upon a time' --temperature 0",
-    "rwkv-export run out/ --tokens 34,105,110 --temperature 0.8 --top-p 0.9 --seed 1",
-    "rwkv-export run out-169m/ --tokenizer 20B_tokenizer.json --prompt 'RWKV is' --provider cuda",
-    "rwkv-export run out/ --prompt 'You are a helpful assistant.' --max-tokens 0 --save-state system.npz",
-    "rwkv-export run out/ --load-state system.npz --prompt 'User: hi' --save-final-state chat.npz",
-))
+@click.command(
+    "run",
+    epilog=examples(
+        "rwkv-export run out/ --prompt 'The quick brown' --max-tokens 64",
+        "rwkv-export run out/ --prompt 'Hello' --prompt 'Once upon a time' --temperature 0",
+        "rwkv-export run out/ --tokens 34,105,110 --temperature 0.8 --top-p 0.9 --seed 1",
+        "rwkv-export run out-169m/ --tokenizer 20B_tokenizer.json --prompt 'RWKV is' --provider cuda",
+        "rwkv-export run out/ --prompt 'You are a helpful assistant.' --max-tokens 0 --save-state system.npz",
+        "rwkv-export run out/ --load-state system.npz --prompt 'User: hi' --save-final-state chat.npz",
+    ),
+)
 @click.argument("model_dir", metavar="DIR", type=click.Path(path_type=str))
 @click.option("--prompt", "prompts", multiple=True, help="Prompt text (repeat for a batch).")
-@click.option("--tokens", "token_lists", multiple=True, metavar="IDS", type=TOKEN_IDS, help="Prompt as comma-separated token ids, e.g. 34,105,110 (repeatable).")
+@click.option(
+    "--tokens",
+    "token_lists",
+    multiple=True,
+    metavar="IDS",
+    type=TOKEN_IDS,
+    help="Prompt as comma-separated token ids, e.g. 34,105,110 (repeatable).",
+)
 @click.option("--max-tokens", type=click.IntRange(0, 1 << 20), default=100, show_default=True, help="Tokens to generate per prompt.")
 @click.option("--temperature", type=TEMPERATURE, default=1.0, show_default=True, help="Sampling temperature (finite, >= 0); 0 is greedy.")
-@click.option("--top-p", type=TOP_P, default=1.0, show_default=True, help="Nucleus sampling: keep the smallest set of tokens with this much probability.")
+@click.option(
+    "--top-p",
+    type=TOP_P,
+    default=1.0,
+    show_default=True,
+    help="Nucleus sampling: keep the smallest set of tokens with this much probability.",
+)
 @click.option("--top-k", type=bounded(0), default=0, show_default=True, help="Keep only the k most likely tokens (0: all).")
 @click.option("--seed", type=SEED, default=None, help="Random seed, 0 .. 2**64-1 (same seed, same text).")
-@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True,
-              help="Where to run: ONNX Runtime on CPU or CUDA, TensorRT (the built engines, else ORT's TensorRT provider), or the best available.")
-@click.option("--tokenizer", type=click.Path(path_type=str), default=None, help="tokenizer.json (or a world vocabulary .txt) to use instead of the manifest's.")
+@click.option(
+    "--provider",
+    type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
+    default="auto",
+    show_default=True,
+    help="Where to run: ONNX Runtime on CPU or CUDA, TensorRT (the built engines, else ORT's TensorRT provider), or the best available.",
+)
+@click.option(
+    "--tokenizer",
+    type=click.Path(path_type=str),
+    default=None,
+    help="tokenizer.json (or a world vocabulary .txt) to use instead of the manifest's.",
+)
 @click.option("--threads", type=click.IntRange(0, 1024), default=0, show_default=True, help="ONNX Runtime threads (0: all cores).")
 @click.option("--ids", "print_ids", is_flag=True, help="Print generated token ids (one line per prompt) instead of text.")
-@click.option("--save-state", type=click.Path(path_type=str), default=None, help="Write the state after the prompt(s) to this .npz state file.")
-@click.option("--save-final-state", type=click.Path(path_type=str), default=None,
-              help="Write the state after the prompt(s) and every generated token (to continue the conversation).")
-@click.option("--load-state", "load_states", multiple=True, type=click.Path(path_type=str),
-              help="Continue from a saved state: one row for every prompt, or one row per prompt (repeat to join files into a batch).")
+@click.option(
+    "--save-state", type=click.Path(path_type=str), default=None, help="Write the state after the prompt(s) to this .npz state file."
+)
+@click.option(
+    "--save-final-state",
+    type=click.Path(path_type=str),
+    default=None,
+    help="Write the state after the prompt(s) and every generated token (to continue the conversation).",
+)
+@click.option(
+    "--load-state",
+    "load_states",
+    multiple=True,
+    type=click.Path(path_type=str),
+    help="Continue from a saved state: one row for every prompt, or one row per prompt (repeat to join files into a batch).",
+)
 @quiet_flag
-def run(model_dir: str, prompts: tuple[str, ...], token_lists: tuple[str, ...], max_tokens: int, temperature: float, top_p: float,
-        top_k: int, seed: int | None, provider: str, tokenizer: str | None, threads: int, print_ids: bool,
-        save_state: str | None, save_final_state: str | None, load_states: tuple[str, ...], quiet: bool) -> None:
+def run(
+    model_dir: str,
+    prompts: tuple[str, ...],
+    token_lists: tuple[str, ...],
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    seed: int | None,
+    provider: str,
+    tokenizer: str | None,
+    threads: int,
+    print_ids: bool,
+    save_state: str | None,
+    save_final_state: str | None,
+    load_states: tuple[str, ...],
+    quiet: bool,
+) -> None:
     """Generate from the exported model in DIR: prefill the prompt, then step, sampling each token.
 
     DIR is checked first: every file its manifest names must lie inside DIR and match its sha256.

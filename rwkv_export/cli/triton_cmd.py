@@ -13,21 +13,39 @@ import click
 from rwkv_export.cli.options import examples, force_flag, quiet_flag
 
 
-@click.command("triton", epilog=examples(
-    "rwkv-export triton out/ -o model_repository",
-    "rwkv-export triton out/ -o model_repository --max-batch-size 32 --name rwkv7",
-    "rwkv-export triton out/ -o trt_repository --backend tensorrt --max-batch-size 0 --force",
-    "tritonserver --model-repository model_repository",
-))
+@click.command(
+    "triton",
+    epilog=examples(
+        "rwkv-export triton out/ -o model_repository",
+        "rwkv-export triton out/ -o model_repository --max-batch-size 32 --name rwkv7",
+        "rwkv-export triton out/ -o trt_repository --backend tensorrt --max-batch-size 0 --force",
+        "tritonserver --model-repository model_repository",
+    ),
+)
 @click.argument("model_dir", metavar="DIR", type=click.Path(path_type=str))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=str), help="The model repository directory to write.")
-@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True,
-              help="Triton backend: the ONNX graphs (onnxruntime) or the engines `rwkv-export build` made (tensorrt).")
-@click.option("--max-batch-size", type=click.IntRange(0, 1 << 16), default=8, show_default=True,
-              help="Triton's max_batch_size: sequences run together per execution (0: no batching).")
+@click.option(
+    "--backend",
+    type=click.Choice(["onnxruntime", "tensorrt"]),
+    default="onnxruntime",
+    show_default=True,
+    help="Triton backend: the ONNX graphs (onnxruntime) or the engines `rwkv-export build` made (tensorrt).",
+)
+@click.option(
+    "--max-batch-size",
+    type=click.IntRange(0, 1 << 16),
+    default=8,
+    show_default=True,
+    help="Triton's max_batch_size: sequences run together per execution (0: no batching).",
+)
 @click.option("--name", default="rwkv", show_default=True, help="Model name prefix: NAME_prefill and NAME_step.")
-@click.option("--idle-seconds", type=click.FloatRange(0.001), default=600.0, show_default=True,
-              help="How long a sequence may wait for its next request before Triton drops its state.")
+@click.option(
+    "--idle-seconds",
+    type=click.FloatRange(0.001),
+    default=600.0,
+    show_default=True,
+    help="How long a sequence may wait for its next request before Triton drops its state.",
+)
 @force_flag
 @quiet_flag
 def triton(model_dir: str, out: str, backend: str, max_batch_size: int, name: str, idle_seconds: float, force: bool, quiet: bool) -> None:
@@ -38,8 +56,11 @@ def triton(model_dir: str, out: str, backend: str, max_batch_size: int, name: st
     options = RepoOptions(backend, max_batch_size, name, idle_seconds)
     repo = write_repository(Manifest.read(model_dir), out, options, force)
     if not quiet:
-        click.echo(f"[triton] wrote {repo}: {options.model_name('prefill')}, {options.model_name('step')} "
-                   f"({backend}, max_batch_size {max_batch_size})", err=True)
+        click.echo(
+            f"[triton] wrote {repo}: {options.model_name('prefill')}, {options.model_name('step')} "
+            f"({backend}, max_batch_size {max_batch_size})",
+            err=True,
+        )
     click.echo(str(repo))
 
 

@@ -21,16 +21,25 @@ EXIT_PARITY_FAILED = 1
 
 
 def _tol_option(name: str, field: str, *aliases: str) -> Any:
-    return click.option(name, *aliases, field, multiple=True, metavar="DTYPE=VALUE",
-                        help=f"Override the {field.replace('_', ' ')} of one dtype, e.g. float16=3e-2 (repeatable).")
+    return click.option(
+        name,
+        *aliases,
+        field,
+        multiple=True,
+        metavar="DTYPE=VALUE",
+        help=f"Override the {field.replace('_', ' ')} of one dtype, e.g. float16=3e-2 (repeatable).",
+    )
 
 
-@click.command("verify", epilog=examples(
-    "rwkv-export verify model.pth",
-    "rwkv-export verify out/ --checkpoint model.pth --backends ort --json parity.json",
-    "rwkv-export verify tiny-rwkv-4v0-660K-FP32.bin --seq 64 --steps 32 --tol float16=3e-2",
-    "rwkv-export verify model.pth --backends torch-float32,'ort-*-float16' --export-dir exported/",
-), help=f"""Check that every backend computes what SOURCE's checkpoint computes.
+@click.command(
+    "verify",
+    epilog=examples(
+        "rwkv-export verify model.pth",
+        "rwkv-export verify out/ --checkpoint model.pth --backends ort --json parity.json",
+        "rwkv-export verify tiny-rwkv-4v0-660K-FP32.bin --seq 64 --steps 32 --tol float16=3e-2",
+        "rwkv-export verify model.pth --backends torch-float32,'ort-*-float16' --export-dir exported/",
+    ),
+    help=f"""Check that every backend computes what SOURCE's checkpoint computes.
 
 SOURCE is a checkpoint or an exported directory. Scenario: prefill of --seq tokens, --steps steps fed
 the oracle's greedy tokens, and the prefill split in two chunks with the state carried. Compared per
@@ -53,12 +62,28 @@ sha256. A file fully hashed once is then trusted while its size and modification
 (cache: $RWKV_EXPORT_CACHE or ~/.cache/rwkv-export/sha256-cache.json; RWKV_EXPORT_HASH_CACHE=0
 hashes every time).
 
-Exit codes: 0 every backend passes, 1 one fails, 2 bad input.""")
+Exit codes: 0 every backend passes, 1 one fails, 2 bad input.""",
+)
 @click.argument("source", type=click.Path(path_type=str))
-@click.option("--checkpoint", type=click.Path(path_type=str), default=None, help="The checkpoint of an exported SOURCE (default: the manifest's source.path).")
-@click.option("--export-dir", type=click.Path(path_type=str), default=None, help="Keep the graphs exported from a checkpoint SOURCE here (DIR/float32, DIR/float16).")
-@click.option("--backends", "backend_patterns", multiple=True, metavar="NAMES",
-              help="Backends to run: names, prefixes (ort, torch) or globs, comma-separated or repeated (default: all).")
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=str),
+    default=None,
+    help="The checkpoint of an exported SOURCE (default: the manifest's source.path).",
+)
+@click.option(
+    "--export-dir",
+    type=click.Path(path_type=str),
+    default=None,
+    help="Keep the graphs exported from a checkpoint SOURCE here (DIR/float32, DIR/float16).",
+)
+@click.option(
+    "--backends",
+    "backend_patterns",
+    multiple=True,
+    metavar="NAMES",
+    help="Backends to run: names, prefixes (ort, torch) or globs, comma-separated or repeated (default: all).",
+)
 @click.option("--seq", type=click.IntRange(1, 65536), default=16, show_default=True, help="Prompt length T of the prefill.")
 @click.option("--steps", type=click.IntRange(0, 4096), default=8, show_default=True, help="Steps N after the prefill.")
 @click.option("--batch", type=click.IntRange(1, 1024), default=2, show_default=True, help="Sequences per call.")
@@ -72,18 +97,37 @@ Exit codes: 0 every backend passes, 1 one fails, 2 bad input.""")
 @force_flag
 @quiet_flag
 @click.pass_context
-def verify(ctx: click.Context, source: str, checkpoint: str | None, export_dir: str | None, backend_patterns: tuple[str, ...],
-           seq: int, steps: int, batch: int, seed: int, json_file: str | None, logits_rtol: tuple[str, ...],
-           logits_atol: tuple[str, ...], state_rtol: tuple[str, ...], state_atol: tuple[str, ...], threads: int,
-           force: bool, quiet: bool) -> None:
+def verify(
+    ctx: click.Context,
+    source: str,
+    checkpoint: str | None,
+    export_dir: str | None,
+    backend_patterns: tuple[str, ...],
+    seq: int,
+    steps: int,
+    batch: int,
+    seed: int,
+    json_file: str | None,
+    logits_rtol: tuple[str, ...],
+    logits_atol: tuple[str, ...],
+    state_rtol: tuple[str, ...],
+    state_atol: tuple[str, ...],
+    threads: int,
+    force: bool,
+    quiet: bool,
+) -> None:
     from rwkv_export.parity import backends, report, scenario, tolerances, verify_all
 
     def progress(message: str) -> None:
         if not quiet:
             click.echo(f"[verify] {message}", err=True)
 
-    overrides = {"logits_rtol": ("--rtol", logits_rtol), "logits_atol": ("--atol", logits_atol),
-                 "state_rtol": ("--state-rtol", state_rtol), "state_atol": ("--state-atol", state_atol)}
+    overrides = {
+        "logits_rtol": ("--rtol", logits_rtol),
+        "logits_atol": ("--atol", logits_atol),
+        "state_rtol": ("--state-rtol", state_rtol),
+        "state_atol": ("--state-atol", state_atol),
+    }
     tols = tolerances.tolerances_with({f: tolerances.parse_overrides(v, opt) for f, (opt, v) in overrides.items()})
     names = backends.select([p.strip() for text in backend_patterns for p in text.split(",") if p.strip()])
     with tempfile.TemporaryDirectory(prefix="rwkv-verify-") as tmp:
@@ -102,8 +146,9 @@ def verify(ctx: click.Context, source: str, checkpoint: str | None, export_dir: 
         ctx.exit(EXIT_PARITY_FAILED)
 
 
-def _resolve_source(source: str, checkpoint: str | None, export_root: str, dtypes: list[str], force: bool,
-                    progress: Any) -> tuple[Any, dict[str, Path | str]]:
+def _resolve_source(
+    source: str, checkpoint: str | None, export_root: str, dtypes: list[str], force: bool, progress: Any
+) -> tuple[Any, dict[str, Path | str]]:
     """(loaded checkpoint, dtype -> exported dir or the reason there is none)."""
     from rwkv_export.checkpoint import load_checkpoint
     from rwkv_export.manifest import MANIFEST, Manifest
@@ -121,8 +166,10 @@ def _resolve_source(source: str, checkpoint: str | None, export_root: str, dtype
         found = (model.n_layer, model.n_embd, model.vocab_size)
         expected = (ckpt.config.n_layer, ckpt.config.n_embd, ckpt.config.vocab_size)
         if found != expected:
-            raise RwkvExportError(f"'{source}' is a {found[0]} x {found[1]} (vocab {found[2]}) export but checkpoint '{ckpt_path}' "
-                                  f"is {expected[0]} x {expected[1]} (vocab {expected[2]})")
+            raise RwkvExportError(
+                f"'{source}' is a {found[0]} x {found[1]} (vocab {found[2]}) export but checkpoint '{ckpt_path}' "
+                f"is {expected[0]} x {expected[1]} (vocab {expected[2]})"
+            )
         dtype = manifest.dtype
         other = {d: f"SOURCE is a {dtype} export (give the checkpoint to test {d} too)" for d in ("float32", "float16") if d != dtype}
         return ckpt, {dtype: path, **other}
@@ -135,8 +182,9 @@ def _resolve_source(source: str, checkpoint: str | None, export_root: str, dtype
     for dtype in dtypes:
         out = Path(export_root) / dtype
         progress(f"exporting {dtype} graphs (all logits) to {out}")
-        exports[dtype] = export_checkpoint(ckpt, out, dtype=dtype, all_logits=True, force=force,
-                                           progress=lambda m: progress(f"  {m}")).directory
+        exports[dtype] = export_checkpoint(
+            ckpt, out, dtype=dtype, all_logits=True, force=force, progress=lambda m: progress(f"  {m}")
+        ).directory
     return ckpt, exports
 
 

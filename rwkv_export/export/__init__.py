@@ -21,23 +21,38 @@ from typing import Any
 import numpy as np
 import torch
 
-from rwkv_export.ops.onnx_builder import MIN_OPSET
-from rwkv_export.ops.registry import ALL_BODIES, DOMAIN, PLUGIN_NAMESPACE, PLUGIN_VERSION, op_spec
 from rwkv_export import __version__
 from rwkv_export.checkpoint import Checkpoint, load_checkpoint
 from rwkv_export.checkpoint.versions import require_supported
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.export.finalize import (
-    EXTERNAL_DATA_THRESHOLD, attach_wkv_function, default_opset, save_checked, set_metadata, wkv_function_sha256,
+    EXTERNAL_DATA_THRESHOLD,
+    attach_wkv_function,
+    default_opset,
+    save_checked,
+    set_metadata,
+    wkv_function_sha256,
 )
 from rwkv_export.export.quantize import QuantSpec, quantization_manifest, quantize_graph
 from rwkv_export.export.spec import GRAPHS, graph_spec
 from rwkv_export.export.trace import step_from_prefill, trace_graph
 from rwkv_export.fileio import atomic_directory, sha256_file
 from rwkv_export.manifest import (
-    FORMAT, MANIFEST, ExportOptions, Graph, Manifest, ModelInfo, Source, StateSpec, TensorSpec, TokenizerInfo, read_manifest,
+    FORMAT,
+    MANIFEST,
+    ExportOptions,
+    Graph,
+    Manifest,
+    ModelInfo,
+    Source,
+    StateSpec,
+    TensorSpec,
+    TokenizerInfo,
+    read_manifest,
 )
 from rwkv_export.model import RWKVModel, build_model
+from rwkv_export.ops.onnx_builder import MIN_OPSET
+from rwkv_export.ops.registry import ALL_BODIES, DOMAIN, PLUGIN_NAMESPACE, PLUGIN_VERSION, op_spec
 from rwkv_export.versions import version_info
 
 __all__ = ["EXPORT_DTYPES", "ExportResult", "default_wkv_form", "export_checkpoint", "read_manifest", "MANIFEST", "tokenizer_info"]
@@ -156,21 +171,37 @@ def export_checkpoint(
             progress(f"checking and saving {graph}.onnx ({n_wkv} rwkv::{op} nodes)")
             files = save_checked(proto, tmp / f"{graph}.onnx", external_data_threshold)
             graphs[graph] = Graph(
-                file=f"{graph}.onnx", opset=default_opset(proto), wkv_nodes=n_wkv, external_data=tuple(f.name for f in files[1:]),
-                sha256={f.name: sha256_file(f) for f in files}, inputs=_specs(spec.inputs), outputs=_specs(spec.outputs),
+                file=f"{graph}.onnx",
+                opset=default_opset(proto),
+                wkv_nodes=n_wkv,
+                external_data=tuple(f.name for f in files[1:]),
+                sha256={f.name: sha256_file(f) for f in files},
+                inputs=_specs(spec.inputs),
+                outputs=_specs(spec.outputs),
             )
         if tokenizer_path is not None:
             shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
             tok_info["sha256"] = sha256_file(tmp / TOKENIZER_FILE)
         typed = Manifest(
             model=ModelInfo(cfg.version, cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.ffn_size, ckpt.parameter_count, **head_info),
-            source=Source(str(ckpt.path), ckpt.format, cfg.dtype), dtype=dtype, graphs=graphs,
-            state=_state_specs(cfg, initial_files, tmp), tokenizer=TokenizerInfo(**tok_info),
-            export=ExportOptions(dtype=dtype, opset=graphs["step"].opset, all_logits=all_logits, wkv_form=wkv_form,
-                                 wkv_function_sha256=wkv_function_sha256(op, graphs["step"].opset, wkv_form),
-                                 rescale_every=model.rescale_every, wkv_domain=DOMAIN, wkv_op=op,
-                                 plugin_namespace=PLUGIN_NAMESPACE, plugin_version=PLUGIN_VERSION,
-                                 quantization=quantization_manifest(quantize, quantized) if quantize is not None else None),
+            source=Source(str(ckpt.path), ckpt.format, cfg.dtype),
+            dtype=dtype,
+            graphs=graphs,
+            state=_state_specs(cfg, initial_files, tmp),
+            tokenizer=TokenizerInfo(**tok_info),
+            export=ExportOptions(
+                dtype=dtype,
+                opset=graphs["step"].opset,
+                all_logits=all_logits,
+                wkv_form=wkv_form,
+                wkv_function_sha256=wkv_function_sha256(op, graphs["step"].opset, wkv_form),
+                rescale_every=model.rescale_every,
+                wkv_domain=DOMAIN,
+                wkv_op=op,
+                plugin_namespace=PLUGIN_NAMESPACE,
+                plugin_version=PLUGIN_VERSION,
+                quantization=quantization_manifest(quantize, quantized) if quantize is not None else None,
+            ),
             versions=package_versions(),
         )
         typed.write(tmp)
@@ -190,8 +221,17 @@ def _state_specs(cfg: Any, initial_files: dict[str, str], directory: Path) -> tu
     for t in graph_spec("step", cfg, initial_files=initial_files).inputs:
         if t.role == "state":
             digest = sha256_file(directory / t.initial_file) if t.initial_file else None
-            out.append(StateSpec(name=t.name, dtype=t.dtype, shape=tuple(t.shape), initial=float(t.initial or 0.0), output=t.name + "_out",
-                                 initial_file=t.initial_file, initial_sha256=digest))
+            out.append(
+                StateSpec(
+                    name=t.name,
+                    dtype=t.dtype,
+                    shape=tuple(t.shape),
+                    initial=float(t.initial or 0.0),
+                    output=t.name + "_out",
+                    initial_file=t.initial_file,
+                    initial_sha256=digest,
+                )
+            )
     return tuple(out)
 
 
@@ -201,8 +241,7 @@ def _head_state_info(model: RWKVModel, op: str) -> dict[str, Any]:
     layout = op_spec(op).state_layout
     if layout is None:
         return {}
-    return {"n_head": model.n_head, "head_size": model.head_size, "group_norm_eps": model.eps,
-            "wkv_state_layout": layout}
+    return {"n_head": model.n_head, "head_size": model.head_size, "group_norm_eps": model.eps, "wkv_state_layout": layout}
 
 
 def _write_initial_state(model: RWKVModel, directory: Path) -> dict[str, str]:

@@ -11,16 +11,15 @@
 from __future__ import annotations
 
 import hashlib
-
 import json
 import os
 from pathlib import Path
 
 import onnx
 
+from rwkv_export.errors import RwkvExportError
 from rwkv_export.ops.onnx_function import wkv_function
 from rwkv_export.ops.registry import DOMAIN, DOMAIN_VERSION
-from rwkv_export.errors import RwkvExportError
 
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of initializers; protobuf refuses messages over 2 GiB
 

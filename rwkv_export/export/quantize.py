@@ -82,20 +82,32 @@ class QuantSpec:
             raise RwkvExportError(f"unknown --quant-format '{self.format}' (expected one of {', '.join(QUANT_FORMATS)})")
         for role, precision in self.policy or ():
             if role not in ROLES or precision not in PRECISIONS:
-                raise RwkvExportError(f"--policy {role}={precision}: expected ROLE=PRECISION with ROLE one of {', '.join(ROLES)} "
-                                      f"and PRECISION one of {', '.join(PRECISIONS)}")
+                raise RwkvExportError(
+                    f"--policy {role}={precision}: expected ROLE=PRECISION with ROLE one of {', '.join(ROLES)} "
+                    f"and PRECISION one of {', '.join(PRECISIONS)}"
+                )
         if self.accuracy_level not in (0, 1, 2, 3, 4):
-            raise RwkvExportError(f"--accuracy-level {self.accuracy_level}: MatMulNBits takes 0 (unset), 1 (fp32), 2 (fp16), 3 (bf16) or 4 (int8)")
+            raise RwkvExportError(
+                f"--accuracy-level {self.accuracy_level}: MatMulNBits takes 0 (unset), 1 (fp32), 2 (fp16), 3 (bf16) or 4 (int8)"
+            )
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise RwkvExportError(f"--block-size {self.block_size}: MatMulNBits and blocked DequantizeLinear need a power of two >= 16")
         if dtype != "float32" and self.format == "matmulnbits":
-            raise RwkvExportError(f"--quantize {self.scheme} cannot combine with --dtype {dtype} in the matmulnbits format "
-                                  "(ONNX Runtime's CPU MatMulNBits takes float32 activations); use --quant-format qdq or --dtype float32")
+            raise RwkvExportError(
+                f"--quantize {self.scheme} cannot combine with --dtype {dtype} in the matmulnbits format "
+                "(ONNX Runtime's CPU MatMulNBits takes float32 activations); use --quant-format qdq or --dtype float32"
+            )
 
     def to_dict(self) -> dict[str, object]:
-        return {"scheme": self.scheme, "bits": self.bits, "block_size": self.block_size, "symmetric": self.symmetric,
-                "format": self.format, "accuracy_level": self.accuracy_level if self.format == "matmulnbits" else None,
-                "policy": {role: self.precision(role) for role in ROLES}}
+        return {
+            "scheme": self.scheme,
+            "bits": self.bits,
+            "block_size": self.block_size,
+            "symmetric": self.symmetric,
+            "format": self.format,
+            "accuracy_level": self.accuracy_level if self.format == "matmulnbits" else None,
+            "policy": {role: self.precision(role) for role in ROLES},
+        }
 
 
 def quantize_graph(model: onnx.ModelProto, spec: QuantSpec, n_embd: int) -> dict[str, object]:
@@ -111,8 +123,10 @@ def quantize_graph(model: onnx.ModelProto, spec: QuantSpec, n_embd: int) -> dict
             weight = inits[node.input[0] if node.op_type == "Gather" else node.input[1]]
             k = weight.dims[1] if node.op_type == "Gather" else weight.dims[0]
             if k % spec.block_size:
-                raise RwkvExportError(f"--block-size {spec.block_size} does not divide the dimension {k} of {weight.name} "
-                                      f"(shape {list(weight.dims)}) that its blocks run along; pick a divisor of every such size")
+                raise RwkvExportError(
+                    f"--block-size {spec.block_size} does not divide the dimension {k} of {weight.name} "
+                    f"(shape {list(weight.dims)}) that its blocks run along; pick a divisor of every such size"
+                )
     if spec.format == "qdq":
         _raise_opset(model, QDQ_OPSET)
     elif chosen and not any(o.domain == MS_DOMAIN for o in model.opset_import):
@@ -129,14 +143,19 @@ def quantize_graph(model: onnx.ModelProto, spec: QuantSpec, n_embd: int) -> dict
     _drop_unused_initializers(graph)
     sizes = {t.name: _tensor_bytes(t) for t in graph.initializer}
     table_outputs = {n.output[0] for n in graph.node if roles.get(n.name) == "embedding"} | {
-        n.output[0] for n in new_nodes if n.op_type == "GatherBlockQuantized"}
+        n.output[0] for n in new_nodes if n.op_type == "GatherBlockQuantized"
+    }
     table_bytes = sum(sizes.get(i, 0) for n in graph.node if n.output and n.output[0] in table_outputs for i in n.input)
-    return {"roles": {r: {p: n for p, n in c.items() if n} for r, c in summary.items()},
-            "weight_bytes": sum(sizes.values()), "embedding_bytes": table_bytes}
+    return {
+        "roles": {r: {p: n for p, n in c.items() if n} for r, c in summary.items()},
+        "weight_bytes": sum(sizes.values()),
+        "embedding_bytes": table_bytes,
+    }
 
 
-def _quantize_node(node: onnx.NodeProto, graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], spec: QuantSpec,
-                   precision: str) -> list[onnx.NodeProto]:
+def _quantize_node(
+    node: onnx.NodeProto, graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], spec: QuantSpec, precision: str
+) -> list[onnx.NodeProto]:
     bits = QUANT_SCHEMES[precision]
     if node.op_type == "Gather":
         return _int8_gather(node, graph, inits, spec) if bits == 8 else _ort_quantizer(spec, 4).quantize_gather(node, [graph])
@@ -218,8 +237,9 @@ def _ort_quantizer(spec: QuantSpec, bits: int):  # type: ignore[no-untyped-def]
 
     root.handlers[:], root.level = handlers, level  # the module calls logging.basicConfig(level=INFO) on import
     fmt = QuantFormat.QDQ if spec.format == "qdq" else QuantFormat.QOperator
-    config = DefaultWeightOnlyQuantConfig(block_size=spec.block_size, is_symmetric=spec.symmetric, quant_format=fmt, bits=bits,
-                                          accuracy_level=spec.accuracy_level or None)
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=spec.block_size, is_symmetric=spec.symmetric, quant_format=fmt, bits=bits, accuracy_level=spec.accuracy_level or None
+    )
     return DefaultWeightOnlyQuantizer(config)
 
 
@@ -230,12 +250,25 @@ def _int8_gather(node: onnx.NodeProto, graph: onnx.GraphProto, inits: dict[str, 
     q, scale, zero = block_quantize_int8(table.T, spec.block_size, symmetric=False)
     assert zero is not None  # asymmetric blocks always have zero points
     base = node.input[0] + "_Q8"
-    tensors = [numpy_helper.from_array(np.ascontiguousarray(q.T), base), numpy_helper.from_array(np.ascontiguousarray(scale.T), base + "_scales"),
-               numpy_helper.from_array(np.ascontiguousarray(zero.T), base + "_zero_points")]
+    tensors = [
+        numpy_helper.from_array(np.ascontiguousarray(q.T), base),
+        numpy_helper.from_array(np.ascontiguousarray(scale.T), base + "_scales"),
+        numpy_helper.from_array(np.ascontiguousarray(zero.T), base + "_zero_points"),
+    ]
     graph.initializer.extend(tensors)
-    return [onnx.helper.make_node("GatherBlockQuantized", [base, node.input[1], base + "_scales", base + "_zero_points"], list(node.output),
-                                  name=node.name + "_Q8", domain=MS_DOMAIN, bits=8, block_size=spec.block_size, gather_axis=0,
-                                  quantize_axis=1)]
+    return [
+        onnx.helper.make_node(
+            "GatherBlockQuantized",
+            [base, node.input[1], base + "_scales", base + "_zero_points"],
+            list(node.output),
+            name=node.name + "_Q8",
+            domain=MS_DOMAIN,
+            bits=8,
+            block_size=spec.block_size,
+            gather_axis=0,
+            quantize_axis=1,
+        )
+    ]
 
 
 def block_quantize_int8(weight: np.ndarray, block_size: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -263,8 +296,9 @@ def _int8_qdq(node: onnx.NodeProto, graph: onnx.GraphProto, inits: dict[str, onn
     if zero is not None:
         tensors.append(numpy_helper.from_array(zero, base + "_zero_points"))
     graph.initializer.extend(tensors)
-    dq = onnx.helper.make_node("DequantizeLinear", [t.name for t in tensors], [base + "_output"], name=node.name + "_DQ_Q8",
-                               axis=0, block_size=spec.block_size)
+    dq = onnx.helper.make_node(
+        "DequantizeLinear", [t.name for t in tensors], [base + "_output"], name=node.name + "_DQ_Q8", axis=0, block_size=spec.block_size
+    )
     matmul = onnx.helper.make_node("MatMul", [node.input[0], base + "_output"], list(node.output), name=node.name + "_matmul_Q8")
     return [dq, matmul]
 
@@ -288,7 +322,7 @@ def _used_names(graph: onnx.GraphProto) -> set[str]:
     for node in graph.node:
         used.update(node.input)
         for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
                 used |= _used_names(sub)
     return used
 

@@ -29,8 +29,9 @@ from rwkv_export.fileio import atomic_directory, atomic_write_json, sha256_file
 from rwkv_export.manifest import MANIFEST, read_manifest
 
 
-def quantize_export(source: str | Path, out_dir: str | Path, spec: QuantSpec, force: bool = False,
-                    progress: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
+def quantize_export(
+    source: str | Path, out_dir: str | Path, spec: QuantSpec, force: bool = False, progress: Callable[[str], None] = lambda message: None
+) -> dict[str, Any]:
     """Write a quantized copy of the float32 export `source` to `out_dir`; return its manifest."""
     source, out_dir = Path(source), Path(out_dir)
     manifest = copy.deepcopy(read_manifest(source))
@@ -52,8 +53,9 @@ def quantize_export(source: str | Path, out_dir: str | Path, spec: QuantSpec, fo
             facts = {p.key: p.value for p in proto.metadata_props}
             set_metadata(proto, {**facts, "quantize": spec.scheme})
             files = save_checked(proto, tmp / info["file"])
-            info.update(opset=default_opset(proto), external_data=[f.name for f in files[1:]],
-                        sha256={f.name: sha256_file(f) for f in files})
+            info.update(
+                opset=default_opset(proto), external_data=[f.name for f in files[1:]], sha256={f.name: sha256_file(f) for f in files}
+            )
         export["opset"] = manifest["graphs"]["step"]["opset"]
         export["wkv_function_sha256"] = wkv_function_sha256(export["wkv_op"], export["opset"], export["wkv_form"])
         export["quantization"] = quantization_manifest(spec, quantized)

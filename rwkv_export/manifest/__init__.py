@@ -29,14 +29,35 @@ from rwkv_export.errors import RwkvExportError
 from rwkv_export.manifest import fields as F
 from rwkv_export.manifest.files import checked_sha256, read_json, resolve
 from rwkv_export.manifest.specs import (
-    Engine, ExportOptions, Graph, ModelInfo, Source, StateSpec, TensorSpec, TokenizerInfo, check_whole, parse_state,
+    Engine,
+    ExportOptions,
+    Graph,
+    ModelInfo,
+    Source,
+    StateSpec,
+    TensorSpec,
+    TokenizerInfo,
+    check_whole,
+    parse_state,
 )
 
 MANIFEST = "manifest.json"
 FORMAT = "rwkv-export/1"
 
-__all__ = ["FORMAT", "MANIFEST", "Engine", "ExportOptions", "Graph", "Manifest", "ModelInfo", "Source", "StateSpec",
-           "TensorSpec", "TokenizerInfo", "read_manifest"]
+__all__ = [
+    "FORMAT",
+    "MANIFEST",
+    "Engine",
+    "ExportOptions",
+    "Graph",
+    "Manifest",
+    "ModelInfo",
+    "Source",
+    "StateSpec",
+    "TensorSpec",
+    "TokenizerInfo",
+    "read_manifest",
+]
 
 
 @dataclass(frozen=True)
@@ -131,8 +152,7 @@ class Manifest:
         out: dict[str, Any] = {"format": self.format, "model": self.model.to_dict()}
         if self.source is not None:
             out["source"] = dataclasses.asdict(self.source)
-        out |= {"dtype": self.dtype, "graphs": {n: g.to_dict() for n, g in self.graphs.items()},
-                "state": [s.to_dict() for s in self.state]}
+        out |= {"dtype": self.dtype, "graphs": {n: g.to_dict() for n, g in self.graphs.items()}, "state": [s.to_dict() for s in self.state]}
         if self.dynamic_dims is not None:
             out["dynamic_dims"] = list(self.dynamic_dims)
         out |= {"tokenizer": self.tokenizer.to_dict(), "export": self.export.to_dict()}
@@ -199,8 +219,9 @@ class Manifest:
             raise RwkvExportError(f"{self._where()}: {where}: {spec.initial_file} is not a .npy array ({str(exc)[:120]})") from None
         want = spec.concrete_shape(1)
         if value.shape != want or value.dtype.kind != "f":
-            raise RwkvExportError(f"{self._where()}: {where}: {spec.initial_file} holds {value.dtype} {list(value.shape)}, "
-                                  f"expected float {list(want)}")
+            raise RwkvExportError(
+                f"{self._where()}: {where}: {spec.initial_file} holds {value.dtype} {list(value.shape)}, expected float {list(want)}"
+            )
         if not np.isfinite(value).all():
             raise RwkvExportError(f"{self._where()}: {where}: {spec.initial_file} holds NaN or Inf values")
         return value

@@ -121,8 +121,10 @@ def checked_sha256(files: dict[Path, tuple[str, str]], directory: Path) -> None:
             continue
         actual = file_sha256(path)
         if actual != expected:
-            raise RwkvExportError(f"{directory / 'manifest.json'}: {field}: {path.name} does not match its sha256 "
-                                  f"(file {actual[:12]}..., manifest {expected[:12]}...); the file changed since export")
+            raise RwkvExportError(
+                f"{directory / 'manifest.json'}: {field}: {path.name} does not match its sha256 "
+                f"(file {actual[:12]}..., manifest {expected[:12]}...); the file changed since export"
+            )
         cache.pop(key, None)
         cache[key] = [*stamp, actual]
         changed = True

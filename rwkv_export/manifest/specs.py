@@ -43,9 +43,15 @@ class TensorSpec:
     @classmethod
     def parse(cls, value: Any, where: str) -> TensorSpec:
         o = F.Obj(value, where)
-        spec = cls(o.get("name", F.string), o.get("dtype", F.one_of(*DTYPES)), o.get("shape", F.shape),
-                   o.get("role", F.one_of(*ROLES)), o.get("feeds", F.string, None), o.get("initial", F.number, None),
-                   o.get("initial_file", F.file_name, None))
+        spec = cls(
+            o.get("name", F.string),
+            o.get("dtype", F.one_of(*DTYPES)),
+            o.get("shape", F.shape),
+            o.get("role", F.one_of(*ROLES)),
+            o.get("feeds", F.string, None),
+            o.get("initial", F.number, None),
+            o.get("initial_file", F.file_name, None),
+        )
         o.done()
         return spec
 
@@ -69,10 +75,16 @@ class StateSpec:
     @classmethod
     def parse(cls, value: Any, where: str) -> StateSpec:
         o = F.Obj(value, where)
-        spec = cls(name=o.get("name", F.string), dtype=o.get("dtype", F.one_of("float32", "float16")),
-                   shape=o.get("shape", F.shape), role=o.get("role", F.one_of("state")), initial=o.get("initial", F.number),
-                   initial_file=o.get("initial_file", F.file_name, None), output=o.get("output", F.string),
-                   initial_sha256=o.get("initial_sha256", F.sha256, None))
+        spec = cls(
+            name=o.get("name", F.string),
+            dtype=o.get("dtype", F.one_of("float32", "float16")),
+            shape=o.get("shape", F.shape),
+            role=o.get("role", F.one_of("state")),
+            initial=o.get("initial", F.number),
+            initial_file=o.get("initial_file", F.file_name, None),
+            output=o.get("output", F.string),
+            initial_sha256=o.get("initial_sha256", F.sha256, None),
+        )
         o.done()
         if (spec.initial_file is None) != (spec.initial_sha256 is None):
             raise F.FieldError(f"{where}.initial_sha256", "initial_file and initial_sha256 go together")
@@ -93,8 +105,18 @@ class StateSpec:
         return tuple(batch if d == "batch" else int(d) for d in self.shape)
 
     def to_dict(self) -> dict[str, Any]:
-        return _drop_none({"name": self.name, "dtype": self.dtype, "shape": self.shape, "role": self.role, "initial": self.initial,
-                           "initial_file": self.initial_file, "output": self.output, "initial_sha256": self.initial_sha256})
+        return _drop_none(
+            {
+                "name": self.name,
+                "dtype": self.dtype,
+                "shape": self.shape,
+                "role": self.role,
+                "initial": self.initial,
+                "initial_file": self.initial_file,
+                "output": self.output,
+                "initial_sha256": self.initial_sha256,
+            }
+        )
 
 
 def parse_state(value: Any, where: str) -> tuple[StateSpec, ...]:
@@ -114,9 +136,15 @@ class Graph:
     @classmethod
     def parse(cls, value: Any, where: str) -> Graph:
         o = F.Obj(value, where)
-        graph = cls(o.get("file", F.file_name), o.get("opset", F.integer(1, 1000)), o.get("wkv_nodes", F.integer(0, 1 << 20)),
-                    o.get("external_data", F.list_of(F.file_name, max_len=64)), o.get("sha256", F.dict_of(F.sha256, F.file_name)),
-                    o.get("inputs", F.list_of(TensorSpec.parse, 1, 256)), o.get("outputs", F.list_of(TensorSpec.parse, 1, 256)))
+        graph = cls(
+            o.get("file", F.file_name),
+            o.get("opset", F.integer(1, 1000)),
+            o.get("wkv_nodes", F.integer(0, 1 << 20)),
+            o.get("external_data", F.list_of(F.file_name, max_len=64)),
+            o.get("sha256", F.dict_of(F.sha256, F.file_name)),
+            o.get("inputs", F.list_of(TensorSpec.parse, 1, 256)),
+            o.get("outputs", F.list_of(TensorSpec.parse, 1, 256)),
+        )
         o.done()
         if set(graph.sha256) != {graph.file, *graph.external_data}:
             raise F.FieldError(f"{where}.sha256", f"expected a sha256 for each of {', '.join([graph.file, *graph.external_data])}")
@@ -135,8 +163,15 @@ class Graph:
         return [t.name for t in self.outputs]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "opset": self.opset, "wkv_nodes": self.wkv_nodes, "external_data": list(self.external_data),
-                "sha256": dict(self.sha256), "inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs]}
+        return {
+            "file": self.file,
+            "opset": self.opset,
+            "wkv_nodes": self.wkv_nodes,
+            "external_data": list(self.external_data),
+            "sha256": dict(self.sha256),
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+        }
 
 
 @dataclass(frozen=True)
@@ -156,10 +191,18 @@ class ModelInfo:
     def parse(cls, value: Any, where: str) -> ModelInfo:
         o = F.Obj(value, where)
         dim = F.integer(1, F.MAX_DIM)
-        info = cls(o.get("version", F.string), o.get("n_layer", F.integer(1, 4096)), o.get("n_embd", dim),
-                   o.get("vocab_size", dim), o.get("ffn_size", dim), o.get("parameters", F.integer(0)),
-                   o.get("n_head", dim, None), o.get("head_size", dim, None), o.get("group_norm_eps", F.number, None),
-                   o.get("wkv_state_layout", F.string, None))
+        info = cls(
+            o.get("version", F.string),
+            o.get("n_layer", F.integer(1, 4096)),
+            o.get("n_embd", dim),
+            o.get("vocab_size", dim),
+            o.get("ffn_size", dim),
+            o.get("parameters", F.integer(0)),
+            o.get("n_head", dim, None),
+            o.get("head_size", dim, None),
+            o.get("group_norm_eps", F.number, None),
+            o.get("wkv_state_layout", F.string, None),
+        )
         o.done()
         return info
 
@@ -191,8 +234,12 @@ class TokenizerInfo:
     @classmethod
     def parse(cls, value: Any, where: str) -> TokenizerInfo:
         o = F.Obj(value, where)
-        info = cls(o.get("kind", F.one_of(*TOKENIZER_KINDS)), o.get("file", F.nullable(F.file_name)),
-                   o.get("hint", F.string, None), o.get("sha256", F.sha256, None))
+        info = cls(
+            o.get("kind", F.one_of(*TOKENIZER_KINDS)),
+            o.get("file", F.nullable(F.file_name)),
+            o.get("hint", F.string, None),
+            o.get("sha256", F.sha256, None),
+        )
         o.done()
         if (info.file is None) != (info.sha256 is None):
             raise F.FieldError(f"{where}.sha256", "a tokenizer file and its sha256 go together")
@@ -226,20 +273,38 @@ class ExportOptions:
     @classmethod
     def parse(cls, value: Any, where: str) -> ExportOptions:
         o = F.Obj(value, where)
-        options = cls(dtype=o.get("dtype", F.one_of("float32", "float16")), opset=o.get("opset", F.integer(1, 1000)),
-                      all_logits=o.get("all_logits", F.boolean), wkv_form=o.get("wkv_form", F.string),
-                      wkv_function_sha256=o.get("wkv_function_sha256", F.sha256, None),
-                      rescale_every=o.get("rescale_every", F.integer(0, 1 << 20)), wkv_domain=o.get("wkv_domain", F.string),
-                      wkv_op=o.get("wkv_op", F.string, None), plugin_namespace=o.get("plugin_namespace", F.string),
-                      plugin_version=o.get("plugin_version", F.string), quantization=o.get("quantization", quantization, None))
+        options = cls(
+            dtype=o.get("dtype", F.one_of("float32", "float16")),
+            opset=o.get("opset", F.integer(1, 1000)),
+            all_logits=o.get("all_logits", F.boolean),
+            wkv_form=o.get("wkv_form", F.string),
+            wkv_function_sha256=o.get("wkv_function_sha256", F.sha256, None),
+            rescale_every=o.get("rescale_every", F.integer(0, 1 << 20)),
+            wkv_domain=o.get("wkv_domain", F.string),
+            wkv_op=o.get("wkv_op", F.string, None),
+            plugin_namespace=o.get("plugin_namespace", F.string),
+            plugin_version=o.get("plugin_version", F.string),
+            quantization=o.get("quantization", quantization, None),
+        )
         o.done()
         return options
 
     def to_dict(self) -> dict[str, Any]:
-        return _drop_none({"dtype": self.dtype, "opset": self.opset, "all_logits": self.all_logits, "wkv_form": self.wkv_form,
-                           "wkv_function_sha256": self.wkv_function_sha256, "rescale_every": self.rescale_every,
-                           "wkv_domain": self.wkv_domain, "wkv_op": self.wkv_op, "plugin_namespace": self.plugin_namespace,
-                           "plugin_version": self.plugin_version, "quantization": self.quantization})
+        return _drop_none(
+            {
+                "dtype": self.dtype,
+                "opset": self.opset,
+                "all_logits": self.all_logits,
+                "wkv_form": self.wkv_form,
+                "wkv_function_sha256": self.wkv_function_sha256,
+                "rescale_every": self.rescale_every,
+                "wkv_domain": self.wkv_domain,
+                "wkv_op": self.wkv_op,
+                "plugin_namespace": self.plugin_namespace,
+                "plugin_version": self.plugin_version,
+                "quantization": self.quantization,
+            }
+        )
 
 
 def quantization(value: Any, where: str) -> dict[str, Any]:
@@ -272,10 +337,17 @@ class Engine:
     def parse(cls, value: Any, where: str) -> Engine:
         o = F.Obj(value, where)
         triple = F.list_of(F.list_of(F.integer(0, 1 << 31), max_len=8), 3, 3)
-        engine = cls(o.get("file", F.file_name), o.get("sha256", F.sha256), o.get("target", F.one_of("tensorrt", "tensorrt-rtx")),
-                     o.get("tensorrt_version", F.string), o.get("plugin", F.one_of("python", "aot", "none")),
-                     o.get("ptx_arch", F.nullable(F.string)), o.get("compute_capabilities", F.list_of(F.string)),
-                     o.get("profile", F.dict_of(triple)), o.get("plugin_layers", F.integer(0, 1 << 20)))
+        engine = cls(
+            o.get("file", F.file_name),
+            o.get("sha256", F.sha256),
+            o.get("target", F.one_of("tensorrt", "tensorrt-rtx")),
+            o.get("tensorrt_version", F.string),
+            o.get("plugin", F.one_of("python", "aot", "none")),
+            o.get("ptx_arch", F.nullable(F.string)),
+            o.get("compute_capabilities", F.list_of(F.string)),
+            o.get("profile", F.dict_of(triple)),
+            o.get("plugin_layers", F.integer(0, 1 << 20)),
+        )
         o.done()
         return engine
 
@@ -317,8 +389,10 @@ def _check_graph(m: Manifest, gname: str, graph: Graph, states: dict[str, tuple[
         if (got.shape, got.dtype) != (spec.shape, spec.dtype):
             raise F.FieldError(f"{where}.inputs", f"'{name}' is {got.dtype} {list(got.shape)}, state[{i}] {spec.dtype} {list(spec.shape)}")
         if (got.initial, got.initial_file) != (spec.initial, spec.initial_file):
-            raise F.FieldError(f"{where}.inputs", f"'{name}' starts from {got.initial_file or got.initial}, "
-                                                  f"state[{i}] from {spec.initial_file or spec.initial}")
+            raise F.FieldError(
+                f"{where}.inputs",
+                f"'{name}' starts from {got.initial_file or got.initial}, state[{i}] from {spec.initial_file or spec.initial}",
+            )
         out = outputs.get(spec.output)
         if out is None or out.feeds != name or out.shape != spec.shape:
             raise F.FieldError(f"{where}.outputs", f"no state output '{spec.output}' of shape {list(spec.shape)} feeding '{name}'")

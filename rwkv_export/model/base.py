@@ -39,7 +39,7 @@ class Block(nn.Module):
         for key, tensor in weights.items():
             if not key.startswith(prefix):
                 continue
-            name = key[len(prefix):].replace(".", "_")
+            name = key[len(prefix) :].replace(".", "_")
             t = model.prepare(name, tensor.to(torch.float64), layer)
             self.register_buffer(name, t.contiguous(), persistent=True)
 
@@ -50,8 +50,14 @@ class RWKVModel(nn.Module):
     WKV: WKVFn  # the version's op (custom_ops/wkv4|5|6|7.py)
     FP32_PARAMS: frozenset[str] = frozenset()  # buffers kept in the WKV dtype (float32 / float64)
 
-    def __init__(self, config: ModelConfig, weights: Mapping[str, torch.Tensor], dtype: str = "float32",
-                 rescale_every: int | None = None, group_norm_eps: float | None = None) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        weights: Mapping[str, torch.Tensor],
+        dtype: str = "float32",
+        rescale_every: int | None = None,
+        group_norm_eps: float | None = None,
+    ) -> None:
         super().__init__()
         if dtype not in DTYPES:
             raise RwkvExportError(f"unknown dtype '{dtype}' (expected one of {', '.join(DTYPES)})")
@@ -110,8 +116,9 @@ class RWKVModel(nn.Module):
 
     # --- the block -------------------------------------------------------------------------------
 
-    def _time_mix(self, i: int, b: Block, x: torch.Tensor, prev: torch.Tensor, wkv: WKVState,
-                  ctx: dict[str, torch.Tensor]) -> tuple[torch.Tensor, WKVState]:
+    def _time_mix(
+        self, i: int, b: Block, x: torch.Tensor, prev: torch.Tensor, wkv: WKVState, ctx: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, WKVState]:
         """x, prev [B, T, C] (LN1 output and its shift), the op's state of layer i -> (output [B, T, C], new op state)."""
         raise NotImplementedError
 

@@ -23,8 +23,9 @@ class RWKV4(RWKVModel):
     WKV = staticmethod(wkv4)
     FP32_PARAMS = frozenset({"att_time_decay", "att_time_first"})
 
-    def _time_mix(self, i: int, b: Block, x: torch.Tensor, prev: torch.Tensor, wkv: WKVState,
-                  ctx: dict[str, torch.Tensor]) -> tuple[torch.Tensor, WKVState]:
+    def _time_mix(
+        self, i: int, b: Block, x: torch.Tensor, prev: torch.Tensor, wkv: WKVState, ctx: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, WKVState]:
         k = (mix(x, prev, b.att_time_mix_k) @ b.att_key_weight.t()).to(self.state_dtype)
         v = (mix(x, prev, b.att_time_mix_v) @ b.att_value_weight.t()).to(self.state_dtype)
         r = torch.sigmoid(mix(x, prev, b.att_time_mix_r) @ b.att_receptance_weight.t())

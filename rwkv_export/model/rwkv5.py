@@ -37,8 +37,9 @@ class RWKV5(RWKVModel):
             return t.reshape(H, -1).expand(H, N).to(self.state_dtype)
         return super().prepare(name, t, layer)
 
-    def _time_mix(self, i: int, b: Block, x: torch.Tensor, prev: torch.Tensor, wkv: WKVState,
-                  ctx: dict[str, torch.Tensor]) -> tuple[torch.Tensor, WKVState]:
+    def _time_mix(
+        self, i: int, b: Block, x: torch.Tensor, prev: torch.Tensor, wkv: WKVState, ctx: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, WKVState]:
         B, T, _ = x.shape
         H, N = self.n_head, self.head_size
         r = F.linear(mix(x, prev, b.att_time_mix_r), b.att_receptance_weight).to(self.state_dtype)  # [B, T, A]

@@ -31,15 +31,18 @@ class RWKV6(RWKVModel):
                 state.wkv[i] = b.att_time_state.transpose(-1, -2)
         return state
 
-    def _time_mix(self, i: int, b: Block, x: torch.Tensor, prev: torch.Tensor, wkv: WKVState,
-                  ctx: dict[str, torch.Tensor]) -> tuple[torch.Tensor, WKVState]:
+    def _time_mix(
+        self, i: int, b: Block, x: torch.Tensor, prev: torch.Tensor, wkv: WKVState, ctx: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, WKVState]:
         B, T, _ = x.shape
         H, N = self.n_head, self.head_size
         d = prev - x
         h = torch.tanh((x + d * b.att_time_maa_x) @ b.att_time_maa_w1).view(B, T, 5, -1)  # [B, T, 5, Dm]
         m = torch.einsum("btfd,fdc->btfc", h, b.att_time_maa_w2)  # [B, T, 5, C]: w, k, v, r, g
-        xw, xk, xv, xr, xg = (x + d * (maa + m[:, :, f]) for f, maa in enumerate(
-            (b.att_time_maa_w, b.att_time_maa_k, b.att_time_maa_v, b.att_time_maa_r, b.att_time_maa_g)))
+        xw, xk, xv, xr, xg = (
+            x + d * (maa + m[:, :, f])
+            for f, maa in enumerate((b.att_time_maa_w, b.att_time_maa_k, b.att_time_maa_v, b.att_time_maa_r, b.att_time_maa_g))
+        )
         r = F.linear(xr, b.att_receptance_weight).to(self.state_dtype).view(B, T, H, N)
         k = F.linear(xk, b.att_key_weight).to(self.state_dtype).view(B, T, H, N)
         v = F.linear(xv, b.att_value_weight).to(self.state_dtype).view(B, T, H, N)

@@ -27,8 +27,9 @@ class RWKV7(RWKVModel):
     WKV = staticmethod(wkv7)
     FP32_PARAMS = frozenset({"att_w0", "att_k_k", "att_k_a", "att_r_k", "att_ln_x_weight", "att_ln_x_bias"})
 
-    def _time_mix(self, i: int, b: Block, x: torch.Tensor, prev: torch.Tensor, wkv: WKVState,
-                  ctx: dict[str, torch.Tensor]) -> tuple[torch.Tensor, WKVState]:
+    def _time_mix(
+        self, i: int, b: Block, x: torch.Tensor, prev: torch.Tensor, wkv: WKVState, ctx: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, WKVState]:
         B, T, C = x.shape
         H, N = self.n_head, self.head_size
         f32 = self.state_dtype
@@ -48,8 +49,7 @@ class RWKV7(RWKVModel):
         else:
             v = v + (ctx["v_first"] - v) * torch.sigmoid(b.att_v0 + (xv @ b.att_v1) @ b.att_v2).to(f32)
         a4 = a.view(B, T, H, N)
-        y, s = self.wkv(r.view(B, T, H, N), w_raw.view(B, T, H, N), k.view(B, T, H, N), v.view(B, T, H, N),
-                        -kk, kk * a4, *wkv)
+        y, s = self.wkv(r.view(B, T, H, N), w_raw.view(B, T, H, N), k.view(B, T, H, N), v.view(B, T, H, N), -kk, kk * a4, *wkv)
         y = group_norm(y.reshape(B, T, C), H, b.att_ln_x_weight, b.att_ln_x_bias, self.eps)
         bonus = (r * k * b.att_r_k.reshape(-1)).view(B, T, H, N).sum(-1, keepdim=True) * v.view(B, T, H, N)
         y = (y + bonus.reshape(B, T, C)).to(self.dtype)

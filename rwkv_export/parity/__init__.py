@@ -24,9 +24,15 @@ from rwkv_export.parity.tolerances import DEFAULT_TOLERANCES, Tolerance
 __all__ = ["BackendResult", "verify_all"]
 
 
-def verify_all(checkpoint: Any, exports: dict[str, Path | str], names: Sequence[str], scen: scenario.Scenario,
-               tolerances: dict[str, Tolerance] = DEFAULT_TOLERANCES, threads: int = 0,
-               progress: Callable[[str], None] = lambda message: None) -> list[BackendResult]:
+def verify_all(
+    checkpoint: Any,
+    exports: dict[str, Path | str],
+    names: Sequence[str],
+    scen: scenario.Scenario,
+    tolerances: dict[str, Tolerance] = DEFAULT_TOLERANCES,
+    threads: int = 0,
+    progress: Callable[[str], None] = lambda message: None,
+) -> list[BackendResult]:
     """Oracle first, then every planned backend; a backend that raises is an "error" (a failure)."""
     start = time.perf_counter()
     with backends.TorchBackend(checkpoint, "float64") as oracle:

@@ -84,8 +84,13 @@ class LogitsMetrics:
     kl_max: float
 
     def to_dict(self) -> dict[str, object]:
-        return {"error": self.error.to_dict(), "argmax_agree": self.argmax_agree, "top5_agree": self.top5_agree,
-                "kl_mean": self.kl_mean, "kl_max": self.kl_max}
+        return {
+            "error": self.error.to_dict(),
+            "argmax_agree": self.argmax_agree,
+            "top5_agree": self.top5_agree,
+            "kl_mean": self.kl_mean,
+            "kl_max": self.kl_max,
+        }
 
 
 def logits_metrics(ref: np.ndarray, got: np.ndarray) -> LogitsMetrics:

@@ -59,8 +59,10 @@ def tokenize(text: str, tokenizer: Any, chunk: int, max_tokens: int | None, sour
     if max_tokens is not None:
         tokens = tokens[:max_tokens]
     if len(tokens) < chunk + 1:
-        raise RwkvExportError(f"{source} gives {len(tokens)} tokens, fewer than one chunk of {chunk} plus the token it "
-                              "predicts; use a longer text or a smaller --chunk")
+        raise RwkvExportError(
+            f"{source} gives {len(tokens)} tokens, fewer than one chunk of {chunk} plus the token it "
+            "predicts; use a longer text or a smaller --chunk"
+        )
     n_bytes = len(tokenizer.decode(tokens[1:].tolist()).encode("utf-8"))
     return EvalText(tokens, n_bytes, source)
 
@@ -86,9 +88,16 @@ class Scores:
     def result(self, n_bytes_per_token: float) -> dict[str, Any]:
         kl = np.concatenate(self.kl) if self.kl else np.zeros(1, np.float32)
         mean_nll = self.nll / max(self.count, 1)
-        return {"backend": self.name, "precision": self.precision, "tokens": self.count, "perplexity": math.exp(mean_nll),
-                "bits_per_byte": mean_nll / math.log(2) / n_bytes_per_token, "kl_mean": float(kl.mean()),
-                "kl_p99": float(np.quantile(kl, 0.99)), "top1_agreement": self.agree / max(self.count, 1)}
+        return {
+            "backend": self.name,
+            "precision": self.precision,
+            "tokens": self.count,
+            "perplexity": math.exp(mean_nll),
+            "bits_per_byte": mean_nll / math.log(2) / n_bytes_per_token,
+            "kl_mean": float(kl.mean()),
+            "kl_p99": float(np.quantile(kl, 0.99)),
+            "top1_agreement": self.agree / max(self.count, 1),
+        }
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -110,8 +119,9 @@ def run_chunk(backend: Any, tokens: np.ndarray, state: Any) -> tuple[np.ndarray,
     return np.stack(rows), state
 
 
-def evaluate(reference: Any, backends: Sequence[Any], text: EvalText, chunk: int,
-             progress: Callable[[int], None] = lambda n: None) -> list[dict[str, Any]]:
+def evaluate(
+    reference: Any, backends: Sequence[Any], text: EvalText, chunk: int, progress: Callable[[int], None] = lambda n: None
+) -> list[dict[str, Any]]:
     """Score `reference` and every backend on `text` (each: name, dtype, prefill, step, initial_state)."""
     everyone = [reference, *backends]
     scores = [Scores(b.name, getattr(b, "precision", b.dtype)) for b in everyone]

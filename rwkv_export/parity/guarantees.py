@@ -46,8 +46,13 @@ class GuaranteeResult:
         return self.used <= 1.0 and self.greedy_identical
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": "pass" if self.passed else "fail", "error": self.error, "tolerance_used": self.used,
-                "greedy_identical": self.greedy_identical, "detail": self.detail}
+        return {
+            "status": "pass" if self.passed else "fail",
+            "error": self.error,
+            "tolerance_used": self.used,
+            "greedy_identical": self.greedy_identical,
+            "detail": self.detail,
+        }
 
 
 def _host(backend: Any, state: Any) -> dict[str, np.ndarray]:
@@ -168,8 +173,14 @@ def batch_invariance(backend: Any, tokens: np.ndarray, steps: int, tol: Toleranc
         _compare(result, "row 1 of 3" + (f", step {i}" if i else ", prefill"), a, _row(backend, b, 1), backend, tol)
     prompts = [others[2][0].tolist(), seq[0].tolist(), others[0][0].tolist(), others[3][0].tolist()]
     logits, state = prefill_prompts(backend, prompts)
-    _compare(result, f"length groups {[len(p) for p in prompts]}, row 1", alone[0], (logits[1:2], {n: v[:, 1:2] for n, v in state.items()}),
-             backend, tol)
+    _compare(
+        result,
+        f"length groups {[len(p) for p in prompts]}, row 1",
+        alone[0],
+        (logits[1:2], {n: v[:, 1:2] for n, v in state.items()}),
+        backend,
+        tol,
+    )
     return result
 
 
@@ -196,5 +207,9 @@ def _copy(backend: Any, state: Any) -> dict[str, np.ndarray]:
 def check_all(backend: Any, scenario: Scenario, tol: Tolerance) -> list[GuaranteeResult]:
     """The four guarantees on `backend`, over the scenario's prompt."""
     tokens = np.ascontiguousarray(scenario.tokens, np.int64)
-    return [continuation(backend, tokens, scenario.steps, tol), chunking(backend, tokens, tol),
-            batch_invariance(backend, tokens, scenario.steps, tol), step_equals_prefill(backend, tokens, tol)]
+    return [
+        continuation(backend, tokens, scenario.steps, tol),
+        chunking(backend, tokens, tol),
+        batch_invariance(backend, tokens, scenario.steps, tol),
+        step_equals_prefill(backend, tokens, tol),
+    ]

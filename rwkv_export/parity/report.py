@@ -54,8 +54,9 @@ def _comparable(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
     return ref[:, -1] if ref.ndim == 3 and got.ndim == 2 else ref
 
 
-def assess_point(label: str, ref_logits: np.ndarray, ref_state: dict[str, np.ndarray], logits: np.ndarray,
-                 state: dict[str, np.ndarray], tol: Tolerance) -> PointResult:
+def assess_point(
+    label: str, ref_logits: np.ndarray, ref_state: dict[str, np.ndarray], logits: np.ndarray, state: dict[str, np.ndarray], tol: Tolerance
+) -> PointResult:
     result = PointResult(label, None, {}, [])
     ref_logits = _comparable(ref_logits, logits)
     if ref_logits.shape != logits.shape:
@@ -145,9 +146,20 @@ def table(results: list[BackendResult]) -> str:
             rows.append((r.name, r.status, *["-"] * (len(COLUMNS) - 2)))
             continue
         s = summary(r)
-        rows.append((r.name, r.status.upper(), f"{s['logits_max_abs']:.2e}", f"{s['logits_normalized']:.2e}", f"{s['kl_max']:.1e}",
-                     f"{s['argmax_agree']:.0%}", f"{s['top5_agree']:.0%}", f"{r.greedy_match}/{r.greedy_total}",
-                     f"{s['worst_state']} {s['state_normalized']:.1e}", f"{s['tolerance_used']:.0%}"))
+        rows.append(
+            (
+                r.name,
+                r.status.upper(),
+                f"{s['logits_max_abs']:.2e}",
+                f"{s['logits_normalized']:.2e}",
+                f"{s['kl_max']:.1e}",
+                f"{s['argmax_agree']:.0%}",
+                f"{s['top5_agree']:.0%}",
+                f"{r.greedy_match}/{r.greedy_total}",
+                f"{s['worst_state']} {s['state_normalized']:.1e}",
+                f"{s['tolerance_used']:.0%}",
+            )
+        )
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -173,8 +185,12 @@ def guarantees_table(results: list[BackendResult]) -> list[str]:
 
 def to_json(results: list[BackendResult], context: dict[str, Any]) -> str:
     def point(p: PointResult) -> dict[str, Any]:
-        return {"label": p.label, "failures": p.failures, "logits": p.logits.to_dict() if p.logits else None,
-                "state": {n: m.to_dict() for n, m in p.state.items()}}
+        return {
+            "label": p.label,
+            "failures": p.failures,
+            "logits": p.logits.to_dict() if p.logits else None,
+            "state": {n: m.to_dict() for n, m in p.state.items()},
+        }
 
     backends = [{
         "name": r.name, "dtype": r.dtype, "status": r.status, "reason": r.reason, "seconds": round(r.seconds, 3),

@@ -37,13 +37,23 @@ class Tolerance:
 # the same exports stay within 1% of float32 perplexity (`rwkv-export eval`, README): these bounds catch
 # wiring faults (a wrong scale or zero point moves logits by their whole range), eval measures the cost.
 QUANTIZED_TOLERANCES = {
-    "int8": Tolerance(3e-1, 0.0, 1.5e-1, 1e-5,
-                      "int8 weight blocks of 32 (half a step = 1/510 of a block's range) through every matrix; measured worst "
-                      "on the tiny models with random tokens: logits 0.11, state 0.051 (RWKV-6, heads of 8); eval measures the "
-                      "accuracy cost on text"),
-    "int4": Tolerance(1.0, 0.0, 1.2, 1e-4,
-                      "int4 weight blocks (1/30 of a block's range): measured worst logits 0.53, state 0.58 (tiny RWKV-6, random "
-                      "tokens), so verify only checks the wiring; eval measures the accuracy cost on text"),
+    "int8": Tolerance(
+        3e-1,
+        0.0,
+        1.5e-1,
+        1e-5,
+        "int8 weight blocks of 32 (half a step = 1/510 of a block's range) through every matrix; measured worst "
+        "on the tiny models with random tokens: logits 0.11, state 0.051 (RWKV-6, heads of 8); eval measures the "
+        "accuracy cost on text",
+    ),
+    "int4": Tolerance(
+        1.0,
+        0.0,
+        1.2,
+        1e-4,
+        "int4 weight blocks (1/30 of a block's range): measured worst logits 0.53, state 0.58 (tiny RWKV-6, random "
+        "tokens), so verify only checks the wiring; eval measures the accuracy cost on text",
+    ),
 }
 
 # Measured with `rwkv-export verify --seq 64 --steps 32` (ONNX Runtime CPU and torch, random 2x64 and
@@ -53,13 +63,23 @@ QUANTIZED_TOLERANCES = {
 # indistinguishable from float16 rounding at these sizes).
 DEFAULT_TOLERANCES = {
     "float64": Tolerance(1e-9, 0.0, 1e-9, 0.0, "same math in the same precision as the oracle: only summation order differs"),
-    "float32": Tolerance(1e-5, 0.0, 1e-4, 0.0,
-                         "float32 rounding (~6e-8) amplified by layer norms and matmul summation order; the WKV state "
-                         "accumulates it over the sequence, hence 10x looser"),
-    "float16": Tolerance(2e-2, 0.0, 2e-2, 1e-5,
-                         "float16 weights and activations (11-bit mantissa, ~5e-4) through every layer; the state "
-                         "stays float32 but is fed float16 activations; state atol: values under float16's normal "
-                         "range (6e-5) are subnormals with absolute steps of 6e-8, so near-zero (dead) layers need a floor"),
+    "float32": Tolerance(
+        1e-5,
+        0.0,
+        1e-4,
+        0.0,
+        "float32 rounding (~6e-8) amplified by layer norms and matmul summation order; the WKV state "
+        "accumulates it over the sequence, hence 10x looser",
+    ),
+    "float16": Tolerance(
+        2e-2,
+        0.0,
+        2e-2,
+        1e-5,
+        "float16 weights and activations (11-bit mantissa, ~5e-4) through every layer; the state "
+        "stays float32 but is fed float16 activations; state atol: values under float16's normal "
+        "range (6e-5) are subnormals with absolute steps of 6e-8, so near-zero (dead) layers need a floor",
+    ),
     "bfloat16": Tolerance(8e-2, 0.0, 8e-2, 0.0, "bfloat16 has an 8-bit mantissa (~4e-3 per rounding)"),
     **QUANTIZED_TOLERANCES,
 }
@@ -93,6 +113,9 @@ def tolerances_with(overrides: dict[str, dict[str, float]]) -> dict[str, Toleran
 
 def help_text() -> str:
     """The defaults, one line per dtype, for --help."""
-    lines = [f"{dtype}: {tol.describe()} ({tol.reason})." for dtype, tol in DEFAULT_TOLERANCES.items()
-             if dtype in ("float32", "float16", *QUANTIZED_TOLERANCES)]
+    lines = [
+        f"{dtype}: {tol.describe()} ({tol.reason})."
+        for dtype, tol in DEFAULT_TOLERANCES.items()
+        if dtype in ("float32", "float16", *QUANTIZED_TOLERANCES)
+    ]
     return "\n\n".join(lines)

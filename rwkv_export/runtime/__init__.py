@@ -15,5 +15,16 @@ from rwkv_export.runtime.loaders import EngineFromPlan, SessionFromOnnx, engines
 from rwkv_export.runtime.onnxrt import PROVIDER_CHOICES, OrtRunner, resolve_providers
 from rwkv_export.runtime.session import ExportedModel, ModelSession, StateDict, initial_state
 
-__all__ = ["PROVIDER_CHOICES", "EngineFromPlan", "ExportedModel", "ModelSession", "OrtRunner", "Runner", "SessionFromOnnx", "StateDict",
-           "engines_unavailable", "initial_state", "resolve_providers"]
+__all__ = [
+    "PROVIDER_CHOICES",
+    "EngineFromPlan",
+    "ExportedModel",
+    "ModelSession",
+    "OrtRunner",
+    "Runner",
+    "SessionFromOnnx",
+    "StateDict",
+    "engines_unavailable",
+    "initial_state",
+    "resolve_providers",
+]

@@ -92,8 +92,10 @@ class Runner:
         if spec.role == "tokens" and self.vocab_size is not None and isinstance(value, np.ndarray) and value.size:
             bad = (value < 0) | (value >= self.vocab_size)
             if bad.any():
-                raise RwkvExportError(f"{self.name}: token id {int(value[bad].flat[0])} is out of range "
-                                      f"(vocab {self.vocab_size}: ids 0..{self.vocab_size - 1})")
+                raise RwkvExportError(
+                    f"{self.name}: token id {int(value[bad].flat[0])} is out of range "
+                    f"(vocab {self.vocab_size}: ids 0..{self.vocab_size - 1})"
+                )
 
     def __enter__(self) -> Runner:
         self.activate()
@@ -113,8 +115,14 @@ class Runner:
         raise NotImplementedError
 
 
-ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32",
-             "tensor(bool)": "bool", "tensor(double)": "float64"}
+ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(bool)": "bool",
+    "tensor(double)": "float64",
+}
 
 
 def _shape_dtype(value: Any, what: str) -> tuple[tuple[int, ...], np.dtype | None]:

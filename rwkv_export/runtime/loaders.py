@@ -98,8 +98,10 @@ class EngineFromPlan:
         runtime = trt.Runtime(logger)
         engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
         if engine is None:
-            raise RwkvExportError(f"TensorRT could not deserialize {self.entry.file} (built by {self.entry.target} "
-                                  f"{self.entry.tensorrt_version}, this is {trt.__version__}); rebuild it")
+            raise RwkvExportError(
+                f"TensorRT could not deserialize {self.entry.file} (built by {self.entry.target} "
+                f"{self.entry.tensorrt_version}, this is {trt.__version__}); rebuild it"
+            )
         return LoadedEngine(trt, engine, runtime, logger)
 
 

@@ -30,8 +30,14 @@ class OrtRunner(Runner):
 
     name = "onnxruntime"
 
-    def __init__(self, source: str | Path | SessionFromOnnx, provider: str = "cpu", threads: int = 0, graph: Graph | None = None,
-                 vocab_size: int | None = None) -> None:
+    def __init__(
+        self,
+        source: str | Path | SessionFromOnnx,
+        provider: str = "cpu",
+        threads: int = 0,
+        graph: Graph | None = None,
+        vocab_size: int | None = None,
+    ) -> None:
         loader = source if isinstance(source, SessionFromOnnx) else SessionFromOnnx(source, provider, threads)
         self.path, self.providers = loader.path, loader.providers
         self.session = loader()
@@ -89,8 +95,10 @@ def _match(path: Path, kind: str, got: Any, specs: tuple[TensorSpec, ...]) -> No
         dims = [d if isinstance(d, int) else None for d in actual.shape]
         want = [d if isinstance(d, int) else None for d in spec.shape]
         if dtype != spec.dtype or len(dims) != len(want) or any(a is not None and w is not None and a != w for a, w in zip(dims, want)):
-            raise RwkvExportError(f"{path.name}: {kind[:-1]} '{spec.name}' is {dtype} {list(actual.shape)} in the graph but "
-                                  f"{spec.dtype} {list(spec.shape)} in the manifest")
+            raise RwkvExportError(
+                f"{path.name}: {kind[:-1]} '{spec.name}' is {dtype} {list(actual.shape)} in the graph but "
+                f"{spec.dtype} {list(spec.shape)} in the manifest"
+            )
 
 
 def _host(value: Any) -> Any:

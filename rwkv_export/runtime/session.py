@@ -33,8 +33,16 @@ StateDict = dict[str, np.ndarray]
 class ModelSession:
     """prefill/step over two runners whose state inputs and outputs are `state_specs`."""
 
-    def __init__(self, name: str, dtype: str, vocab_size: int, state_specs: tuple[StateSpec, ...], runners: dict[str, Runner],
-                 all_logits: bool, device_state: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        dtype: str,
+        vocab_size: int,
+        state_specs: tuple[StateSpec, ...],
+        runners: dict[str, Runner],
+        all_logits: bool,
+        device_state: bool = False,
+    ) -> None:
         missing = [g for g in ("prefill", "step") if g not in runners]
         if missing:
             raise RwkvExportError(f"{name}: no {missing[0]} graph to run")
@@ -65,7 +73,9 @@ class ModelSession:
             raise RwkvExportError(f"token ids must be integers, got dtype {tokens.dtype}")
         bad = (tokens < 0) | (tokens >= self.vocab_size)
         if bad.any():
-            raise RwkvExportError(f"token id {int(tokens[bad].flat[0])} is out of range for this model (vocab {self.vocab_size}: ids 0..{self.vocab_size - 1})")
+            raise RwkvExportError(
+                f"token id {int(tokens[bad].flat[0])} is out of range for this model (vocab {self.vocab_size}: ids 0..{self.vocab_size - 1})"
+            )
         return tokens.astype(np.int64)
 
     def _run(self, graph: str, tokens: np.ndarray, state: Mapping[str, Any]) -> tuple[np.ndarray, StateDict]:
@@ -106,8 +116,15 @@ class ModelSession:
 class ExportedModel(ModelSession):
     """An exported directory's prefill and step graphs on one backend, driven by its manifest."""
 
-    def __init__(self, directory: str | Path, provider: str = "cpu", threads: int = 0, runners: dict[str, Runner] | None = None,
-                 device_state: bool | None = None, name: str | None = None) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        provider: str = "cpu",
+        threads: int = 0,
+        runners: dict[str, Runner] | None = None,
+        device_state: bool | None = None,
+        name: str | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.manifest = Manifest.read(self.directory)
         self.model_info = self.manifest.model
@@ -117,11 +134,20 @@ class ExportedModel(ModelSession):
         device_state = (devices == {"cuda"}) if device_state is None else device_state
         if device_state and not all(isinstance(r, OrtRunner) for r in runners.values()):
             raise RwkvExportError("device-resident state needs ONNX Runtime runners (IO binding)")
-        super().__init__(name or runners["step"].name, self.manifest.dtype, self.manifest.model.vocab_size, self.manifest.state,
-                         runners, self.manifest.export.all_logits, device_state)
+        super().__init__(
+            name or runners["step"].name,
+            self.manifest.dtype,
+            self.manifest.model.vocab_size,
+            self.manifest.state,
+            runners,
+            self.manifest.export.all_logits,
+            device_state,
+        )
         for graph, info in self.manifest.graphs.items():
             if graph in self.runners and sorted(self.runners[graph].input_names) != sorted(info.input_names):
-                raise RwkvExportError(f"{graph}: the graph's inputs {self.runners[graph].input_names} do not match the manifest's {info.input_names}")
+                raise RwkvExportError(
+                    f"{graph}: the graph's inputs {self.runners[graph].input_names} do not match the manifest's {info.input_names}"
+                )
 
     def _open_runners(self, provider: str, threads: int) -> dict[str, Runner]:
         m = self.manifest
@@ -135,8 +161,10 @@ class ExportedModel(ModelSession):
 
             return {graph: TensorRTRunner(self.directory, graph, manifest=m) for graph in m.graphs}
         try:
-            return {graph: OrtRunner(m.path(info.file, f"graphs.{graph}.file"), provider, threads, graph=info,
-                                     vocab_size=m.model.vocab_size) for graph, info in m.graphs.items()}
+            return {
+                graph: OrtRunner(m.path(info.file, f"graphs.{graph}.file"), provider, threads, graph=info, vocab_size=m.model.vocab_size)
+                for graph, info in m.graphs.items()
+            }
         except RwkvExportError as exc:
             if provider != "tensorrt":
                 raise

@@ -16,7 +16,7 @@ A prefill runner and a step runner sharing one DeviceState keep the whole genera
 Calls (the loader, runtime/loaders.py): trt.Runtime.deserialize_cuda_engine; here ICudaEngine.create_execution_context / num_io_tensors /
 get_tensor_name / get_tensor_mode / get_tensor_dtype, IExecutionContext.set_input_shape /
 get_tensor_shape / set_tensor_address / execute_async_v3; CUDA memory and streams through
-cuda.bindings.runtime. Written from the docs and type-checked; GPU runs are in tests/test_tensorrt_gpu.py.
+cuda.bindings.runtime. Written from the docs and type-checked; GPU runs are in tests/tensorrt/test_tensorrt_gpu.py.
 """
 
 from __future__ import annotations
@@ -143,8 +143,14 @@ class TensorRTRunner(Runner):
     from a loader (EngineFromPlan: sha256, plugin, deserialisation), initial states are the manifest's.
     """
 
-    def __init__(self, model_dir: str | Path, graph: str = "step", state: DeviceState | None = None,
-                 name: str | None = None, manifest: Manifest | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: str | Path,
+        graph: str = "step",
+        state: DeviceState | None = None,
+        name: str | None = None,
+        manifest: Manifest | None = None,
+    ) -> None:
         self.model_dir = Path(model_dir)
         manifest = manifest or Manifest.read(self.model_dir)
         spec = manifest.graph(graph)
@@ -220,8 +226,11 @@ class TensorRTRunner(Runner):
         for name in self._outputs:
             if device_state and name in self.state_outputs and not copy_state:
                 continue
-            ptr = (self.state.spare[self.state_outputs[name]].ptr if device_state and self.state is not None
-                   and name in self.state_outputs else self._buffers[name].ptr)
+            ptr = (
+                self.state.spare[self.state_outputs[name]].ptr
+                if device_state and self.state is not None and name in self.state_outputs
+                else self._buffers[name].ptr
+            )
             results[name] = _download(ptr, shapes[name], self._dtype(name), stream)
         _check(_cudart().cudaStreamSynchronize(stream), "cudaStreamSynchronize")
         if device_state and self.state is not None:

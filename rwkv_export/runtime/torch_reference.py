@@ -23,8 +23,17 @@ from rwkv_export.runtime.session import ModelSession, StateDict
 class TorchRunner(Runner):
     """One form of the reference model (sequence for prefill, step for step) behind infer(feeds)."""
 
-    def __init__(self, model: Any, graph: str, state_type: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
-                 vocab_size: int, all_logits: bool, name: str) -> None:
+    def __init__(
+        self,
+        model: Any,
+        graph: str,
+        state_type: Any,
+        inputs: tuple[TensorSpec, ...],
+        outputs: tuple[TensorSpec, ...],
+        vocab_size: int,
+        all_logits: bool,
+        name: str,
+    ) -> None:
         super().__init__(inputs, outputs, vocab_size)
         self.model, self.graph, self.state_type, self.all_logits, self.name = model, graph, state_type, all_logits, name
 
@@ -59,9 +68,14 @@ class TorchReference(ModelSession):
         runners: dict[str, Runner] = {}
         for graph, tokens_shape in (("prefill", ("batch", "seq")), ("step", ("batch",))):
             logits_shape = ("batch", "seq", cfg.vocab_size) if graph == "prefill" and all_logits else ("batch", cfg.vocab_size)
-            inputs = (TensorSpec("tokens", "int64", tokens_shape, "tokens"), *(TensorSpec(s.name, s.dtype, s.shape, "state") for s in states))
-            outputs = (TensorSpec("logits", "float32", logits_shape, "logits"),
-                       *(TensorSpec(s.output, s.dtype, s.shape, "state", feeds=s.name) for s in states))
+            inputs = (
+                TensorSpec("tokens", "int64", tokens_shape, "tokens"),
+                *(TensorSpec(s.name, s.dtype, s.shape, "state") for s in states),
+            )
+            outputs = (
+                TensorSpec("logits", "float32", logits_shape, "logits"),
+                *(TensorSpec(s.output, s.dtype, s.shape, "state", feeds=s.name) for s in states),
+            )
             runners[graph] = TorchRunner(self.model, graph, self.state_type, inputs, outputs, cfg.vocab_size, all_logits, name)
         super().__init__(name, dtype, cfg.vocab_size, states, runners, all_logits)
         for runner in runners.values():  # the model is built: nothing to load, nothing to release

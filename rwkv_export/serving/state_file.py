@@ -46,8 +46,13 @@ META = "__meta__"
 def model_summary(manifest: Manifest) -> dict[str, Any]:
     """What a state file records about its model: version, sizes, vocab and the export dtype."""
     model = manifest.model
-    return {"version": model.version, "n_layer": model.n_layer, "n_embd": model.n_embd, "vocab_size": model.vocab_size,
-            "dtype": manifest.dtype}
+    return {
+        "version": model.version,
+        "n_layer": model.n_layer,
+        "n_embd": model.n_embd,
+        "vocab_size": model.vocab_size,
+        "dtype": manifest.dtype,
+    }
 
 
 def describe(summary: dict[str, Any]) -> str:
@@ -85,17 +90,22 @@ def encode(state: Mapping[str, Any], manifest: Manifest, note: str = "") -> byte
     """The .npz bytes of `state` (checked against the manifest first)."""
     arrays = {spec.name: np.ascontiguousarray(_host(state[spec.name])) for spec in manifest.state}
     batch = _check_tensors(arrays, manifest, "state to save")
-    meta = {"format": FORMAT, "fingerprint": manifest.fingerprint, "model": model_summary(manifest), "batch": batch,
-            "tensors": {n: {"dtype": a.dtype.name, "shape": list(a.shape)} for n, a in arrays.items()},
-            "content_sha256": content_hash(arrays), "note": note}
+    meta = {
+        "format": FORMAT,
+        "fingerprint": manifest.fingerprint,
+        "model": model_summary(manifest),
+        "batch": batch,
+        "tensors": {n: {"dtype": a.dtype.name, "shape": list(a.shape)} for n, a in arrays.items()},
+        "content_sha256": content_hash(arrays),
+        "note": note,
+    }
     buffer = io.BytesIO()
     payload: dict[str, Any] = {**arrays, META: np.frombuffer(json.dumps(meta).encode(), np.uint8)}
     np.savez(buffer, **payload)
     return buffer.getvalue()
 
 
-def save_state(path: str | Path, state: Mapping[str, Any], manifest: Manifest, rows: Sequence[int] | None = None,
-               note: str = "") -> None:
+def save_state(path: str | Path, state: Mapping[str, Any], manifest: Manifest, rows: Sequence[int] | None = None, note: str = "") -> None:
     """Write `state` (or only `rows` of it) to `path` atomically."""
     if rows is not None:
         state = select_rows(state, manifest, rows)
@@ -130,8 +140,10 @@ def load_state(path: str | Path, manifest: Manifest, rows: Sequence[int] | None 
     if meta.get("fingerprint") != manifest.fingerprint:
         if theirs != mine:
             raise RwkvExportError(f"{where} holds the state of a {_describe(theirs)} export; this export is {describe(mine)}")
-        raise RwkvExportError(f"{where} belongs to another export of a {describe(mine)} model (fingerprint "
-                              f"{str(meta.get('fingerprint'))[:12]}, this export's is {manifest.fingerprint[:12]})")
+        raise RwkvExportError(
+            f"{where} belongs to another export of a {describe(mine)} model (fingerprint "
+            f"{str(meta.get('fingerprint'))[:12]}, this export's is {manifest.fingerprint[:12]})"
+        )
     _check_tensors(arrays, manifest, where)
     return select_rows(arrays, manifest, rows) if rows is not None else arrays
 
@@ -164,8 +176,9 @@ def _check_tensors(arrays: Mapping[str, np.ndarray], manifest: Manifest, where: 
             raise RwkvExportError(f"{where}: '{spec.name}' is {value.dtype}, this export's state is {spec.dtype}")
         expected = spec.concrete_shape(batch)
         if batch < 1 or value.shape != expected:
-            raise RwkvExportError(f"{where}: '{spec.name}' has shape {list(value.shape)}, expected {list(expected)} "
-                                  f"(manifest shape {list(spec.shape)})")
+            raise RwkvExportError(
+                f"{where}: '{spec.name}' has shape {list(value.shape)}, expected {list(expected)} (manifest shape {list(spec.shape)})"
+            )
     return int(batch)
 
 
@@ -178,5 +191,6 @@ def fit_to_prompts(state: Mapping[str, np.ndarray], manifest: Manifest, prompts:
         return dict(state)
     if rows == 1:
         return select_rows(state, manifest, [0] * prompts)
-    raise RwkvExportError(f"the loaded state has {rows} rows but {prompts} prompt(s) were given: give one row "
-                          "(shared by every prompt) or one row per prompt")
+    raise RwkvExportError(
+        f"the loaded state has {rows} rows but {prompts} prompt(s) were given: give one row (shared by every prompt) or one row per prompt"
+    )

@@ -66,11 +66,15 @@ def unsupported(manifest: Manifest, options: RepoOptions) -> str | None:
         return f"the export has no TensorRT engine for {', '.join(missing)}; run `rwkv-export build` first or use --backend onnxruntime"
     python = [g for g, e in entries.items() if e is not None and e.plugin == "python"]
     if python:
-        return (f"the {', '.join(python)} engine(s) use the Python plugin front, which needs our Python plugin registered in the "
-                "serving process; Triton's TensorRT backend loads plans without Python: rebuild with --plugin aot or --plugin none")
+        return (
+            f"the {', '.join(python)} engine(s) use the Python plugin front, which needs our Python plugin registered in the "
+            "serving process; Triton's TensorRT backend loads plans without Python: rebuild with --plugin aot or --plugin none"
+        )
     if options.max_batch_size > 0:
-        return ("Triton batches implicit state on axis 0, but TensorRT engines keep the state's batch on axis 1 "
-                "([n_layer, batch, ...]) and a plan cannot be re-wrapped: use --max-batch-size 0 or --backend onnxruntime")
+        return (
+            "Triton batches implicit state on axis 0, but TensorRT engines keep the state's batch on axis 1 "
+            "([n_layer, batch, ...]) and a plan cannot be re-wrapped: use --max-batch-size 0 or --backend onnxruntime"
+        )
     return None
 
 
@@ -118,8 +122,10 @@ def _state_entry(spec: StateSpec, options: RepoOptions, has_data: bool) -> str:
     kind = TRITON_TYPES[spec.dtype]
     dims = _list(state_dims(spec, options))
     source = f'data_file: "{spec.name}.bin"' if has_data else "zero_data: true"
-    return (f'    {{ input_name: "{spec.name}" output_name: "{spec.output}" data_type: {kind} dims: {dims}\n'
-            f'      initial_state: {{ data_type: {kind} dims: {dims} {source} name: "{spec.name} initial" }} }}')
+    return (
+        f'    {{ input_name: "{spec.name}" output_name: "{spec.output}" data_type: {kind} dims: {dims}\n'
+        f'      initial_state: {{ data_type: {kind} dims: {dims} {source} name: "{spec.name} initial" }} }}'
+    )
 
 
 def config_text(manifest: Manifest, graph: str, options: RepoOptions, data_files: set[str]) -> str:
@@ -128,16 +134,24 @@ def config_text(manifest: Manifest, graph: str, options: RepoOptions, data_files
     info = manifest.graph(graph)
     io_in = [_tensor(t, batching) for t in info.inputs if t.role != "state"]
     io_out = [_tensor(t, batching) for t in info.outputs if t.role != "state"]
-    lines = [f'name: "{options.model_name(graph)}"',
-             f'backend: "{options.backend}"',
-             f"max_batch_size: {options.max_batch_size}",
-             "input [", ",\n".join(io_in), "]",
-             "output [", ",\n".join(io_out), "]",
-             "sequence_batching {",
-             f"  max_sequence_idle_microseconds: {int(options.idle_seconds * 1e6)}",
-             "  direct { }"]
+    lines = [
+        f'name: "{options.model_name(graph)}"',
+        f'backend: "{options.backend}"',
+        f"max_batch_size: {options.max_batch_size}",
+        "input [",
+        ",\n".join(io_in),
+        "]",
+        "output [",
+        ",\n".join(io_out),
+        "]",
+        "sequence_batching {",
+        f"  max_sequence_idle_microseconds: {int(options.idle_seconds * 1e6)}",
+        "  direct { }",
+    ]
     if options.backend == "onnxruntime":
-        controls = [f'    {{ name: "{name}" control [ {{ kind: {kind} int32_false_true: [ 0, 1 ] }} ] }}' for name, kind in CONTROL_KINDS.items()]
+        controls = [
+            f'    {{ name: "{name}" control [ {{ kind: {kind} int32_false_true: [ 0, 1 ] }} ] }}' for name, kind in CONTROL_KINDS.items()
+        ]
         lines += ["  control_input [", ",\n".join(controls), "  ]"]
     states = [_state_entry(spec, options, spec.name in data_files) for spec in manifest.state]
     lines += ["  state [", ",\n".join(states), "  ]", "}"]
@@ -189,7 +203,7 @@ def request_flow(manifest: Manifest, options: RepoOptions) -> str:
 
 Model: {describe(model_summary(manifest))}; backend `{options.backend}`, max_batch_size {options.max_batch_size}.
 
-Both models are *sequence models*: Triton keeps the recurrent state ({', '.join(s.name for s in manifest.state)})
+Both models are *sequence models*: Triton keeps the recurrent state ({", ".join(s.name for s in manifest.state)})
 per sequence (correlation id) inside the model (implicit state) and resets it to its `initial_state` on the
 request flagged `sequence_start`. A sequence stays on one model from start to end.
 
