@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from rwkv_export.errors import RwkvExportError
+from rwkv_export.fileio import user_cache_dir
 from rwkv_export.ops.registry import kernel_units
 
 HERE = Path(__file__).parent
@@ -83,12 +84,6 @@ def nvrtc_version() -> tuple[int, int]:
     return _nvrtc()[1]
 
 
-def cache_dir() -> Path:
-    """$RWKV_EXPORT_CACHE/ptx if set, else ~/.cache/rwkv-export/ptx."""
-    root = os.environ.get("RWKV_EXPORT_CACHE")
-    return Path(root) / "ptx" if root else Path.home() / ".cache" / "rwkv-export" / "ptx"
-
-
 def _arch_option(arch: str, real: bool = False) -> str:
     match = re.fullmatch(r"(?:sm|compute)_(\d+[a-z]?)", arch)
     if not match:
@@ -133,7 +128,7 @@ def _compile(arch: str, source: str | None, options: tuple[str, ...], cubin: boo
     opts = (*BASE_OPTIONS, _arch_option(arch, real=cubin), *options)
     headers = [p.read_text() for p in HEADERS]
     key = hashlib.sha256("\0".join((text, *headers, *opts, f"nvrtc {version[0]}.{version[1]}")).encode()).hexdigest()
-    path = cache_dir() / f"{unit}-{arch}-{key[:32]}.{'cubin' if cubin else 'ptx'}"
+    path = user_cache_dir("ptx") / f"{unit}-{arch}-{key[:32]}.{'cubin' if cubin else 'ptx'}"
     if path.is_file():
         return path.read_bytes()
 

@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 from types import ModuleType
 
+from rwkv_export.fileio import user_cache_dir
+
 TARGETS = ("tensorrt", "tensorrt-rtx")
 MODULES = {"tensorrt": ("tensorrt",), "tensorrt-rtx": ("tensorrt_rtx_bindings", "tensorrt_rtx")}
 INSTALL_HINT = {
@@ -70,12 +72,6 @@ def load(target: str | None = None) -> ModuleType:
         raise TensorRTUnavailable(f"{target} is installed but fails to import ({exc}): {INSTALL_HINT[target]}") from exc
 
 
-def cache_dir() -> Path:
-    """Private per-user cache for rwkv-export ($XDG_CACHE_HOME or ~/.cache)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "rwkv-export"
-
-
 def rtx_library_dir() -> Path | None:
     """A directory holding `libtensorrt_rtx.so` -> the wheel's `.so.1`, created idempotently.
 
@@ -91,7 +87,7 @@ def rtx_library_dir() -> Path | None:
         return None
     # One directory per wheel location, so two venvs with different RTX versions never share a link.
     key = hashlib.sha256(str(libs.resolve()).encode()).hexdigest()[:16]
-    link_dir = cache_dir() / "trt-rtx-libs" / key
+    link_dir = user_cache_dir("trt-rtx-libs", key)
     link = link_dir / RTX_LIB
     if link.is_symlink() and Path(os.readlink(link)) == real.resolve():
         return link_dir

@@ -24,6 +24,14 @@ from typing import Any
 from rwkv_export.errors import RwkvExportError
 
 
+def user_cache_dir(*parts: str) -> Path:
+    """The per-user cache ($RWKV_EXPORT_CACHE, else $XDG_CACHE_HOME/rwkv-export, else
+    ~/.cache/rwkv-export), joined with `parts` (e.g. "ptx", "bench")."""
+    root = os.environ.get("RWKV_EXPORT_CACHE")
+    base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rwkv-export"
+    return base.joinpath(*parts)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

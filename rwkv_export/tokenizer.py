@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from rwkv_export.errors import RwkvExportError
+from rwkv_export.errors import RwkvExportError, first_line
 
 REPLACEMENT = "\ufffd"
 WORLD_VOCAB_FILE = "rwkv_vocab_v20230424.txt"
@@ -60,7 +60,7 @@ class HuggingFaceTokenizer:
         try:
             self._tok = HFTokenizer.from_file(str(self.path))
         except Exception as exc:  # tokenizers raises a bare Exception with a serde message
-            raise RwkvExportError(f"'{self.path}' is not a Hugging Face tokenizer.json ({str(exc).splitlines()[0][:200]})") from exc
+            raise RwkvExportError(f"'{self.path}' is not a Hugging Face tokenizer.json ({first_line(exc, 200)})") from exc
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from rwkv_export.checkpoint.versions import require_supported
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.export.quantize import QUANT_SCHEMES, QuantSpec
 from rwkv_export.export.requantize import quantize_export
-from rwkv_export.fileio import atomic_write_json
+from rwkv_export.fileio import atomic_write_json, user_cache_dir
 from rwkv_export.manifest import Manifest
 from rwkv_export.versions import version_info
 
@@ -39,11 +38,8 @@ DEFAULT_SHAPE = (DEFAULT_169M["n_layer"], DEFAULT_169M["n_embd"], DEFAULT_169M["
 
 
 def default_cache_dir() -> Path:
-    """$RWKV_EXPORT_CACHE, else $XDG_CACHE_HOME/rwkv-export/bench, else ~/.cache/rwkv-export/bench."""
-    if os.environ.get("RWKV_EXPORT_CACHE"):
-        return Path(os.environ["RWKV_EXPORT_CACHE"]) / "bench"
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "rwkv-export" / "bench"
+    """The bench workspace: `user_cache_dir()/bench` (rwkv_export/fileio.py)."""
+    return user_cache_dir("bench")
 
 
 @dataclass

@@ -20,7 +20,7 @@ import torch
 
 from rwkv_export.checkpoint.config import ModelConfig
 from rwkv_export.checkpoint.validate import check_keys
-from rwkv_export.errors import RwkvExportError
+from rwkv_export.errors import RwkvExportError, first_line
 from rwkv_export.fileio import atomic_write_bytes
 
 MAGIC = 0x67676D66
@@ -107,8 +107,7 @@ def from_rwkvcpp(raw: dict[str, torch.Tensor], version: str) -> dict[str, torch.
             _undo_one(key, tensor, version, out)
         except (RuntimeError, IndexError, ValueError) as exc:  # a shape the layout cannot hold
             raise RwkvExportError(
-                f"'{key}' has shape {list(tensor.shape)}, which rwkv.cpp's RWKV-{version} layout cannot hold "
-                f"({str(exc).splitlines()[0][:120]})"
+                f"'{key}' has shape {list(tensor.shape)}, which rwkv.cpp's RWKV-{version} layout cannot hold ({first_line(exc, 120)})"
             ) from None
     return out
 

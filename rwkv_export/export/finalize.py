@@ -17,7 +17,7 @@ from pathlib import Path
 
 import onnx
 
-from rwkv_export.errors import RwkvExportError
+from rwkv_export.errors import RwkvExportError, first_line
 from rwkv_export.ops.onnx_function import wkv_function
 from rwkv_export.ops.registry import DOMAIN, DOMAIN_VERSION
 
@@ -67,7 +67,7 @@ def save_checked(model: onnx.ModelProto, path: Path, external_data_threshold: in
         try:
             onnx.checker.check_model(model, full_check=True)
         except onnx.checker.ValidationError as exc:
-            raise RwkvExportError(f"{path.name} failed onnx.checker: {str(exc).splitlines()[0]}") from exc
+            raise RwkvExportError(f"{path.name} failed onnx.checker: {first_line(exc, 1000)}") from exc
     tmp = path.with_name(path.name + ".tmp")
     files = [path]
     if external:
@@ -81,5 +81,5 @@ def save_checked(model: onnx.ModelProto, path: Path, external_data_threshold: in
         try:
             onnx.checker.check_model(str(path), full_check=True)
         except onnx.checker.ValidationError as exc:
-            raise RwkvExportError(f"{path.name} failed onnx.checker: {str(exc).splitlines()[0]}") from exc
+            raise RwkvExportError(f"{path.name} failed onnx.checker: {first_line(exc, 1000)}") from exc
     return files

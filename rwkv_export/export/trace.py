@@ -24,7 +24,7 @@ import onnx
 import torch
 from torch.export import Dim
 
-from rwkv_export.errors import RwkvExportError
+from rwkv_export.errors import RwkvExportError, first_line
 from rwkv_export.export.spec import GraphSpec
 from rwkv_export.model import RWKVModel
 from rwkv_export.ops.registry import DOMAIN, DOMAIN_VERSION, PLUGIN_NAMESPACE, PLUGIN_VERSION, op_spec
@@ -97,7 +97,7 @@ def trace_graph(model: RWKVModel, spec: GraphSpec, opset: int | None, all_logits
                 input_names=spec.input_names, output_names=spec.output_names, optimize=True, verbose=False,
             )  # fmt: skip
     except Exception as exc:  # the exporter's errors are long; keep the first line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 1000)
         raise RwkvExportError(f"torch.onnx export of the {spec.name} graph failed: {first[:300]}") from exc
     finally:
         model.wkv = original

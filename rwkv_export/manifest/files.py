@@ -20,17 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from rwkv_export.errors import RwkvExportError
+from rwkv_export.fileio import user_cache_dir
 
 MAX_MANIFEST_BYTES = 16 << 20  # a 100-layer model's manifest is a few tens of KiB
 CACHE_FILE = "sha256-cache.json"
 CACHE_ENTRIES = 1024
-
-
-def user_cache_dir() -> Path:
-    """$RWKV_EXPORT_CACHE, else $XDG_CACHE_HOME/rwkv-export, else ~/.cache/rwkv-export."""
-    if os.environ.get("RWKV_EXPORT_CACHE"):
-        return Path(os.environ["RWKV_EXPORT_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rwkv-export"
 
 
 def _refuse_constant(name: str) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rwkv_export.errors import first_line
 from rwkv_export.parity import backends, guarantees, scenario
 from rwkv_export.parity.report import BackendResult, add_guarantees, assess
 from rwkv_export.parity.tolerances import DEFAULT_TOLERANCES, Tolerance
@@ -51,7 +52,7 @@ def verify_all(
                 trace = scenario.run(backend, scen, feed)
                 promises = guarantees.check_all(backend, scen, tolerances[plan.dtype])
         except Exception as exc:  # any crash of a backend is its failure, reported, never a traceback
-            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             results.append(BackendResult(plan.name, plan.dtype, "error", f"{type(exc).__name__}: {first}"))
             progress(f"{plan.name}: error: {first}")
             continue

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rwkv_export.errors import RwkvExportError
+from rwkv_export.errors import RwkvExportError, first_line
 from rwkv_export.manifest import Engine, Manifest
 from rwkv_export.manifest.files import checked_sha256
 
@@ -63,7 +63,7 @@ class SessionFromOnnx:
         try:
             return ort.InferenceSession(str(self.path), options, providers=self.providers)
         except Exception as exc:  # ORT raises its own exception types with long messages
-            raise RwkvExportError(f"ONNX Runtime cannot load '{self.path}': {str(exc).splitlines()[0][:300]}") from exc
+            raise RwkvExportError(f"ONNX Runtime cannot load '{self.path}': {first_line(exc)}") from exc
 
 
 @dataclass

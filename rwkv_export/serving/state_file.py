@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from rwkv_export.errors import RwkvExportError
+from rwkv_export.errors import RwkvExportError, first_line
 from rwkv_export.fileio import atomic_write_bytes
 from rwkv_export.manifest import Manifest
 
@@ -122,7 +122,7 @@ def read_meta(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             arrays = {name: npz[name] for name in npz.files}
         meta = json.loads(arrays.pop(META).tobytes().decode())
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError, TypeError, AttributeError) as exc:
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        reason = first_line(exc, 120)
         raise RwkvExportError(f"{where} is damaged or not an rwkv-export state file ({reason})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else None
