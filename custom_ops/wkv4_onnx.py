@@ -67,20 +67,19 @@ from rwkv_export.ops.wkv4 import INPUTS, OUTPUTS, PP_INIT
 
 def _step(g: Builder, w: str, u: str, k: str, v: str, aa: str, bb: str, pp: str):
     """One token, the stable form of wkv4.py. k, v, aa, bb, pp [B, C]; w, u [C]."""
-    ww = g.op("Add", u, k)
-    p = g.op("Max", pp, ww)
-    e1 = g.op("Exp", g.op("Sub", pp, p))
-    e2 = g.op("Exp", g.op("Sub", ww, p))
-    num = g.op("Add", g.op("Mul", e1, aa), g.op("Mul", e2, v))
-    den = g.op("Add", g.op("Mul", e1, bb), e2)
+    num, den, _ = _blend(g, pp, g.op("Add", u, k), aa, bb, v)  # the output: aa, bb weighted against e^(u + k)
     y = g.op("Div", num, den)
-    ww = g.op("Sub", pp, w)
-    p = g.op("Max", ww, k)
-    e1 = g.op("Exp", g.op("Sub", ww, p))
-    e2 = g.op("Exp", g.op("Sub", k, p))
-    aa = g.op("Add", g.op("Mul", e1, aa), g.op("Mul", e2, v))
-    bb = g.op("Add", g.op("Mul", e1, bb), e2)
+    aa, bb, p = _blend(g, g.op("Sub", pp, w), k, aa, bb, v)  # the state: decayed aa, bb plus e^k
     return y, aa, bb, p
+
+
+def _blend(g: Builder, a: str, b: str, aa: str, bb: str, v: str) -> tuple[str, str, str]:
+    """Sums in the shifted-exponent form: e1 = e^(a - p), e2 = e^(b - p), p = max(a, b) ->
+    (e1 * aa + e2 * v, e1 * bb + e2, p)."""
+    p = g.op("Max", a, b)
+    e1 = g.op("Exp", g.op("Sub", a, p))
+    e2 = g.op("Exp", g.op("Sub", b, p))
+    return g.op("Add", g.op("Mul", e1, aa), g.op("Mul", e2, v)), g.op("Add", g.op("Mul", e1, bb), e2), p
 
 
 def _step_graph(w: str, u: str, k: str, v: str, aa: str, bb: str, pp: str) -> onnx.GraphProto:

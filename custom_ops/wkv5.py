@@ -18,12 +18,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from rwkv_export.ops import wkv6
 from rwkv_export.ops.wkv6 import _scan, wkv6_numpy
 
 OP_TYPE = "WKV5"
-INPUTS = ("r", "k", "v", "w_raw", "u", "state_in")
-OUTPUTS = ("y", "state_out")
-STATE_LAYOUT = "key-major [B, H, N(key), N(value)]"
+INPUTS, OUTPUTS, STATE_LAYOUT = wkv6.INPUTS, wkv6.OUTPUTS, wkv6.STATE_LAYOUT  # WKV6's schema, w_raw [H, N]
 
 
 def wkv5(
@@ -36,13 +35,7 @@ def wkv5(
 
 
 def wkv5_numpy(
-    r: np.ndarray,
-    k: np.ndarray,
-    v: np.ndarray,
-    w_raw: np.ndarray,
-    u: np.ndarray,
-    state_in: np.ndarray,
-    dtype: type = np.float64,
+    r: np.ndarray, k: np.ndarray, v: np.ndarray, w_raw: np.ndarray, u: np.ndarray, state_in: np.ndarray, dtype: type = np.float64
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reference WKV5 in numpy (float64 by default): WKV6's recurrence with a constant decay."""
     return wkv6_numpy(r, k, v, np.asarray(w_raw), u, state_in, dtype)

@@ -52,13 +52,7 @@ def _scan(
 
 
 def wkv6_numpy(
-    r: np.ndarray,
-    k: np.ndarray,
-    v: np.ndarray,
-    w_raw: np.ndarray,
-    u: np.ndarray,
-    state_in: np.ndarray,
-    dtype: type = np.float64,
+    r: np.ndarray, k: np.ndarray, v: np.ndarray, w_raw: np.ndarray, u: np.ndarray, state_in: np.ndarray, dtype: type = np.float64
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reference WKV6 in numpy, computed in `dtype` (float64 by default: the oracle)."""
     r, k, v, u = (np.asarray(a, dtype) for a in (r, k, v, u))

@@ -11,12 +11,12 @@ figure is the running maximum of the process's resident set, sampled after every
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+from rwkv_export.bench.child import model_summary, run_child
 from rwkv_export.bench.workspace import Workspace
 from rwkv_export.checkpoint import ModelConfig
 
@@ -107,24 +107,12 @@ def run(
     for model in MODELS:
         progress(f"paper: generating {n_tokens} tokens with {model} (fresh process)")
         spec = {"model": model, "workspace": ws.to_dict(), "config": config.to_dict(), "tokens": n_tokens, "threads": threads}
-        proc = subprocess.run([sys.executable, "-m", "rwkv_export.bench.paper", json.dumps(spec)], capture_output=True, text=True)
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-        if proc.returncode != 0 or not lines:
-            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            series[model] = {"error": f"exit {proc.returncode}: {tail[:200]}"}
-        else:
-            series[model] = json.loads(lines[-1])
+        series[model] = run_child("rwkv_export.bench.paper", spec)[1]
     return {
         "kind": "paper",
         "tokens": n_tokens,
         "threads": threads,
-        "model": {
-            "source": ws.source,
-            "version": config.version,
-            "n_layer": config.n_layer,
-            "n_embd": config.n_embd,
-            "vocab_size": config.vocab_size,
-        },
+        "model": model_summary(ws, config),
         "series": series,
     }
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from typing import Any
 
 from rwkv_export.bench.backends import REFERENCE
@@ -160,8 +161,15 @@ def _spread(summary: dict[str, float]) -> str:
 
 
 def format_table(result: dict[str, Any]) -> str:
+    names = [n for n, b in result["backends"].items() if b.get("status") == "ok"]
+    out = _header_lines(result) + _summary_lines(result) + _prefill_lines(result, names) + _step_lines(result, names)
+    out += _memory_lines(result, names) + _parity_lines(result, names) + _quantized_lines(result)
+    return "\n".join(out + _closing_lines(result))
+
+
+def _header_lines(result: dict[str, Any]) -> list[str]:
     m, lim, s = result["model"], result["limits"], result["settings"]
-    out = [
+    return [
         f"rwkv-export bench: {m['source']}: RWKV-{m['version']} {m['n_layer']} x {m['n_embd']}{_heads(m)}, vocab {m['vocab_size']}, "
         f"{m['parameters'] / 1e6:.1f}M parameters; {s['threads']} threads; repetitions interleaved across backends",
         f"machine: {result['machine']['cpu']} ({result['machine']['cores']} cores){_load(result['machine'])}",
@@ -170,13 +178,35 @@ def format_table(result: dict[str, Any]) -> str:
         + f"; sgemm {lim['matmul_gflops']:.1f} GFLOP/s -> prefill ceiling "
         + ", ".join(f"{v:.0f} tok/s ({k})" for k, v in lim["prefill_ceiling_tok_s"].items()),
     ]
-    out += _summary_lines(result)
-    out += [
-        "",
-        f"Prefill, tokens/s (median of {s['reps']}; spread = IQR as % of median [min, max]; x torch = speed-up over the torch reference; % ceil = share of the matmul ceiling)",
-        f"  {'B x T':<9} {'backend':<13} {'tok/s':>9} {'spread':>20} {'x torch':>8} {'% ceil':>7}",
-    ]
-    names = [n for n, b in result["backends"].items() if b.get("status") == "ok"]
+
+
+def _cell_lines(label: str, name: str, cell: dict[str, Any] | None, measured: str, row: Callable[[dict[str, Any]], str]) -> list[str]:
+    """One backend's line for one cell: nothing if absent, its skip reason if `measured` is missing, else `row(cell)`."""
+    if cell is None:
+        return []
+    if measured not in cell:
+        return [f"  {label} {name:<13} {'skipped: ' + cell.get('skipped', '?')}"]
+    return [f"  {label} {name:<13} {row(cell)}"]
+
+
+def _prefill_row(cell: dict[str, Any]) -> str:
+    return (
+        f"{cell['tok_s']:9.1f} {_spread(cell['seconds']):>20} "
+        f"{_fmt(cell['vs_torch'], '.2f'):>8} {_fmt(_pct(cell['of_ceiling']), '.0f'):>6}%"
+    )
+
+
+def _step_row(cell: dict[str, Any]) -> str:
+    return (
+        f"{cell['ms']:8.2f} {_spread(cell['seconds']):>20} {cell['tok_s']:8.1f} "
+        f"{_fmt(cell['vs_torch'], '.2f'):>8} {_fmt(cell['x_floor'], '.2f'):>8}"
+    )
+
+
+def _prefill_lines(result: dict[str, Any], names: list[str]) -> list[str]:
+    s = result["settings"]
+    title = f"Prefill, tokens/s (median of {s['reps']}; spread = IQR as % of median [min, max]; x torch = speed-up over the torch reference; % ceil = share of the matmul ceiling)"
+    out = ["", title, f"  {'B x T':<9} {'backend':<13} {'tok/s':>9} {'spread':>20} {'x torch':>8} {'% ceil':>7}"]
     for batch in s["batch"]:
         for seq in s["seq"]:
             key = cell_key(batch, seq)
@@ -186,42 +216,34 @@ def format_table(result: dict[str, Any]) -> str:
                 out.append(f"  {key:<9} {'(all)':<13} skipped: {'; '.join(reasons)}")
                 continue
             for n in names:
-                cell = result["backends"][n]["prefill"].get(key)
-                if cell is None:
-                    continue
-                if "tok_s" not in cell:
-                    out.append(f"  {key:<9} {n:<13} {'skipped: ' + cell.get('skipped', '?')}")
-                    continue
-                out.append(
-                    f"  {key:<9} {n:<13} {cell['tok_s']:9.1f} {_spread(cell['seconds']):>20} "
-                    f"{_fmt(cell['vs_torch'], '.2f'):>8} {_fmt(_pct(cell['of_ceiling']), '.0f'):>6}%"
-                )
-    out += [
-        "",
-        f"Step, ms per step (median of {s.get('step_reps', s['reps'])} repetitions of {s['steps']} consecutive steps; tok/s = B / step time; x floor = step time / bandwidth floor)",
-        f"  {'B':<4} {'backend':<13} {'ms':>8} {'spread':>20} {'tok/s':>8} {'x torch':>8} {'x floor':>8}",
-    ]
+                out += _cell_lines(f"{key:<9}", n, result["backends"][n]["prefill"].get(key), "tok_s", _prefill_row)
+    return out
+
+
+def _step_lines(result: dict[str, Any], names: list[str]) -> list[str]:
+    s = result["settings"]
+    title = f"Step, ms per step (median of {s.get('step_reps', s['reps'])} repetitions of {s['steps']} consecutive steps; tok/s = B / step time; x floor = step time / bandwidth floor)"
+    out = ["", title, f"  {'B':<4} {'backend':<13} {'ms':>8} {'spread':>20} {'tok/s':>8} {'x torch':>8} {'x floor':>8}"]
     for batch in s["batch"]:
         for n in names:
-            cell = result["backends"][n]["step"].get(str(batch))
-            if cell is None:
-                continue
-            if "ms" not in cell:
-                out.append(f"  {batch:<4} {n:<13} {'skipped: ' + cell.get('skipped', '?')}")
-                continue
-            out.append(
-                f"  {batch:<4} {n:<13} {cell['ms']:8.2f} {_spread(cell['seconds']):>20} {cell['tok_s']:8.1f} "
-                f"{_fmt(cell['vs_torch'], '.2f'):>8} {_fmt(cell['x_floor'], '.2f'):>8}"
-            )
-    out += _memory_lines(result, names) + _parity_lines(result, names) + _quantized_lines(result)
+            out += _cell_lines(f"{batch:<4}", n, result["backends"][n]["step"].get(str(batch)), "ms", _step_row)
+    return out
+
+
+def _closing_lines(result: dict[str, Any]) -> list[str]:
+    """The backends that did not run, then the targets."""
+    out = []
     skipped = [(n, b) for n, b in result["backends"].items() if b.get("status") != "ok"]
     if skipped:
         out += ["", "Not run:"] + [f"  {n}: {b['status']}: {b['reason']}" for n, b in skipped]
-    out += ["", "Targets:"] + [
-        f"  {t['status'].upper():<7} {t['name']}: {_fmt(t['value'], '.3f', 'n/a')}{'x' if t['value'] is not None else ''} ({t['detail']})"
-        for t in result["targets"]
-    ]
-    return "\n".join(out)
+    return (
+        out
+        + ["", "Targets:"]
+        + [
+            f"  {t['status'].upper():<7} {t['name']}: {_fmt(t['value'], '.3f', 'n/a')}{'x' if t['value'] is not None else ''} ({t['detail']})"
+            for t in result["targets"]
+        ]
+    )
 
 
 def _heads(model: dict[str, Any]) -> str:

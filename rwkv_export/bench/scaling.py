@@ -12,12 +12,12 @@ its own; the time is the median of up to 3 calls after one warm-up on the chunk 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+from rwkv_export.bench.child import model_summary, run_child
 from rwkv_export.bench.stats import summarize
 from rwkv_export.bench.workspace import Workspace
 from rwkv_export.checkpoint import ModelConfig
@@ -75,24 +75,13 @@ def run(
                 "mode": mode,
                 "reps": max(1, min(reps, MAX_REPS)),
             }
-            proc = subprocess.run([sys.executable, "-m", "rwkv_export.bench.scaling", json.dumps(spec)], capture_output=True, text=True)
-            lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-            if proc.returncode != 0 or not lines:
-                tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-                point: dict[str, Any] = {"error": f"exit {proc.returncode}: {tail[:200]}"}
-            else:
-                point = json.loads(lines[-1])
+            ok, point = run_child("rwkv_export.bench.scaling", spec)
+            if ok:
                 point["ms_per_token"] = 1e3 * point["seconds"]["median"] / seq
             points.append({"seq": seq, "mode": mode, **point})
     return {
         "kind": "scaling",
-        "model": {
-            "source": ws.source,
-            "version": config.version,
-            "n_layer": config.n_layer,
-            "n_embd": config.n_embd,
-            "vocab_size": config.vocab_size,
-        },
+        "model": model_summary(ws, config),
         "chunk": chunk,
         "threads": threads,
         "points": points,

@@ -117,15 +117,8 @@ def run(ws: Workspace, config: ModelConfig, parameters: int, settings: Settings,
         raise BackendUnavailable(
             "none of the requested backends can run here: " + "; ".join(f"{n}: {e['reason']}" for n, e in entries.items())
         )
-
-    def runnable(batch: int, seq: int | None) -> dict[str, Backend]:
-        return {
-            n: b
-            for n, b in loaded.items()
-            if (b.max_batch is None or batch <= b.max_batch) and (seq is None or batch * seq <= s.max_prefill_tokens)
-        }
-
-    n_ticks = sum(len(runnable(b, t)) for b, t in cells) * s.reps + sum(len(runnable(b, None)) for b in s.batch) * s.step_reps
+    r = _Run(loaded, entries, s, config.vocab_size, progress)
+    n_ticks = sum(len(r.runnable(b, t)) for b, t in cells) * s.reps + sum(len(r.runnable(b, None)) for b in s.batch) * s.step_reps
     progress.total(n_ticks + (len(loaded) if s.memory else 0) + 2)
 
     progress.stage("checking that all backends agree")
@@ -139,35 +132,70 @@ def run(ws: Workspace, config: ModelConfig, parameters: int, settings: Settings,
     progress.tick()
 
     rng = np.random.default_rng(0)
+    _time_prefill(r, cells, rng)
+    _time_steps(r, rng)
+    for b in loaded.values():
+        b.close()
+    if s.memory:
+        _measure_memory(r, cells, ws)
+    return _result(r, ws, config, parameters, load_start, limits, cells)
+
+
+@dataclass
+class _Run:
+    """What the measurements of one run share; they fill `entries` (backend name -> its result) in place."""
+
+    loaded: dict[str, Backend]
+    entries: dict[str, Any]
+    s: Settings
+    vocab_size: int
+    progress: Progress
+
+    def runnable(self, batch: int, seq: int | None) -> dict[str, Backend]:
+        """The backends that take this cell (seq None: a step at this batch)."""
+        return {
+            n: b
+            for n, b in self.loaded.items()
+            if (b.max_batch is None or batch <= b.max_batch) and (seq is None or batch * seq <= self.s.max_prefill_tokens)
+        }
+
+
+def _time_prefill(r: _Run, cells: list[tuple[int, int]], rng: np.random.Generator) -> None:
+    """Every (batch, seq) cell, the backends interleaved: their times, or why a backend skips the cell."""
+    s = r.s
     for batch, seq in cells:
         key = cell_key(batch, seq)
-        todo = runnable(batch, seq)
-        for name in loaded:
+        todo = r.runnable(batch, seq)
+        for name in r.loaded:
             if name not in todo:
-                entries[name]["prefill"][key] = {"batch": batch, "seq": seq, "skipped": _why_not(loaded[name], batch, seq, s)}
+                r.entries[name]["prefill"][key] = {"batch": batch, "seq": seq, "skipped": _why_not(r.loaded[name], batch, seq, s)}
         if not todo:
             continue
-        progress.stage(f"prefill {batch} x {seq}")
-        tokens = rng.integers(0, config.vocab_size, (batch, seq))
+        r.progress.stage(f"prefill {batch} x {seq}")
+        tokens = rng.integers(0, r.vocab_size, (batch, seq))
         # Small cells get a warm-up round (first-call allocations); large ones are long enough that
         # the median of the repetitions absorbs a slow first call, and a warm-up would double them.
         samples = interleaved(
             {n: functools.partial(b.prefill, tokens) for n, b in todo.items()},
             s.reps,
             warmup=1 if batch * seq <= 128 else 0,
-            tick=progress.tick,
+            tick=r.progress.tick,
             settle=SETTLE_S,
         )
         for name, secs in samples.items():
-            entries[name]["prefill"][key] = {"batch": batch, "seq": seq, "seconds": summarize(secs).to_dict()}
+            r.entries[name]["prefill"][key] = {"batch": batch, "seq": seq, "seconds": summarize(secs).to_dict()}
 
+
+def _time_steps(r: _Run, rng: np.random.Generator) -> None:
+    """s.steps consecutive steps at each batch, the backends interleaved: the time per step, or why a backend skips."""
+    s = r.s
     for batch in s.batch:
-        todo = runnable(batch, None)
-        for name in loaded:
+        todo = r.runnable(batch, None)
+        for name in r.loaded:
             if name not in todo:
-                entries[name]["step"][str(batch)] = {"batch": batch, "skipped": _why_not(loaded[name], batch, None, s)}
-        progress.stage(f"steps at batch {batch}")
-        token_rows = rng.integers(0, config.vocab_size, (s.steps, batch))
+                r.entries[name]["step"][str(batch)] = {"batch": batch, "skipped": _why_not(r.loaded[name], batch, None, s)}
+        r.progress.stage(f"steps at batch {batch}")
+        token_rows = rng.integers(0, r.vocab_size, (s.steps, batch))
         for b in todo.values():
             b.reset(batch)
 
@@ -176,23 +204,29 @@ def run(ws: Workspace, config: ModelConfig, parameters: int, settings: Settings,
                 b.step(row)
 
         samples = interleaved(
-            {n: functools.partial(steps, b) for n, b in todo.items()}, s.step_reps, warmup=1, tick=progress.tick, settle=SETTLE_S
+            {n: functools.partial(steps, b) for n, b in todo.items()}, s.step_reps, warmup=1, tick=r.progress.tick, settle=SETTLE_S
         )
         for name, secs in samples.items():
             per_step = summarize([x / s.steps for x in secs])
-            entries[name]["step"][str(batch)] = {"batch": batch, "steps": s.steps, "seconds": per_step.to_dict()}
+            r.entries[name]["step"][str(batch)] = {"batch": batch, "steps": s.steps, "seconds": per_step.to_dict()}
 
-    for b in loaded.values():
-        b.close()
-    if s.memory:
-        # the largest timed prefill cell is the workload whose peak matters
-        timed = [(b, t) for b, t in cells if b * t <= s.max_prefill_tokens] or [(1, min(s.seq))]
-        mem_batch, mem_seq = max(timed, key=lambda c: c[0] * c[1])
-        for name in loaded:
-            progress.stage(f"peak memory of {name} (fresh process)")
-            entries[name]["memory"] = memory.measure(name, ws, s.threads, config.vocab_size, mem_batch, mem_seq, min(s.steps, 8))
-            progress.tick()
 
+def _measure_memory(r: _Run, cells: list[tuple[int, int]], ws: Workspace) -> None:
+    """Each backend's peak memory in a fresh process, on the largest timed prefill cell (the workload whose peak matters)."""
+    s = r.s
+    timed = [(b, t) for b, t in cells if b * t <= s.max_prefill_tokens] or [(1, min(s.seq))]
+    mem_batch, mem_seq = max(timed, key=lambda c: c[0] * c[1])
+    for name in r.loaded:
+        r.progress.stage(f"peak memory of {name} (fresh process)")
+        r.entries[name]["memory"] = memory.measure(name, ws, s.threads, r.vocab_size, mem_batch, mem_seq, min(s.steps, 8))
+        r.progress.tick()
+
+
+def _result(
+    r: _Run, ws: Workspace, config: ModelConfig, parameters: int, load_start: float, limits: lim.Limits, cells: list[tuple[int, int]]
+) -> dict[str, Any]:
+    """The result document: machine, model, settings, limits (with the step floors) and every backend's entry."""
+    s, loaded, entries = r.s, r.loaded, r.entries
     floors = {d: 1e3 * lim.step_floor_seconds(config, limits, nbytes) for d, nbytes in (("float32", 4), ("float16", 2))}
     quant_bytes = {
         d: lim.quantized_step_weight_bytes(ws.onnx_dir(d), config)

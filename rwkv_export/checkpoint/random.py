@@ -54,15 +54,8 @@ VERSION_RULES: dict[str, dict[str, Callable[[tuple[int, ...], float, _Draw], tor
 }
 
 
-def random_config(
-    version: str,
-    n_layer: int,
-    n_embd: int,
-    vocab_size: int,
-    ffn_size: int | None = None,
-    head_size: int = 8,
-    lora: int = 16,
-    dtype: torch.dtype = torch.float32,
+def _random_config(
+    version: str, n_layer: int, n_embd: int, vocab_size: int, ffn_size: int | None, head_size: int, lora: int, dtype: torch.dtype
 ) -> ModelConfig:
     """The config of a random RWKV-`version` checkpoint with these sizes (fields from the registry)."""
     info = version_info(version)
@@ -93,7 +86,7 @@ def random_weights(
     head_size N divides n_embd (n_head = n_embd / N); `lora` is every LoRA rank (v6 mix and decay,
     v7 w/a/v/g); RWKV-4 has neither. v7 omits block 0's unused v0/v1/v2, as rwkv.cpp files do.
     """
-    config = random_config(version, n_layer, n_embd, vocab_size, ffn_size, head_size, lora, dtype)
+    config = _random_config(version, n_layer, n_embd, vocab_size, ffn_size, head_size, lora, dtype)
     draw = _Draw(seed)
     rules = VERSION_RULES.get(version, {})
     weights: dict[str, torch.Tensor] = {}

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from rwkv_export import __version__
-from rwkv_export.checkpoint import Checkpoint, load_checkpoint
+from rwkv_export.checkpoint import Checkpoint, ModelConfig, load_checkpoint
 from rwkv_export.checkpoint.versions import require_supported
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.export.finalize import (
@@ -34,7 +34,7 @@ from rwkv_export.export.finalize import (
     wkv_function_sha256,
 )
 from rwkv_export.export.quantize import QuantSpec, quantization_manifest, quantize_graph
-from rwkv_export.export.spec import GRAPHS, graph_spec
+from rwkv_export.export.spec import GRAPHS, GraphSpec, graph_spec
 from rwkv_export.export.trace import step_from_prefill, trace_graph
 from rwkv_export.fileio import atomic_directory, sha256_file
 from rwkv_export.manifest import (
@@ -46,7 +46,6 @@ from rwkv_export.manifest import (
     ModelInfo,
     Source,
     StateSpec,
-    TensorSpec,
     TokenizerInfo,
     read_manifest,
 )
@@ -112,26 +111,14 @@ def export_checkpoint(
 ) -> ExportResult:
     """Export prefill and step graphs of `checkpoint` into `out_dir` (see the module docstring)."""
     start = time.perf_counter()
-    if dtype not in EXPORT_DTYPES:
-        raise RwkvExportError(f"unknown export dtype '{dtype}' (expected one of {', '.join(EXPORT_DTYPES)})")
-    if wkv_form is not None and wkv_form not in ALL_FORMS:
-        raise RwkvExportError(f"unknown WKV form '{wkv_form}' (expected one of {', '.join(ALL_FORMS)})")
-    if opset is not None and opset < MIN_OPSET:
-        raise RwkvExportError(f"opset {opset} is too old: the WKV function bodies need opset >= {MIN_OPSET}")
-    if quantize is not None:
-        quantize.check(dtype)
+    _check_options(dtype, wkv_form, opset, quantize)
     tokenizer_path = _find_tokenizer(checkpoint, tokenizer)
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise RwkvExportError(f"output directory '{out_dir}' already exists; pass --force to replace it")
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     cfg = ckpt.config
-    require_supported(cfg.version)  # every known version exports; kept for versions added to loading first
-    op = version_info(cfg.version).op
-    forms = op_spec(op).bodies
-    wkv_form = wkv_form or default_wkv_form(cfg.version)
-    if wkv_form not in forms:
-        raise RwkvExportError(f"WKV form '{wkv_form}' is not available for RWKV-{cfg.version} ({op}); its forms: {', '.join(forms)}")
+    op, wkv_form = _op_and_form(cfg.version, wkv_form)
     progress(f"loaded {ckpt.path} (RWKV-{cfg.version}, {cfg.n_layer} x {cfg.n_embd}, vocab {cfg.vocab_size}, {ckpt.format})")
     model = build_model(ckpt, dtype)
     head_info = _head_state_info(model, op)
@@ -139,10 +126,10 @@ def export_checkpoint(
     graphs: dict[str, Graph] = {}
     quantized: dict[str, Any] = {}
     with atomic_directory(out_dir, force=force) as tmp:
-        initial_files = _write_initial_state(model, tmp)
+        job = _Job(cfg, dtype, wkv_form, op, head_info, _write_initial_state(model, tmp), quantize, tok_info["kind"], progress)
         derived_step = None  # the step graph: the prefill graph at T = 1 (trace.py)
         for graph in GRAPHS:
-            spec = graph_spec(graph, cfg, all_logits and graph == "prefill", initial_files)
+            spec = graph_spec(graph, cfg, all_logits and graph == "prefill", job.initial_files)
             if graph == "step" and derived_step is not None:
                 progress(f"step graph: the prefill graph at T = 1 ({dtype})")
                 proto = derived_step
@@ -151,59 +138,11 @@ def export_checkpoint(
                 proto = trace_graph(model, spec, opset, all_logits and graph == "prefill")
                 if graph == "prefill":  # derive before saving: external data moves the weights out
                     derived_step = step_from_prefill(proto)
-            if quantize is not None:  # before the function: a qdq export raises the opset the function is written for
-                progress(f"quantizing {graph} weights ({quantize.scheme}, blocks of {quantize.block_size}, {quantize.format})")
-                quantized[graph] = quantize_graph(proto, quantize, cfg.n_embd)
-            n_wkv = attach_wkv_function(proto, wkv_form, op)
-            set_metadata(proto, {
-                "rwkv_export.format": FORMAT, "rwkv_export.graph": graph, "rwkv.version": cfg.version,
-                "rwkv.n_layer": cfg.n_layer, "rwkv.n_embd": cfg.n_embd, "rwkv.vocab_size": cfg.vocab_size,
-                "rwkv.ffn_size": cfg.ffn_size, "dtype": dtype, "wkv_form": wkv_form,
-                "state_inputs": [t.name for t in spec.inputs if t.role == "state"],
-                "state_map": {t.name: t.feeds for t in spec.outputs if t.feeds},
-                "state_initial": {t.name: t.initial for t in spec.inputs if t.role == "state"},
-                **({"state_initial_files": initial_files} if initial_files else {}),
-                **{f"rwkv.{k}": v for k, v in head_info.items()},
-                **({"wkv_op": op} if head_info else {}),
-                **({"quantize": quantize.scheme} if quantize is not None else {}),
-                "tokenizer": tok_info["kind"],
-            })  # fmt: skip
-            progress(f"checking and saving {graph}.onnx ({n_wkv} rwkv::{op} nodes)")
-            files = save_checked(proto, tmp / f"{graph}.onnx", external_data_threshold)
-            graphs[graph] = Graph(
-                file=f"{graph}.onnx",
-                opset=default_opset(proto),
-                wkv_nodes=n_wkv,
-                external_data=tuple(f.name for f in files[1:]),
-                sha256={f.name: sha256_file(f) for f in files},
-                inputs=_specs(spec.inputs),
-                outputs=_specs(spec.outputs),
-            )
+            graphs[graph] = _finish_graph(job, graph, spec, proto, tmp / f"{graph}.onnx", external_data_threshold, quantized)
         if tokenizer_path is not None:
             shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
             tok_info["sha256"] = sha256_file(tmp / TOKENIZER_FILE)
-        typed = Manifest(
-            model=ModelInfo(cfg.version, cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.ffn_size, ckpt.parameter_count, **head_info),
-            source=Source(str(ckpt.path), ckpt.format, cfg.dtype),
-            dtype=dtype,
-            graphs=graphs,
-            state=_state_specs(cfg, initial_files, tmp),
-            tokenizer=TokenizerInfo(**tok_info),
-            export=ExportOptions(
-                dtype=dtype,
-                opset=graphs["step"].opset,
-                all_logits=all_logits,
-                wkv_form=wkv_form,
-                wkv_function_sha256=wkv_function_sha256(op, graphs["step"].opset, wkv_form),
-                rescale_every=model.rescale_every,
-                wkv_domain=DOMAIN,
-                wkv_op=op,
-                plugin_namespace=PLUGIN_NAMESPACE,
-                plugin_version=PLUGIN_VERSION,
-                quantization=quantization_manifest(quantize, quantized) if quantize is not None else None,
-            ),
-            versions=package_versions(),
-        )
+        typed = _manifest(job, ckpt, model, graphs, tok_info, all_logits, quantized, tmp)
         typed.write(tmp)
         manifest = typed.to_dict()
     seconds = time.perf_counter() - start
@@ -211,8 +150,113 @@ def export_checkpoint(
     return ExportResult(out_dir, manifest, seconds)
 
 
-def _specs(specs: Any) -> tuple[TensorSpec, ...]:
-    return tuple(TensorSpec(t.name, t.dtype, tuple(t.shape), t.role, t.feeds, t.initial, t.initial_file) for t in specs)
+def _check_options(dtype: str, wkv_form: str | None, opset: int | None, quantize: QuantSpec | None) -> None:
+    """The options that need no checkpoint: raises RwkvExportError (or the QuantSpec's error) naming the bad one."""
+    if dtype not in EXPORT_DTYPES:
+        raise RwkvExportError(f"unknown export dtype '{dtype}' (expected one of {', '.join(EXPORT_DTYPES)})")
+    if wkv_form is not None and wkv_form not in ALL_FORMS:
+        raise RwkvExportError(f"unknown WKV form '{wkv_form}' (expected one of {', '.join(ALL_FORMS)})")
+    if opset is not None and opset < MIN_OPSET:
+        raise RwkvExportError(f"opset {opset} is too old: the WKV function bodies need opset >= {MIN_OPSET}")
+    if quantize is not None:
+        quantize.check(dtype)
+
+
+def _op_and_form(version: str, wkv_form: str | None) -> tuple[str, str]:
+    """The version's WKV op and the body to export (the version's default when `wkv_form` is None)."""
+    require_supported(version)  # every known version exports; kept for versions added to loading first
+    op = version_info(version).op
+    forms = op_spec(op).bodies
+    wkv_form = wkv_form or default_wkv_form(version)
+    if wkv_form not in forms:
+        raise RwkvExportError(f"WKV form '{wkv_form}' is not available for RWKV-{version} ({op}); its forms: {', '.join(forms)}")
+    return op, wkv_form
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every graph of one export shares."""
+
+    cfg: ModelConfig
+    dtype: str
+    wkv_form: str
+    op: str
+    head_info: dict[str, Any]
+    initial_files: dict[str, str]
+    quantize: QuantSpec | None
+    tokenizer_kind: str
+    progress: Callable[[str], None]
+
+
+def _finish_graph(
+    job: _Job, graph: str, spec: GraphSpec, proto: Any, path: Path, external_data_threshold: int, quantized: dict[str, Any]
+) -> Graph:
+    """Quantize (if asked), attach the WKV function, stamp the metadata, check and save `proto` as `path`; its manifest entry."""
+    cfg, quantize = job.cfg, job.quantize
+    if quantize is not None:  # before the function: a qdq export raises the opset the function is written for
+        job.progress(f"quantizing {graph} weights ({quantize.scheme}, blocks of {quantize.block_size}, {quantize.format})")
+        quantized[graph] = quantize_graph(proto, quantize, cfg.n_embd)
+    n_wkv = attach_wkv_function(proto, job.wkv_form, job.op)
+    set_metadata(proto, {
+        "rwkv_export.format": FORMAT, "rwkv_export.graph": graph, "rwkv.version": cfg.version,
+        "rwkv.n_layer": cfg.n_layer, "rwkv.n_embd": cfg.n_embd, "rwkv.vocab_size": cfg.vocab_size,
+        "rwkv.ffn_size": cfg.ffn_size, "dtype": job.dtype, "wkv_form": job.wkv_form,
+        "state_inputs": [t.name for t in spec.inputs if t.role == "state"],
+        "state_map": {t.name: t.feeds for t in spec.outputs if t.feeds},
+        "state_initial": {t.name: t.initial for t in spec.inputs if t.role == "state"},
+        **({"state_initial_files": job.initial_files} if job.initial_files else {}),
+        **{f"rwkv.{k}": v for k, v in job.head_info.items()},
+        **({"wkv_op": job.op} if job.head_info else {}),
+        **({"quantize": quantize.scheme} if quantize is not None else {}),
+        "tokenizer": job.tokenizer_kind,
+    })  # fmt: skip
+    job.progress(f"checking and saving {path.name} ({n_wkv} rwkv::{job.op} nodes)")
+    files = save_checked(proto, path, external_data_threshold)
+    return Graph(
+        file=path.name,
+        opset=default_opset(proto),
+        wkv_nodes=n_wkv,
+        external_data=tuple(f.name for f in files[1:]),
+        sha256={f.name: sha256_file(f) for f in files},
+        inputs=spec.inputs,
+        outputs=spec.outputs,
+    )
+
+
+def _manifest(
+    job: _Job,
+    ckpt: Checkpoint,
+    model: RWKVModel,
+    graphs: dict[str, Graph],
+    tok_info: dict[str, Any],
+    all_logits: bool,
+    quantized: dict[str, Any],
+    directory: Path,
+) -> Manifest:
+    """The export's manifest (its state's initial files are read from `directory`)."""
+    cfg, quantize, opset = job.cfg, job.quantize, graphs["step"].opset
+    return Manifest(
+        model=ModelInfo(cfg.version, cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.ffn_size, ckpt.parameter_count, **job.head_info),
+        source=Source(str(ckpt.path), ckpt.format, cfg.dtype),
+        dtype=job.dtype,
+        graphs=graphs,
+        state=_state_specs(cfg, job.initial_files, directory),
+        tokenizer=TokenizerInfo(**tok_info),
+        export=ExportOptions(
+            dtype=job.dtype,
+            opset=opset,
+            all_logits=all_logits,
+            wkv_form=job.wkv_form,
+            wkv_function_sha256=wkv_function_sha256(job.op, opset, job.wkv_form),
+            rescale_every=model.rescale_every,
+            wkv_domain=DOMAIN,
+            wkv_op=job.op,
+            plugin_namespace=PLUGIN_NAMESPACE,
+            plugin_version=PLUGIN_VERSION,
+            quantization=quantization_manifest(quantize, quantized) if quantize is not None else None,
+        ),
+        versions=package_versions(),
+    )
 
 
 def _state_specs(cfg: Any, initial_files: dict[str, str], directory: Path) -> tuple[StateSpec, ...]:

@@ -16,10 +16,10 @@ in the export directory, [n_layer, 1, ...] (batch axis of size 1), broadcast ove
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from rwkv_export.checkpoint.config import ModelConfig
+from rwkv_export.manifest.specs import NamedIO, TensorSpec
 from rwkv_export.model.state import OUTPUT_SUFFIX
 from rwkv_export.versions import state_shapes, version_info
 
@@ -28,32 +28,10 @@ DYNAMIC_DIMS = ("batch", "seq")
 
 
 @dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    dtype: str
-    shape: tuple[int | str, ...]
-    role: str  # "tokens" | "logits" | "state"
-    feeds: str | None = None  # output state -> the input it feeds on the next call
-    initial: float | None = None  # input state's initial value
-    initial_file: str | None = None  # ... or a .npy holding it (see the module docstring)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if v is not None}
-
-
-@dataclass(frozen=True)
-class GraphSpec:
+class GraphSpec(NamedIO):
     name: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-
-    @property
-    def input_names(self) -> list[str]:
-        return [t.name for t in self.inputs]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [t.name for t in self.outputs]
 
 
 def graph_spec(graph: str, config: ModelConfig, all_logits: bool = False, initial_files: dict[str, str] | None = None) -> GraphSpec:

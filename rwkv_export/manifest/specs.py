@@ -28,6 +28,21 @@ def _drop_none(items: dict[str, Any]) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in items.items() if v is not None}
 
 
+class NamedIO:
+    """The names of a graph's inputs and outputs, for a dataclass with `inputs` and `outputs` of TensorSpec."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One input or output of a graph. Dims are ints or names ("batch", "seq")."""
@@ -124,7 +139,7 @@ def parse_state(value: Any, where: str) -> tuple[StateSpec, ...]:
 
 
 @dataclass(frozen=True)
-class Graph:
+class Graph(NamedIO):
     file: str
     opset: int
     wkv_nodes: int
@@ -153,14 +168,6 @@ class Graph:
             if len(set(names)) != len(names):
                 raise F.FieldError(f"{where}.{kind}", "tensor names repeat")
         return graph
-
-    @property
-    def input_names(self) -> list[str]:
-        return [t.name for t in self.inputs]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [t.name for t in self.outputs]
 
     def to_dict(self) -> dict[str, Any]:
         return {

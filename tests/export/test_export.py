@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from rwkv_export.checkpoint import load_checkpoint
-from rwkv_export.checkpoint.random import random_config
+from rwkv_export.checkpoint.random import random_weights
 from rwkv_export.export import export_checkpoint
 from rwkv_export.model import ChannelState, build_model, initial_state, random_state
 from rwkv_export.ops.registry import DOMAIN
@@ -29,7 +29,7 @@ from rwkv_export.ops.wkv4 import OP_TYPE
 from tests.conftest import requires_shared, tiny_model
 
 NAMES = ChannelState._fields
-CFG = random_config("4", 3, 64, 97)  # the shape of conftest's random_ckpt
+CFG = random_weights("4", 3, 64, 97)[0]  # the shape of conftest's random_ckpt
 TOL = {"float32": 1e-5, "float16": 2e-2}
 STATE_TOL_F32 = 1e-4
 
