@@ -6,7 +6,7 @@ import json
 
 import click
 
-from rwkv_export.cli.options import bounded, examples, json_flag, quiet_flag
+from rwkv_export.cli.options import bounded, examples, json_flag, quiet_flag, shown_option
 
 
 @click.command(
@@ -31,14 +31,13 @@ from rwkv_export.cli.options import bounded, examples, json_flag, quiet_flag
     metavar="SM",
     help="TensorRT-RTX build target (sm75, sm80, sm86, sm89, sm120, sm121); repeatable.",
 )
-@click.option("--max-batch", type=bounded(1), default=8, show_default=True, help="Largest batch the engines accept.")
-@click.option("--max-seq", type=bounded(1), default=512, show_default=True, help="Longest prefill chunk the prefill engine accepts.")
+@shown_option("--max-batch", type=bounded(1), default=8, help="Largest batch the engines accept.")
+@shown_option("--max-seq", type=bounded(1), default=512, help="Longest prefill chunk the prefill engine accepts.")
 @click.option("--workspace", type=str, default=None, metavar="BYTES", help="Builder workspace limit, e.g. 512M or 2G; default: TensorRT's.")
-@click.option(
+@shown_option(
     "--plugin",
     type=click.Choice(["auto", "python", "aot", "none"]),
     default="auto",
-    show_default=True,
     help="WKV4 plugin front: python (IPluginV3), aot (TensorRT >= 10.9, no Python at run time), none (inline the ONNX function).",
 )
 @click.option("--graph", "graphs", multiple=True, type=click.Choice(["prefill", "step"]), help="Build only these graphs (default: both).")

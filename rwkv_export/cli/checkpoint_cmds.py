@@ -15,6 +15,7 @@ from rwkv_export.cli.options import (
     examples,
     force_flag,
     json_flag,
+    shown_option,
 )
 
 
@@ -58,9 +59,7 @@ def info(checkpoint: str, as_json: bool, allow_nonfinite: bool) -> None:
         "rwkv-export make-checkpoint --version 7 --layers 2 --embd 64 --head-size 16 --vocab 256 --seed 1 -o tiny7.safetensors",
     ),
 )
-@click.option(
-    "--version", "version", type=click.Choice(KNOWN_VERSIONS), default="4", show_default=True, help="RWKV version (architecture)."
-)
+@shown_option("--version", "version", type=click.Choice(KNOWN_VERSIONS), default="4", help="RWKV version (architecture).")
 @click.option("--layers", type=click.IntRange(1, 1024), required=True, help="Number of layers (n_layer).")
 @click.option("--embd", type=click.IntRange(1, 65536), required=True, help="Embedding width (n_embd).")
 @click.option("--vocab", type=click.IntRange(1, 1 << 22), required=True, help="Vocabulary size.")
@@ -82,8 +81,8 @@ def info(checkpoint: str, as_json: bool, allow_nonfinite: bool) -> None:
     default=None,
     help=f"RWKV-6/7: rank of every LoRA matrix pair (v6 mix and decay, v7 w/a/v/g) [default: {DEFAULT_LORA}].",
 )
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed, 0 .. 2**64-1 (same seed, same weights).")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True, help="Storage dtype.")
+@shown_option("--seed", type=SEED, default=0, help="Random seed, 0 .. 2**64-1 (same seed, same weights).")
+@shown_option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", help="Storage dtype.")
 @click.option("-o", "--output", type=click.Path(path_type=str), required=True, help="Output file: .pth or .safetensors.")
 @force_flag
 def make_checkpoint(

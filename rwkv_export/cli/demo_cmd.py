@@ -12,16 +12,16 @@ from pathlib import Path
 
 import click
 
-from rwkv_export.cli.options import examples
+from rwkv_export.cli.options import examples, path_option, shown_option
 
 DEMO_SHAPE = {"n_layer": 4, "n_embd": 128, "vocab_size": 256}
 DEMO_SEED = 0
 
 
 @click.command(epilog=examples("rwkv-export demo", "rwkv-export demo --out demo-export --prompt 'Hello' --max-tokens 24"))
-@click.option("--out", type=click.Path(path_type=str), default=None, help="Keep the exported model here (default: a temporary directory).")
-@click.option("--prompt", default="RWKV is an RNN with transformer-level quality.", show_default=True, help="Prompt text (bytes).")
-@click.option("--max-tokens", type=click.IntRange(1, 512), default=16, show_default=True, help="Tokens to generate.")
+@path_option("--out", help="Keep the exported model here (default: a temporary directory).")
+@shown_option("--prompt", default="RWKV is an RNN with transformer-level quality.", help="Prompt text (bytes).")
+@shown_option("--max-tokens", type=click.IntRange(1, 512), default=16, help="Tokens to generate.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.pass_context
 def demo(ctx: click.Context, out: str | None, prompt: str, max_tokens: int, force: bool) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from rwkv_export.cli.options import examples, json_flag, quiet_flag
+from rwkv_export.cli.options import examples, json_flag, path_option, quiet_flag, shown_option
 from rwkv_export.errors import RwkvExportError
 
 BIG_MODEL_PARAMETERS = 1_000_000_000  # above this the reference runs in float32 (float64 would need 8 bytes a weight)
@@ -23,11 +23,10 @@ BIG_MODEL_PARAMETERS = 1_000_000_000  # above this the reference runs in float32
 )
 @click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--text", "text_file", type=click.Path(path_type=str), required=True, help="UTF-8 text to score.")
-@click.option(
+@shown_option(
     "--chunk",
     type=click.IntRange(1),
     default=256,
-    show_default=True,
     help="Tokens per call; the state is carried between chunks, so memory does not grow with the text.",
 )
 @click.option("--max-tokens", type=click.IntRange(2), default=None, help="Score at most this many tokens of the slice.")
@@ -37,18 +36,15 @@ BIG_MODEL_PARAMETERS = 1_000_000_000  # above this the reference runs in float32
     default=None,
     help="Score only the last FRACTION of the text (0.1: the held-out last 10%% that published figures use).",
 )
-@click.option("--start", type=float, default=0.0, show_default=True, help="Slice start, a fraction of the text's characters.")
-@click.option("--end", type=float, default=1.0, show_default=True, help="Slice end, a fraction of the text's characters.")
-@click.option(
+@shown_option("--start", type=float, default=0.0, help="Slice start, a fraction of the text's characters.")
+@shown_option("--end", type=float, default=1.0, help="Slice end, a fraction of the text's characters.")
+@shown_option(
     "--reference",
     type=click.Choice(["auto", "float64", "float32"]),
     default="auto",
-    show_default=True,
     help="Torch reference dtype; auto: float64, float32 above 1B parameters.",
 )
-@click.option(
-    "--tokenizer", type=click.Path(path_type=str), default=None, help="tokenizer.json or world vocab .txt (default: the export's)."
-)
+@path_option("--tokenizer", help="tokenizer.json or world vocab .txt (default: the export's).")
 @click.option("--threads", type=click.IntRange(0), default=0, help="ONNX Runtime intra-op threads (0: ORT decides).")
 @json_flag
 @quiet_flag

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import click
 
-from rwkv_export.cli.options import allow_nonfinite_flag, checkpoint_arg, examples, force_flag, quiet_flag
+from rwkv_export.cli.options import (
+    allow_nonfinite_flag,
+    checkpoint_arg,
+    examples,
+    force_flag,
+    path_option,
+    progress_printer,
+    quiet_flag,
+    shown_option,
+)
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.export import ALL_FORMS
 from rwkv_export.export.quantize import DEFAULT_ACCURACY_LEVEL, DEFAULT_BLOCK_SIZE, PRECISIONS, QUANT_FORMATS, ROLES, QuantSpec
 from rwkv_export.ops.registry import op_spec
-
-
-def progress_printer(quiet: bool):  # type: ignore[no-untyped-def]
-    def show(message: str) -> None:
-        if not quiet:
-            click.echo(f"[rwkv-export] {message}", err=True)
-
-    return show
 
 
 def _policy_text(scheme: str) -> str:
@@ -33,11 +34,10 @@ def _policy_text(scheme: str) -> str:
 )
 @checkpoint_arg
 @click.option("-o", "--output", type=click.Path(path_type=str), required=True, help="Output directory (must not exist unless --force).")
-@click.option(
+@shown_option(
     "--dtype",
     type=click.Choice(["float32", "float16"]),
     default="float32",
-    show_default=True,
     help="Weights and activations dtype (WKV and the state stay float32).",
 )
 @click.option("--opset", type=click.IntRange(18, 30), default=None, help="ONNX opset (default: the exporter's).")
@@ -49,7 +49,7 @@ def _policy_text(scheme: str) -> str:
     help=f"Body of the WKV op's ONNX function that ONNX Runtime runs (default: {op_spec('WKV4').default_body} for RWKV-4, "
     f"the fastest measured for batch-1 prefill; chunked for RWKV-5/6, scan for RWKV-7).",
 )
-@click.option("--tokenizer", type=click.Path(path_type=str), default=None, help="tokenizer.json to ship with the export.")
+@path_option("--tokenizer", help="tokenizer.json to ship with the export.")
 @click.option(
     "--quantize",
     type=click.Choice(["int8", "int4"]),
@@ -71,11 +71,10 @@ def _policy_text(scheme: str) -> str:
     "(measured more accurate at int4), symmetric for qdq (TensorRT takes signed weights without zero points: "
     "the TensorRT-RTX parser refuses the UINT4 weights of an asymmetric int4 export).",
 )
-@click.option(
+@shown_option(
     "--quant-format",
     type=click.Choice(QUANT_FORMATS),
     default="matmulnbits",
-    show_default=True,
     help="matmulnbits: ONNX Runtime's MatMulNBits op (CPU/CUDA kernels); qdq: blocked DequantizeLinear -> MatMul (opset 21) for TensorRT.",
 )
 @click.option(

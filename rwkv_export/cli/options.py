@@ -8,6 +8,7 @@ option, exit code 2, before any model is loaded.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -28,6 +29,26 @@ allow_nonfinite_flag = click.option(
     is_flag=True,
     help="Load a checkpoint whose weights hold NaN or Inf (refused by default, naming the first such tensor).",
 )
+
+
+def shown_option(*decls: str, default: Any, help: str, type: Any = None, **attrs: Any) -> Any:
+    """An option whose help shows its default ([default: ...])."""
+    return click.option(*decls, type=type, default=default, show_default=True, help=help, **attrs)
+
+
+def path_option(*decls: str, help: str, path_type: type = str, **attrs: Any) -> Any:
+    """An optional file or directory option: None when not given."""
+    return click.option(*decls, type=click.Path(path_type=path_type), default=None, help=help, **attrs)
+
+
+def progress_printer(quiet: bool, prefix: str = "rwkv-export") -> Callable[[str], None]:
+    """A progress callback: each message as one '[PREFIX] message' line on stderr, nothing with --quiet."""
+
+    def show(message: str) -> None:
+        if not quiet:
+            click.echo(f"[{prefix}] {message}", err=True)
+
+    return show
 
 
 class FiniteFloatRange(click.FloatRange):

@@ -25,7 +25,9 @@ from rwkv_export.cli.options import (
     TOP_P,
     bounded,
     examples,
+    path_option,
     quiet_flag,
+    shown_option,
 )
 from rwkv_export.errors import RwkvExportError
 
@@ -54,46 +56,26 @@ if TYPE_CHECKING:
     type=TOKEN_IDS,
     help="Prompt as comma-separated token ids, e.g. 34,105,110 (repeatable).",
 )
-@click.option("--max-tokens", type=click.IntRange(0, 1 << 20), default=100, show_default=True, help="Tokens to generate per prompt.")
-@click.option("--temperature", type=TEMPERATURE, default=1.0, show_default=True, help="Sampling temperature (finite, >= 0); 0 is greedy.")
-@click.option(
-    "--top-p",
-    type=TOP_P,
-    default=1.0,
-    show_default=True,
-    help="Nucleus sampling: keep the smallest set of tokens with this much probability.",
-)
-@click.option("--top-k", type=bounded(0), default=0, show_default=True, help="Keep only the k most likely tokens (0: all).")
+@shown_option("--max-tokens", type=click.IntRange(0, 1 << 20), default=100, help="Tokens to generate per prompt.")
+@shown_option("--temperature", type=TEMPERATURE, default=1.0, help="Sampling temperature (finite, >= 0); 0 is greedy.")
+@shown_option("--top-p", type=TOP_P, default=1.0, help="Nucleus sampling: keep the smallest set of tokens with this much probability.")
+@shown_option("--top-k", type=bounded(0), default=0, help="Keep only the k most likely tokens (0: all).")
 @click.option("--seed", type=SEED, default=None, help="Random seed, 0 .. 2**64-1 (same seed, same text).")
-@click.option(
+@shown_option(
     "--provider",
     type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
     default="auto",
-    show_default=True,
     help="Where to run: ONNX Runtime on CPU or CUDA, TensorRT (the built engines, else ORT's TensorRT provider), or the best available.",
 )
-@click.option(
-    "--tokenizer",
-    type=click.Path(path_type=str),
-    default=None,
-    help="tokenizer.json (or a world vocabulary .txt) to use instead of the manifest's.",
-)
-@click.option("--threads", type=click.IntRange(0, 1024), default=0, show_default=True, help="ONNX Runtime threads (0: all cores).")
+@path_option("--tokenizer", help="tokenizer.json (or a world vocabulary .txt) to use instead of the manifest's.")
+@shown_option("--threads", type=click.IntRange(0, 1024), default=0, help="ONNX Runtime threads (0: all cores).")
 @click.option("--ids", "print_ids", is_flag=True, help="Print generated token ids (one line per prompt) instead of text.")
-@click.option(
-    "--save-state", type=click.Path(path_type=str), default=None, help="Write the state after the prompt(s) to this .npz state file."
-)
-@click.option(
-    "--save-final-state",
-    type=click.Path(path_type=str),
-    default=None,
-    help="Write the state after the prompt(s) and every generated token (to continue the conversation).",
-)
-@click.option(
+@path_option("--save-state", help="Write the state after the prompt(s) to this .npz state file.")
+@path_option("--save-final-state", help="Write the state after the prompt(s) and every generated token (to continue the conversation).")
+@path_option(
     "--load-state",
     "load_states",
     multiple=True,
-    type=click.Path(path_type=str),
     help="Continue from a saved state: one row for every prompt, or one row per prompt (repeat to join files into a batch).",
 )
 @quiet_flag

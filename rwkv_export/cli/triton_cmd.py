@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from rwkv_export.cli.options import examples, force_flag, quiet_flag
+from rwkv_export.cli.options import examples, force_flag, quiet_flag, shown_option
 
 
 @click.command(
@@ -24,26 +24,23 @@ from rwkv_export.cli.options import examples, force_flag, quiet_flag
 )
 @click.argument("model_dir", metavar="DIR", type=click.Path(path_type=str))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=str), help="The model repository directory to write.")
-@click.option(
+@shown_option(
     "--backend",
     type=click.Choice(["onnxruntime", "tensorrt"]),
     default="onnxruntime",
-    show_default=True,
     help="Triton backend: the ONNX graphs (onnxruntime) or the engines `rwkv-export build` made (tensorrt).",
 )
-@click.option(
+@shown_option(
     "--max-batch-size",
     type=click.IntRange(0, 1 << 16),
     default=8,
-    show_default=True,
     help="Triton's max_batch_size: sequences run together per execution (0: no batching).",
 )
-@click.option("--name", default="rwkv", show_default=True, help="Model name prefix: NAME_prefill and NAME_step.")
-@click.option(
+@shown_option("--name", default="rwkv", help="Model name prefix: NAME_prefill and NAME_step.")
+@shown_option(
     "--idle-seconds",
     type=click.FloatRange(0.001),
     default=600.0,
-    show_default=True,
     help="How long a sequence may wait for its next request before Triton drops its state.",
 )
 @force_flag

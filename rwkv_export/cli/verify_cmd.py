@@ -13,22 +13,28 @@ from typing import Any
 
 import click
 
-from rwkv_export.cli.options import SEED, examples, force_flag, quiet_flag
+from rwkv_export.cli.options import SEED, examples, force_flag, path_option, progress_printer, quiet_flag, shown_option
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.parity.tolerances import help_text
 
 EXIT_PARITY_FAILED = 1
 
 
-def _tol_option(name: str, field: str, *aliases: str) -> Any:
-    return click.option(
-        name,
-        *aliases,
-        field,
-        multiple=True,
-        metavar="DTYPE=VALUE",
-        help=f"Override the {field.replace('_', ' ')} of one dtype, e.g. float16=3e-2 (repeatable).",
-    )
+# The tolerance fields an option overrides, each with the option's names (the first is the one errors name).
+TOLERANCE_OPTIONS = {
+    "logits_rtol": ("--rtol", "--tol"),
+    "logits_atol": ("--atol",),
+    "state_rtol": ("--state-rtol",),
+    "state_atol": ("--state-atol",),
+}
+
+
+def _tolerance_options(command: Any) -> Any:
+    """--rtol/--tol, --atol, --state-rtol, --state-atol: repeatable DTYPE=VALUE overrides, in that order in --help."""
+    for field, names in reversed(TOLERANCE_OPTIONS.items()):
+        text = f"Override the {field.replace('_', ' ')} of one dtype, e.g. float16=3e-2 (repeatable)."
+        command = click.option(*names, field, multiple=True, metavar="DTYPE=VALUE", help=text)(command)
+    return command
 
 
 @click.command(
@@ -65,18 +71,8 @@ hashes every time).
 Exit codes: 0 every backend passes, 1 one fails, 2 bad input.""",
 )
 @click.argument("source", type=click.Path(path_type=str))
-@click.option(
-    "--checkpoint",
-    type=click.Path(path_type=str),
-    default=None,
-    help="The checkpoint of an exported SOURCE (default: the manifest's source.path).",
-)
-@click.option(
-    "--export-dir",
-    type=click.Path(path_type=str),
-    default=None,
-    help="Keep the graphs exported from a checkpoint SOURCE here (DIR/float32, DIR/float16).",
-)
+@path_option("--checkpoint", help="The checkpoint of an exported SOURCE (default: the manifest's source.path).")
+@path_option("--export-dir", help="Keep the graphs exported from a checkpoint SOURCE here (DIR/float32, DIR/float16).")
 @click.option(
     "--backends",
     "backend_patterns",
@@ -84,16 +80,13 @@ Exit codes: 0 every backend passes, 1 one fails, 2 bad input.""",
     metavar="NAMES",
     help="Backends to run: names, prefixes (ort, torch) or globs, comma-separated or repeated (default: all).",
 )
-@click.option("--seq", type=click.IntRange(1, 65536), default=16, show_default=True, help="Prompt length T of the prefill.")
-@click.option("--steps", type=click.IntRange(0, 4096), default=8, show_default=True, help="Steps N after the prefill.")
-@click.option("--batch", type=click.IntRange(1, 1024), default=2, show_default=True, help="Sequences per call.")
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the random prompt (0 .. 2**64-1).")
-@click.option("--json", "json_file", type=click.Path(path_type=str), default=None, help="Also write the full report as JSON to this file.")
-@_tol_option("--rtol", "logits_rtol", "--tol")
-@_tol_option("--atol", "logits_atol")
-@_tol_option("--state-rtol", "state_rtol")
-@_tol_option("--state-atol", "state_atol")
-@click.option("--threads", type=click.IntRange(0, 1024), default=0, show_default=True, help="ONNX Runtime threads (0: all cores).")
+@shown_option("--seq", type=click.IntRange(1, 65536), default=16, help="Prompt length T of the prefill.")
+@shown_option("--steps", type=click.IntRange(0, 4096), default=8, help="Steps N after the prefill.")
+@shown_option("--batch", type=click.IntRange(1, 1024), default=2, help="Sequences per call.")
+@shown_option("--seed", type=SEED, default=0, help="Seed of the random prompt (0 .. 2**64-1).")
+@path_option("--json", "json_file", help="Also write the full report as JSON to this file.")
+@_tolerance_options
+@shown_option("--threads", type=click.IntRange(0, 1024), default=0, help="ONNX Runtime threads (0: all cores).")
 @force_flag
 @quiet_flag
 @click.pass_context
@@ -108,27 +101,17 @@ def verify(
     batch: int,
     seed: int,
     json_file: str | None,
-    logits_rtol: tuple[str, ...],
-    logits_atol: tuple[str, ...],
-    state_rtol: tuple[str, ...],
-    state_atol: tuple[str, ...],
     threads: int,
     force: bool,
     quiet: bool,
+    **tolerance_overrides: tuple[str, ...],
 ) -> None:
     from rwkv_export.parity import backends, report, scenario, tolerances, verify_all
 
-    def progress(message: str) -> None:
-        if not quiet:
-            click.echo(f"[verify] {message}", err=True)
-
-    overrides = {
-        "logits_rtol": ("--rtol", logits_rtol),
-        "logits_atol": ("--atol", logits_atol),
-        "state_rtol": ("--state-rtol", state_rtol),
-        "state_atol": ("--state-atol", state_atol),
-    }
-    tols = tolerances.tolerances_with({f: tolerances.parse_overrides(v, opt) for f, (opt, v) in overrides.items()})
+    progress = progress_printer(quiet, "verify")
+    tols = tolerances.tolerances_with(
+        {field: tolerances.parse_overrides(tolerance_overrides[field], opts[0]) for field, opts in TOLERANCE_OPTIONS.items()}
+    )
     names = backends.select([p.strip() for text in backend_patterns for p in text.split(",") if p.strip()])
     with tempfile.TemporaryDirectory(prefix="rwkv-verify-") as tmp:
         ckpt, exports = _resolve_source(source, checkpoint, export_dir or tmp, backends.needed_exports(names), force, progress)
