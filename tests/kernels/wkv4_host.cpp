@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "../plugins/wkv4.cu"
+#include "../../plugins/wkv4.cu"
 
 template <typename T> static bool read_n(FILE* f, T* dst, size_t n) { return fread(dst, sizeof(T), n, f) == n; }
 template <typename T> static bool write_n(FILE* f, const T* src, size_t n) { return fwrite(src, sizeof(T), n, f) == n; }

@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "../plugins/wkv_heads.cu"
+#include "../../plugins/wkv_heads.cu"
 
 template <typename T> static bool read_n(FILE* f, std::vector<T>& dst, size_t n) {
     dst.resize(n);

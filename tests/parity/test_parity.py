@@ -72,7 +72,8 @@ def test_per_layer_error() -> None:
 
 def test_tolerance_overrides() -> None:
     assert tolerances.parse_overrides(("float16=3e-2",), "--rtol") == {"float16": 0.03}
-    for bad in ("float16", "int8=1", "float16=x", "float16=-1"):
+    assert tolerances.parse_overrides(("int8=0.4",), "--rtol") == {"int8": 0.4}  # quantized exports have their own
+    for bad in ("float16", "int3=1", "float16=x", "float16=-1"):
         with pytest.raises(RwkvExportError, match="--rtol"):
             tolerances.parse_overrides((bad,), "--rtol")
     table = tolerances.tolerances_with({"logits_rtol": {"float16": 0.5}})
