@@ -5,6 +5,10 @@ message that says what failed, what was expected and what was found. The CLI pri
 and exits 2; it never shows a traceback for these.
 """
 
+from typing import Any
+
+import numpy as np
+
 
 class RwkvExportError(Exception):
     """A problem with the user's input: printed as one line, exit code 2."""
@@ -15,3 +19,17 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     what a one-line error quotes of the cause."""
     text = str(exc).strip()
     return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
+def check_token_ids(ids: Any, vocab_size: int, who: str = "", scope: str = " for this model") -> np.ndarray:
+    """`ids` as a numpy array, refused (one line, prefixed by `who`) unless every id is an integer in
+    [0, vocab): the check every runtime and the reference make before an embedding lookup. A runner
+    names itself in `who` and speaks of its graph, not the model (scope "")."""
+    ids = np.asarray(ids)
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise RwkvExportError(f"{who}token ids must be integers, got dtype {ids.dtype}")
+    bad = (ids < 0) | (ids >= vocab_size)
+    if bad.any():
+        first = int(ids[bad].flat[0])
+        raise RwkvExportError(f"{who}token id {first} is out of range{scope} (vocab {vocab_size}: ids 0..{vocab_size - 1})")
+    return ids

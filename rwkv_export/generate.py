@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from rwkv_export.errors import RwkvExportError
+from rwkv_export.runtime.base import state_to_host
 
 State = dict[str, Any]  # name -> [n_layer, batch, n_embd] (numpy, or a device value the backend understands)
 
@@ -123,18 +124,13 @@ def prefill_prompts(
         step = chunk or length
         for start in range(0, length, step):
             logits, state = model.prefill(tokens[:, start : start + step], state)
-        host = to_host(state)
+        host = state_to_host(state)
         for i, row in enumerate(rows):
             logits_rows[row] = last_logits(logits)[i]
             state_rows[row] = {name: value[:, i] for name, value in host.items()}
     names = list(state_rows[0])  # type: ignore[arg-type]
     stacked = {n: np.stack([s[n] for s in state_rows], axis=1) for n in names}  # type: ignore[index]
     return np.stack(logits_rows), stacked  # type: ignore[arg-type]
-
-
-def to_host(state: State) -> dict[str, np.ndarray]:
-    """numpy copies of a state whose values may live on a device (ORT OrtValue under CUDA)."""
-    return {name: value if isinstance(value, np.ndarray) else value.numpy() for name, value in state.items()}
 
 
 # --- the loop ------------------------------------------------------------------------------------

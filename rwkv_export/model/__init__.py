@@ -14,7 +14,7 @@ import torch
 
 from rwkv_export.checkpoint import Checkpoint
 from rwkv_export.checkpoint.config import ModelConfig
-from rwkv_export.errors import RwkvExportError
+from rwkv_export.errors import RwkvExportError, check_token_ids
 from rwkv_export.model.base import RWKVModel
 from rwkv_export.model.common import DTYPES
 from rwkv_export.model.rwkv4 import RWKV4
@@ -56,7 +56,4 @@ def check_tokens(tokens: torch.Tensor, vocab_size: int) -> None:
     """Refuse token ids outside [0, vocab) before they reach an embedding lookup."""
     if tokens.numel() == 0:
         raise RwkvExportError("no tokens to run (the prompt is empty)")
-    bad = (tokens < 0) | (tokens >= vocab_size)
-    if bool(bad.any()):
-        first = int(tokens[bad].flatten()[0])
-        raise RwkvExportError(f"token id {first} is out of range for this model (vocab {vocab_size}: ids 0..{vocab_size - 1})")
+    check_token_ids(tokens.detach().cpu().numpy(), vocab_size)

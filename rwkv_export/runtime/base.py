@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from rwkv_export.errors import RwkvExportError
+from rwkv_export.errors import RwkvExportError, check_token_ids
 from rwkv_export.manifest import TensorSpec
 
 
@@ -90,12 +90,7 @@ class Runner:
                 if first[0] != got:
                     raise RwkvExportError(f"{self.name}: input '{spec.name}' has {want} {got} but '{first[1]}' has {want} {first[0]}")
         if spec.role == "tokens" and self.vocab_size is not None and isinstance(value, np.ndarray) and value.size:
-            bad = (value < 0) | (value >= self.vocab_size)
-            if bad.any():
-                raise RwkvExportError(
-                    f"{self.name}: token id {int(value[bad].flat[0])} is out of range "
-                    f"(vocab {self.vocab_size}: ids 0..{self.vocab_size - 1})"
-                )
+            check_token_ids(value, self.vocab_size, f"{self.name}: ", scope="")
 
     def __enter__(self) -> Runner:
         self.activate()
@@ -134,3 +129,14 @@ def _shape_dtype(value: Any, what: str) -> tuple[tuple[int, ...], np.dtype | Non
         kind = ORT_TYPES.get(value.data_type())
         return tuple(shape()), np.dtype(kind) if kind else None
     raise RwkvExportError(f"{what} is a {type(value).__name__}, expected a numpy array")
+
+
+def host_array(value: Any) -> np.ndarray:
+    """numpy of a state or output value: numpy arrays as they are, device values (ORT OrtValues under
+    CUDA) copied back through their .numpy()."""
+    return value if isinstance(value, np.ndarray) else np.asarray(value.numpy())
+
+
+def state_to_host(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """{name: numpy} of a state whose values may live on a device."""
+    return {name: host_array(value) for name, value in state.items()}

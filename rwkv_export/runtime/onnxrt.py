@@ -17,7 +17,7 @@ import numpy as np
 
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.manifest import Graph, TensorSpec
-from rwkv_export.runtime.base import ORT_TYPES, Runner
+from rwkv_export.runtime.base import ORT_TYPES, Runner, state_to_host
 from rwkv_export.runtime.loaders import PROVIDER_CHOICES, PROVIDERS, SessionFromOnnx, resolve_providers
 
 __all__ = ["PROVIDERS", "PROVIDER_CHOICES", "OrtRunner", "SessionFromOnnx", "resolve_providers"]
@@ -57,7 +57,7 @@ class OrtRunner(Runner):
 
     def _infer(self, feeds: Mapping[str, Any], **options: Any) -> dict[str, Any]:
         if any(not isinstance(v, np.ndarray) for v in feeds.values()):  # an OrtValue from infer_bound
-            return {k: _host(v) for k, v in self.infer_bound(feeds, ()).items()}
+            return state_to_host(self.infer_bound(feeds, ()))
         outputs = self.session.run(self.output_names, dict(feeds))
         return dict(zip(self.output_names, outputs))
 
@@ -99,7 +99,3 @@ def _match(path: Path, kind: str, got: Any, specs: tuple[TensorSpec, ...]) -> No
                 f"{path.name}: {kind[:-1]} '{spec.name}' is {dtype} {list(actual.shape)} in the graph but "
                 f"{spec.dtype} {list(spec.shape)} in the manifest"
             )
-
-
-def _host(value: Any) -> Any:
-    return value if isinstance(value, np.ndarray) else value.numpy()

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from rwkv_export.errors import RwkvExportError
+from rwkv_export.errors import RwkvExportError, check_token_ids
 from rwkv_export.manifest import Manifest, StateSpec
-from rwkv_export.runtime.base import Runner
+from rwkv_export.runtime.base import Runner, state_to_host
 from rwkv_export.runtime.loaders import engines_unavailable
 from rwkv_export.runtime.onnxrt import OrtRunner
 
@@ -66,17 +66,9 @@ class ModelSession:
         raise NotImplementedError
 
     def check_tokens(self, tokens: Any) -> np.ndarray:
-        tokens = np.asarray(tokens)
-        if tokens.size == 0:
+        if np.size(tokens) == 0:
             raise RwkvExportError("no tokens to run (the prompt is empty)")
-        if not np.issubdtype(tokens.dtype, np.integer):
-            raise RwkvExportError(f"token ids must be integers, got dtype {tokens.dtype}")
-        bad = (tokens < 0) | (tokens >= self.vocab_size)
-        if bad.any():
-            raise RwkvExportError(
-                f"token id {int(tokens[bad].flat[0])} is out of range for this model (vocab {self.vocab_size}: ids 0..{self.vocab_size - 1})"
-            )
-        return tokens.astype(np.int64)
+        return check_token_ids(tokens, self.vocab_size).astype(np.int64)
 
     def _run(self, graph: str, tokens: np.ndarray, state: Mapping[str, Any]) -> tuple[np.ndarray, StateDict]:
         runner = self.runners[graph]
@@ -90,13 +82,9 @@ class ModelSession:
         new_state = {spec.name: outputs[spec.output] for spec in self.state_specs}
         return outputs["logits"], new_state
 
-    @staticmethod
-    def state_to_host(state: Mapping[str, Any]) -> StateDict:
-        """numpy copies of a state (device OrtValues under CUDA; numpy arrays are returned as they are)."""
-        return {name: v if isinstance(v, np.ndarray) else v.numpy() for name, v in state.items()}
-
     def to_host(self, state: Mapping[str, Any]) -> StateDict:
-        return self.state_to_host(state)
+        """numpy copies of a state (device OrtValues under CUDA; numpy arrays are returned as they are)."""
+        return state_to_host(state)
 
     def prefill(self, tokens: np.ndarray, state: Mapping[str, Any] | None = None) -> tuple[np.ndarray, StateDict]:
         """tokens [B, T] -> logits [B, V] (or [B, T, V] when all_logits), new state."""

@@ -38,6 +38,7 @@ import numpy as np
 from rwkv_export.errors import RwkvExportError, first_line
 from rwkv_export.fileio import atomic_write_bytes
 from rwkv_export.manifest import Manifest
+from rwkv_export.runtime.base import host_array
 
 FORMAT = "rwkv-export-state/1"
 META = "__meta__"
@@ -68,16 +69,11 @@ def content_hash(state: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def _host(value: Any) -> np.ndarray:
-    """numpy of a state value (a device OrtValue has .numpy())."""
-    return value if isinstance(value, np.ndarray) else np.asarray(value.numpy())
-
-
 def select_rows(state: Mapping[str, Any], manifest: Manifest, rows: Sequence[int]) -> dict[str, np.ndarray]:
     """The given batch rows of a state (in that order), every tensor cut on its batch axis."""
     out = {}
     for spec in manifest.state:
-        value = _host(state[spec.name])
+        value = host_array(state[spec.name])
         axis = spec.batch_axis
         bad = [r for r in rows if not -value.shape[axis] <= r < value.shape[axis]]
         if bad or not rows:
@@ -88,7 +84,7 @@ def select_rows(state: Mapping[str, Any], manifest: Manifest, rows: Sequence[int
 
 def encode(state: Mapping[str, Any], manifest: Manifest, note: str = "") -> bytes:
     """The .npz bytes of `state` (checked against the manifest first)."""
-    arrays = {spec.name: np.ascontiguousarray(_host(state[spec.name])) for spec in manifest.state}
+    arrays = {spec.name: np.ascontiguousarray(host_array(state[spec.name])) for spec in manifest.state}
     batch = _check_tensors(arrays, manifest, "state to save")
     meta = {
         "format": FORMAT,
