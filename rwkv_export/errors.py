@@ -5,9 +5,12 @@ message that says what failed, what was expected and what was found. The CLI pri
 and exits 2; it never shows a traceback for these.
 """
 
-from typing import Any
+from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # numpy is imported where ids are checked: the registries import this module bare
+    import numpy as np
 
 
 class RwkvExportError(Exception):
@@ -25,6 +28,8 @@ def check_token_ids(ids: Any, vocab_size: int, who: str = "", scope: str = " for
     """`ids` as a numpy array, refused (one line, prefixed by `who`) unless every id is an integer in
     [0, vocab): the check every runtime and the reference make before an embedding lookup. A runner
     names itself in `who` and speaks of its graph, not the model (scope "")."""
+    import numpy as np
+
     ids = np.asarray(ids)
     if not np.issubdtype(ids.dtype, np.integer):
         raise RwkvExportError(f"{who}token ids must be integers, got dtype {ids.dtype}")

@@ -10,7 +10,7 @@ Backends: ONNX Runtime on a provider (cpu | cuda | tensorrt | auto), or the nati
 that `rwkv-export build` recorded in the manifest ("engines"). provider="tensorrt" uses those engines
 when the manifest has them, else ORT's TensorRT execution provider; "auto" prefers usable engines.
 Under CUDA the state is kept on the device between calls (IO binding): its values are then OrtValues,
-which `state_to_host` copies back; on CPU they are numpy arrays as always.
+which `to_host` copies back; on CPU they are numpy arrays as always.
 """
 
 from __future__ import annotations

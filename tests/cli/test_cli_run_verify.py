@@ -258,7 +258,7 @@ def test_device_state_io_binding_matches_plain_run(verified: tuple[Result, Path,
                 pass
             _, state = model.step(np.array([1, 2, 3]), model.initial_state(3))
         assert all(isinstance(v, np.ndarray) != device_state for v in state.values())
-        results.append((stats.generated, model.state_to_host(state)))
+        results.append((stats.generated, model.to_host(state)))
     assert results[0][0] == results[1][0]
     for name, value in results[0][1].items():
         np.testing.assert_array_equal(value, results[1][1][name], err_msg=name)
