@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,13 @@ def make_checkpoint(
 def random_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 3-layer, 64-wide, vocab-97 random RWKV-4 checkpoint (.pth), shared by the session."""
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "random-3x64.pth")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Small matrices: intra-op threads only add sync cost (x100 on a loaded 2-core machine). Modules of
+    many tiny torch calls opt in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

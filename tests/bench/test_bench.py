@@ -293,37 +293,18 @@ def test_limits_count_each_versions_own_weights(version: str) -> None:
     assert prefill_flop(config, 2, 10) == 2 * (10 * 2.0 * by_hand + 2.0 * V * C)
 
 
+def _bench_args(tmp_path, out, version: str, backends: list[str], batch: str, *extra: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """A tiny random model of `version` (2 x 64, vocab 97, heads of 16), short repetitions, JSON to `out`."""
+    return [
+        "bench", "--version", version, "--shape", "2x64x97", "--head-size", "16", "--cache-dir", str(tmp_path / "cache"),
+        "--backends", ",".join(backends), "--seq", "8", "--batch", batch, "--reps", "2", "--step-reps", "2", "--steps", "2",
+        "--quick-limits", "--no-memory", "--json", str(out), "-q", *extra,
+    ]  # fmt: skip
+
+
 def _bench(tmp_path, version: str, backends: list[str], *extra: str) -> tuple[dict, str]:  # type: ignore[no-untyped-def]
     out = tmp_path / f"bench-{version}.json"
-    args = [
-        "bench",
-        "--version",
-        version,
-        "--shape",
-        "2x64x97",
-        "--head-size",
-        "16",
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--backends",
-        ",".join(backends),
-        "--seq",
-        "8",
-        "--batch",
-        "1,2",
-        "--reps",
-        "2",
-        "--step-reps",
-        "2",
-        "--steps",
-        "2",
-        "--quick-limits",
-        "--no-memory",
-        "--json",
-        str(out),
-        "-q",
-        *extra,
-    ]
+    args = _bench_args(tmp_path, out, version, backends, "1,2", *extra)
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return json.loads(out.read_text()), result.stdout
@@ -375,34 +356,7 @@ def test_bench_rwkv7_with_the_rwkv_package_in_a_fresh_process(tmp_path) -> None:
 
     pytest.importorskip("rwkv", reason="the `rwkv` package (bench extra) is not installed")
     out = tmp_path / "bench.json"
-    args = [
-        "bench",
-        "--version",
-        "7",
-        "--shape",
-        "2x64x97",
-        "--head-size",
-        "16",
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--backends",
-        "torch,ort-fp32,rwkv",
-        "--seq",
-        "8",
-        "--batch",
-        "1",
-        "--reps",
-        "2",
-        "--step-reps",
-        "2",
-        "--steps",
-        "2",
-        "--quick-limits",
-        "--no-memory",
-        "--json",
-        str(out),
-        "-q",
-    ]
+    args = _bench_args(tmp_path, out, "7", ["torch", "ort-fp32", "rwkv"], "1")
     env = {k: v for k, v in os.environ.items() if k != "RWKV_V7_ON"}  # the bench must set it itself
     proc = subprocess.run(
         [sys.executable, "-c", "from rwkv_export.cli import main; main()", *args], env=env, capture_output=True, text=True, timeout=600

@@ -8,8 +8,6 @@ float16 2e-2 (with rescale), bfloat16 8e-2; RWKV-5.1 3e-2 and 0.15 in half preci
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
 import torch
@@ -25,13 +23,7 @@ TOL = version_info("4").logits_rtol  # RWKV-4's: float32 1e-5, float16 2e-2, bfl
 VOCAB = 61
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Small matrices: intra-op threads only add sync cost (x100 on a loaded 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(version: str, dtype: str = "float64", layers: int = 3, embd: int = 32, seed: int = 0) -> RWKVModel:

@@ -40,13 +40,7 @@ PACKAGE_TOL = 2e-5
 RUNNER = Path(__file__).with_name("rwkv_package_runner.py")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Small matrices: intra-op threads only add sync cost (x100 on a loaded 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(
