@@ -2,7 +2,7 @@
 
 Formats, told apart by content rather than trusted suffixes:
     .pth / .pt        BlinkDL state dict, loaded with torch.load(weights_only=True)
-    .safetensors      the same keys
+    .safetensors      the same keys; transformers' sharded `model.safetensors.index.json` too
     directory         transformers RwkvForCausalLM (config.json + weights, HF key names)
     rwkv.cpp file     `ggmf` header, versions 100 / 101, FP32 / FP16
 The version (4, 5.1, 5.2, 6, 7) and hyper-parameters are read off the keys and shapes; every key
@@ -10,41 +10,67 @@ and shape is checked against the version's table (versions.py). What a file clai
 indices, sizes, zip records, config.json) is checked before anything is allocated from it, and NaN /
 Inf weights are refused unless allowed (validate.py). Hugging Face directories exist only
 for RWKV-4 (transformers has no v5-v7 class); other model types are refused by name.
+
+`load_checkpoint` reads every tensor; `open_checkpoint` reads only the headers (lazy.py: a `TensorStore`
+reads each tensor when asked, so `info` is instant and the export streams a model of any size).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from rwkv_export.checkpoint import hf, rwkvcpp, validate
+from rwkv_export.checkpoint.lazy import SHARD_INDEX, TensorStore, open_tensor_file
 from rwkv_export.checkpoint.config import ModelConfig
 from rwkv_export.checkpoint.versions import detect_version, infer_config
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.fileio import atomic_output_path, atomic_write_json
 from rwkv_export.versions import version_info
 
-__all__ = ["Checkpoint", "ModelConfig", "load_checkpoint", "save_checkpoint", "read_tensor_file", "FORMATS"]
+__all__ = [
+    "Checkpoint",
+    "ModelConfig",
+    "TensorStore",
+    "load_checkpoint",
+    "open_checkpoint",
+    "save_checkpoint",
+    "read_tensor_file",
+    "FORMATS",
+]
 
 FORMATS = ("pth", "safetensors", "hf", "rwkvcpp", "rwkvcpp-fp16")
 
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint: config, tensors in BlinkDL naming and storage dtype, and provenance."""
+    """A checkpoint: config, tensors in BlinkDL naming and storage dtype (a dict, or a TensorStore
+    that reads each on access), and provenance."""
 
     config: ModelConfig
-    weights: dict[str, torch.Tensor]
+    weights: Mapping[str, torch.Tensor]
     format: str
     path: Path
 
+    def shape(self, key: str) -> tuple[int, ...]:
+        """A tensor's shape without reading it."""
+        weights = self.weights
+        return weights.shape(key) if isinstance(weights, TensorStore) else tuple(weights[key].shape)
+
+    def dtype(self, key: str) -> torch.dtype:
+        """A tensor's dtype without reading it."""
+        weights = self.weights
+        return weights.dtype(key) if isinstance(weights, TensorStore) else weights[key].dtype
+
     @property
     def parameter_count(self) -> int:
-        return sum(t.numel() for t in self.weights.values())
+        return sum(math.prod(self.shape(k)) for k in self.weights)
 
 
 def read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
@@ -100,6 +126,9 @@ def load_checkpoint(path: str | os.PathLike[str], allow_nonfinite: bool = False)
     path = Path(path)
     if not path.exists():
         raise RwkvExportError(f"checkpoint '{path}' does not exist")
+    if path.name.endswith(".index.json") or path.is_dir() and not hf.is_hf_dir(path) and (path / SHARD_INDEX).is_file():
+        ckpt = open_checkpoint(path, allow_nonfinite)
+        return Checkpoint(ckpt.config, {k: ckpt.weights[k] for k in ckpt.weights}, ckpt.format, ckpt.path)
     if path.is_dir():
         if not hf.is_hf_dir(path):
             raise RwkvExportError(f"{path}: a directory but not a Hugging Face model (no config.json)")
@@ -122,6 +151,22 @@ def load_checkpoint(path: str | os.PathLike[str], allow_nonfinite: bool = False)
     if not allow_nonfinite:
         validate.check_finite(weights, str(path))
     return Checkpoint(config, weights, fmt, path)
+
+
+def open_checkpoint(path: str | os.PathLike[str], allow_nonfinite: bool = False) -> Checkpoint:
+    """Like load_checkpoint, reading headers only: .safetensors, a shard index (or a directory holding
+    one and no config.json) and .pth give a TensorStore, whose reads refuse NaN / Inf unless
+    `allow_nonfinite`; rwkv.cpp files and Hugging Face directories are read whole (as load_checkpoint)."""
+    path = Path(path)
+    if path.is_dir() and not hf.is_hf_dir(path) and (path / SHARD_INDEX).is_file():
+        path = path / SHARD_INDEX
+    if not path.exists() or path.is_dir() or rwkvcpp.is_rwkvcpp(path):
+        return load_checkpoint(path, allow_nonfinite)
+    store = open_tensor_file(path)
+    if not allow_nonfinite:
+        store = store.checked(str(path))
+    fmt = "pth" if path.suffix not in (".safetensors", ".json") else "safetensors"
+    return Checkpoint(infer_config(store.meta(), str(path), fmt), store, fmt, path)
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike[str], fmt: str | None = None) -> str:

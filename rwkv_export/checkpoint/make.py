@@ -8,10 +8,12 @@ the option, before any tensor is drawn.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from rwkv_export.checkpoint.config import ModelConfig
-from rwkv_export.checkpoint.random import random_weights
+from rwkv_export.checkpoint.random import iter_random_weights, random_weights
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.versions import version_info
 
@@ -35,6 +37,24 @@ def random_checkpoint(
     """(config, weights) of a random RWKV-`version`; head_size / lora None: the defaults above."""
     head_size, lora = check_sizes(version, n_embd, head_size, lora)
     return random_weights(version, n_layer, n_embd, vocab_size, ffn_size, head_size or DEFAULT_HEAD_SIZE, lora or DEFAULT_LORA, seed, dtype)
+
+
+def random_checkpoint_stream(
+    version: str,
+    n_layer: int,
+    n_embd: int,
+    vocab_size: int,
+    ffn_size: int | None = None,
+    head_size: int | None = None,
+    lora: int | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[ModelConfig, Iterator[tuple[str, torch.Tensor]]]:
+    """random_checkpoint one tensor at a time (the same tensors): (config, (key, tensor) ...)."""
+    head_size, lora = check_sizes(version, n_embd, head_size, lora)
+    return iter_random_weights(
+        version, n_layer, n_embd, vocab_size, ffn_size, head_size or DEFAULT_HEAD_SIZE, lora or DEFAULT_LORA, seed, dtype
+    )
 
 
 def check_sizes(version: str, n_embd: int, head_size: int | None, lora: int | None) -> tuple[int | None, int | None]:

@@ -10,7 +10,7 @@ move the data-dependent mixes and decays (at RWKV-LM's init they are ~0 and woul
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -86,19 +86,38 @@ def random_weights(
     head_size N divides n_embd (n_head = n_embd / N); `lora` is every LoRA rank (v6 mix and decay,
     v7 w/a/v/g); RWKV-4 has neither. v7 omits block 0's unused v0/v1/v2, as rwkv.cpp files do.
     """
+    config, tensors = iter_random_weights(version, n_layer, n_embd, vocab_size, ffn_size, head_size, lora, seed, dtype)
+    return config, dict(tensors)
+
+
+def iter_random_weights(
+    version: str,
+    n_layer: int,
+    n_embd: int,
+    vocab_size: int,
+    ffn_size: int | None = None,
+    head_size: int = 8,
+    lora: int = 16,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[ModelConfig, Iterator[tuple[str, torch.Tensor]]]:
+    """random_weights one tensor at a time, in key order (the same draws): (config, (key, tensor) ...),
+    so a checkpoint of any size is written in one tensor's memory."""
     config = _random_config(version, n_layer, n_embd, vocab_size, ffn_size, head_size, lora, dtype)
-    draw = _Draw(seed)
-    rules = VERSION_RULES.get(version, {})
-    weights: dict[str, torch.Tensor] = {}
-    required, _ = expected_shapes(config)
-    for key, shape in required.items():
-        layer = int(key.split(".")[1]) if key.startswith("blocks.") else 0
-        depth = layer / max(n_layer - 1, 1)  # 0 .. 1, as RWKV-LM's ratio_0_to_1
-        name = key.rsplit(".", 1)[-1] if ".att." in key or ".ffn." in key else key
-        rule = rules.get(name)
-        t = rule(shape, depth, draw) if rule else _init(key, name, shape, depth, n_embd, draw)
-        weights[key] = t.to(dtype)
-    return config, weights
+
+    def tensors() -> Iterator[tuple[str, torch.Tensor]]:
+        draw = _Draw(seed)
+        rules = VERSION_RULES.get(version, {})
+        required, _ = expected_shapes(config)
+        for key, shape in required.items():
+            layer = int(key.split(".")[1]) if key.startswith("blocks.") else 0
+            depth = layer / max(n_layer - 1, 1)  # 0 .. 1, as RWKV-LM's ratio_0_to_1
+            name = key.rsplit(".", 1)[-1] if ".att." in key or ".ffn." in key else key
+            rule = rules.get(name)
+            t = rule(shape, depth, draw) if rule else _init(key, name, shape, depth, n_embd, draw)
+            yield key, t.to(dtype)
+
+    return config, tensors()
 
 
 def _init(key: str, name: str, shape: tuple[int, ...], depth: float, c: int, d: _Draw) -> torch.Tensor:

@@ -22,12 +22,18 @@ from rwkv_export.cli.options import (
 @click.command(epilog=examples("rwkv-export info model.pth", "rwkv-export info tiny-rwkv-4v0-660K-FP32.bin --json"))
 @checkpoint_arg
 @json_flag
+@click.option("--scan", is_flag=True, help="Also read every tensor and refuse NaN / Inf (the headers alone answer the rest).")
 @allow_nonfinite_flag
-def info(checkpoint: str, as_json: bool, allow_nonfinite: bool) -> None:
-    """Describe CHECKPOINT: format, RWKV version, sizes, dtype, parameter count."""
-    from rwkv_export.checkpoint import load_checkpoint
+def info(checkpoint: str, as_json: bool, scan: bool, allow_nonfinite: bool) -> None:
+    """Describe CHECKPOINT: format, RWKV version, sizes, dtype, parameter count, bytes.
 
-    ckpt = load_checkpoint(checkpoint, allow_nonfinite=allow_nonfinite)
+    Reads headers only (.safetensors, shard indexes, .pth): instant at any size."""
+    from rwkv_export.checkpoint import open_checkpoint
+
+    ckpt = open_checkpoint(checkpoint, allow_nonfinite=allow_nonfinite)
+    if scan:
+        for key in ckpt.weights:  # the store refuses NaN / Inf as it reads, unless allowed
+            ckpt.weights[key]
     cfg = ckpt.config
     facts = {
         "path": str(ckpt.path),
@@ -98,13 +104,18 @@ def make_checkpoint(
     output: str,
     force: bool,
 ) -> None:
-    """Write a random RWKV checkpoint of any version with realistic scales (for tests and benchmarks)."""
+    """Write a random RWKV checkpoint of any version with realistic scales (for tests and benchmarks).
+    A .safetensors output is written one tensor at a time (a 7B-shaped checkpoint in bounded memory)."""
+    import math
+    import sys
     from pathlib import Path
 
     import torch
 
     from rwkv_export.checkpoint import Checkpoint, save_checkpoint
-    from rwkv_export.checkpoint.make import random_checkpoint
+    from rwkv_export.checkpoint.lazy import write_safetensors
+    from rwkv_export.checkpoint.make import random_checkpoint_stream
+    from rwkv_export.checkpoint.versions import expected_shapes
     from rwkv_export.errors import RwkvExportError
     from rwkv_export.fileio import refuse_existing
 
@@ -112,9 +123,14 @@ def make_checkpoint(
     if path.suffix.lower() not in (".pth", ".pt", ".safetensors"):
         raise RwkvExportError(f"output '{output}' must end in .pth or .safetensors")
     refuse_existing(path, force)
-    config, weights = random_checkpoint(version, layers, embd, vocab, ffn, head_size, lora, seed, getattr(torch, dtype))
-    save_checkpoint(Checkpoint(config, weights, "random", path), path)
-    n = sum(t.numel() for t in weights.values())
+    torch_dtype = getattr(torch, dtype)
+    config, tensors = random_checkpoint_stream(version, layers, embd, vocab, ffn, head_size, lora, seed, torch_dtype)
+    shapes, _ = expected_shapes(config)
+    if path.suffix.lower() == ".safetensors":  # streamed: one tensor in memory at a time, any size
+        write_safetensors(path, {k: (s, torch_dtype) for k, s in shapes.items()}, tensors, bar=sys.stderr.isatty())
+    else:  # torch.save takes the whole state dict
+        save_checkpoint(Checkpoint(config, dict(tensors), "random", path), path)
+    n = sum(math.prod(s) for s in shapes.values())
     heads = f", heads {config.n_head} x {config.head_size}" if config.n_head is not None else ""
     click.echo(f"wrote {path} (RWKV-{version}, {layers} x {embd}{heads}, vocab {vocab}, {n:,} parameters, {dtype})", err=True)
 
@@ -137,15 +153,25 @@ def make_checkpoint(
 @force_flag
 @allow_nonfinite_flag
 def convert(checkpoint: str, output: str, fmt: str | None, force: bool, allow_nonfinite: bool) -> None:
-    """Convert CHECKPOINT between .pth, .safetensors, HF directory and rwkv.cpp formats."""
+    """Convert CHECKPOINT between .pth, .safetensors, HF directory and rwkv.cpp formats (to
+    .safetensors one tensor at a time, any size)."""
+    import sys
     from pathlib import Path
 
-    from rwkv_export.checkpoint import load_checkpoint, save_checkpoint
+    from rwkv_export.checkpoint import Checkpoint, open_checkpoint, save_checkpoint
+    from rwkv_export.checkpoint.lazy import write_safetensors
     from rwkv_export.fileio import refuse_existing
 
-    ckpt = load_checkpoint(checkpoint, allow_nonfinite=allow_nonfinite)
+    ckpt = open_checkpoint(checkpoint, allow_nonfinite=allow_nonfinite)
     refuse_existing(Path(output), force)
-    written = save_checkpoint(ckpt, output, fmt)
+    if (fmt or ("safetensors" if Path(output).suffix.lower() == ".safetensors" else None)) == "safetensors":
+        # streamed: one tensor in memory at a time (NaN / Inf refused as each is read, unless allowed)
+        layout = {k: (ckpt.shape(k), ckpt.dtype(k)) for k in ckpt.weights}
+        write_safetensors(Path(output), layout, ((k, ckpt.weights[k].contiguous()) for k in layout), bar=sys.stderr.isatty())
+        written = "safetensors"
+    else:
+        ckpt = Checkpoint(ckpt.config, {k: ckpt.weights[k] for k in ckpt.weights}, ckpt.format, ckpt.path)
+        written = save_checkpoint(ckpt, output, fmt)
     click.echo(f"wrote {output} ({written}, RWKV-{ckpt.config.version})", err=True)
 
 

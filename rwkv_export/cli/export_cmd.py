@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from rwkv_export.cli.options import (
@@ -16,6 +18,10 @@ from rwkv_export.cli.options import (
 )
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.export import ALL_FORMS
+from rwkv_export.export.finalize import EXTERNAL_DATA_THRESHOLD
+
+# --weights -> export_checkpoint's external_data_threshold (bytes of weights above which they are shared)
+WEIGHT_LAYOUTS = {"auto": EXTERNAL_DATA_THRESHOLD, "shared": 0, "inline": 1 << 62}
 from rwkv_export.export.quantize import DEFAULT_ACCURACY_LEVEL, DEFAULT_BLOCK_SIZE, PRECISIONS, QUANT_FORMATS, ROLES, QuantSpec
 from rwkv_export.ops.registry import op_spec
 
@@ -95,6 +101,14 @@ def _policy_text(scheme: str) -> str:
     + _policy_text("int4")
     + ". lora = the low-rank time-mix/decay/a/v/g matrices of RWKV-6/7; head = the output projection.",
 )
+@shown_option(
+    "--weights",
+    "weights_layout",
+    type=click.Choice(["auto", "shared", "inline"]),
+    default="auto",
+    help="Where the weights go: shared = one weights.data both graphs read; inline = inside each graph file "
+    "(self-contained, up to 2 GB); auto = shared above 256 MiB of weights.",
+)
 @force_flag
 @allow_nonfinite_flag
 @quiet_flag
@@ -112,16 +126,17 @@ def export(
     quant_format: str,
     accuracy_level: int | None,
     policy: str | None,
+    weights_layout: str,
     force: bool,
     allow_nonfinite: bool,
     quiet: bool,
 ) -> None:
     """Export CHECKPOINT to ONNX: prefill and step graphs with rwkv::WKV4 (RWKV-4) or WKV5/6/7 custom nodes."""
-    from rwkv_export.checkpoint import load_checkpoint
+    from rwkv_export.checkpoint import open_checkpoint
     from rwkv_export.export import export_checkpoint
 
     spec = quant_spec(quantize, block_size, symmetric, quant_format, policy, accuracy_level)
-    source = load_checkpoint(checkpoint, allow_nonfinite=True) if allow_nonfinite else checkpoint
+    source = open_checkpoint(checkpoint, allow_nonfinite=True) if allow_nonfinite else checkpoint
     result = export_checkpoint(
         source,
         output,
@@ -133,6 +148,8 @@ def export(
         tokenizer=tokenizer,
         progress=progress_printer(quiet),
         quantize=spec,
+        progress_bar=not quiet and sys.stderr.isatty(),
+        external_data_threshold=WEIGHT_LAYOUTS[weights_layout],
     )
     click.echo(str(result.directory))
 

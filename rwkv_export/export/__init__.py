@@ -1,14 +1,25 @@
-"""Stage 3, export: a checkpoint -> DIR/{prefill.onnx, step.onnx, manifest.json}.
+"""Stage 3, export: a checkpoint -> DIR/{prefill.onnx, step.onnx, manifest.json} (+ weights.data).
 
-Both graphs are traced from the reference model (trace.py), get the WKV op's function (rwkv::WKV4 for
-RWKV-4, rwkv::WKV5 for 5.1/5.2, rwkv::WKV6, rwkv::WKV7) and metadata (finalize.py), and are described
-in manifest.json (rwkv_export.manifest, the typed contract every later stage reads). A state whose initial value is not a constant (a v6 checkpoint's
-`time_state`) is written as DIR/initial_<name>.npy and named by the manifest (spec.py). The directory
-is assembled in a temporary sibling and renamed into place only when everything succeeded.
+Streamed: the checkpoint is opened by its headers (checkpoint/lazy.py), the model is built as a
+skeleton whose matrices are meta tensors, its three pieces are traced once each with the weights as
+inputs (pieces.py: embed, a block, logits: export time is one block's, not the model's), stamped
+into the prefill graph per block (assemble.py), and the step graph is the prefill graph at T = 1
+(step.py). Then the weights are written one tensor at a time straight from the checkpoint
+(weights.py): above `external_data_threshold` bytes into one `weights.data` both graphs share, below
+it inline in each graph. Peak memory is about one tensor's, whatever the model's size.
+
+Each graph gets the WKV op's function (rwkv::WKV4 for RWKV-4, rwkv::WKV5 for 5.1/5.2, rwkv::WKV6,
+rwkv::WKV7) and metadata (finalize.py), and the export is described in manifest.json
+(rwkv_export.manifest, the typed contract every later stage reads). A state whose initial value is
+not a constant (a v6 checkpoint's `time_state`) is written as DIR/initial_<name>.npy and named by
+the manifest (spec.py). The directory is assembled in a temporary sibling and renamed into place
+only when everything succeeded. Quantized exports (--quantize) keep the weights in memory for the
+quantizer (quantize.py), then save as before.
 """
 
 from __future__ import annotations
 
+import math
 import platform
 import shutil
 import time
@@ -22,7 +33,7 @@ import numpy as np
 import torch
 
 from rwkv_export import __version__
-from rwkv_export.checkpoint import Checkpoint, ModelConfig, load_checkpoint
+from rwkv_export.checkpoint import Checkpoint, ModelConfig, open_checkpoint
 from rwkv_export.checkpoint.versions import require_supported
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.export.finalize import (
@@ -35,7 +46,10 @@ from rwkv_export.export.finalize import (
 )
 from rwkv_export.export.quantize import QuantSpec, quantization_manifest, quantize_graph
 from rwkv_export.export.spec import GRAPHS, GraphSpec, graph_spec
-from rwkv_export.export.trace import step_from_prefill, trace_graph
+from rwkv_export.export.assemble import assemble_prefill
+from rwkv_export.export.pieces import trace_pieces
+from rwkv_export.export.step import step_from_prefill
+from rwkv_export.export.weights import WEIGHTS_FILE, WeightSource, write_weights
 from rwkv_export.fileio import atomic_directory, sha256_file
 from rwkv_export.manifest import (
     FORMAT,
@@ -50,6 +64,7 @@ from rwkv_export.manifest import (
     read_manifest,
 )
 from rwkv_export.model import RWKVModel, build_model
+from rwkv_export.model.base import TOP_KEYS, buffer_name
 from rwkv_export.ops.onnx_builder import MIN_OPSET
 from rwkv_export.ops.registry import ALL_BODIES, DOMAIN, PLUGIN_NAMESPACE, PLUGIN_VERSION, op_spec
 from rwkv_export.versions import version_info
@@ -108,6 +123,7 @@ def export_checkpoint(
     progress: Callable[[str], None] = lambda message: None,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
     quantize: QuantSpec | None = None,
+    progress_bar: bool = False,
 ) -> ExportResult:
     """Export prefill and step graphs of `checkpoint` into `out_dir` (see the module docstring)."""
     start = time.perf_counter()
@@ -116,29 +132,36 @@ def export_checkpoint(
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise RwkvExportError(f"output directory '{out_dir}' already exists; pass --force to replace it")
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else open_checkpoint(checkpoint)
     cfg = ckpt.config
     op, wkv_form = _op_and_form(cfg.version, wkv_form)
-    progress(f"loaded {ckpt.path} (RWKV-{cfg.version}, {cfg.n_layer} x {cfg.n_embd}, vocab {cfg.vocab_size}, {ckpt.format})")
-    model = build_model(ckpt, dtype)
+    progress(f"opened {ckpt.path} (RWKV-{cfg.version}, {cfg.n_layer} x {cfg.n_embd}, vocab {cfg.vocab_size}, {ckpt.format})")
+    model = build_model(_skeleton(ckpt), dtype)  # matrices as meta tensors: names, shapes and dtypes only
     head_info = _head_state_info(model, op)
     tok_info = tokenizer_info(cfg.vocab_size, tokenizer_path is not None)
     graphs: dict[str, Graph] = {}
     quantized: dict[str, Any] = {}
     with atomic_directory(out_dir, force=force) as tmp:
         job = _Job(cfg, dtype, wkv_form, op, head_info, _write_initial_state(model, tmp), quantize, tok_info["kind"], progress)
-        derived_step = None  # the step graph: the prefill graph at T = 1 (trace.py)
+        progress(f"tracing the model's pieces: embed, block 0{', block 1' if cfg.n_layer > 1 else ''}, logits ({dtype})")
+        pieces = trace_pieces(model, opset, all_logits)
+        keys = [{buffer_name(k): k for k in ckpt.weights if k.startswith(f"blocks.{i}.")} for i in range(cfg.n_layer)]
+        top = {k.replace(".", "_"): k for k in TOP_KEYS}
+        halves = [model.halves_after(i) for i in range(cfg.n_layer)]
+        spec = graph_spec("prefill", cfg, all_logits, job.initial_files)
+        prefill, entries = assemble_prefill(pieces, spec, cfg.n_layer, halves, keys, top, np.dtype(str(model.dtype).replace("torch.", "")))
+        protos = {"prefill": prefill, "step": step_from_prefill(prefill)}  # the step graph: prefill at T = 1 (step.py)
+        source = WeightSource(model, ckpt.weights, keys, top)
+        total = sum(source.estimate(e) for e in entries)
+        shared = quantize is None and total > external_data_threshold
+        if not shared and quantize is None and total > INLINE_LIMIT:
+            raise RwkvExportError(f"{total / 1e9:.1f} GB of weights cannot be inline (a graph file holds at most 2 GB): use shared weights")
+        progress(f"writing {len(entries)} weight tensors {'to ' + WEIGHTS_FILE if shared else 'into both graphs'} ({dtype})")
+        digest = write_weights(entries, source, list(protos.values()), tmp / WEIGHTS_FILE if shared else None, progress_bar)
+        data = {WEIGHTS_FILE: digest} if digest is not None else {}
         for graph in GRAPHS:
             spec = graph_spec(graph, cfg, all_logits and graph == "prefill", job.initial_files)
-            if graph == "step" and derived_step is not None:
-                progress(f"step graph: the prefill graph at T = 1 ({dtype})")
-                proto = derived_step
-            else:
-                progress(f"tracing {graph} graph ({dtype})")
-                proto = trace_graph(model, spec, opset, all_logits and graph == "prefill")
-                if graph == "prefill":  # derive before saving: external data moves the weights out
-                    derived_step = step_from_prefill(proto)
-            graphs[graph] = _finish_graph(job, graph, spec, proto, tmp / f"{graph}.onnx", external_data_threshold, quantized)
+            graphs[graph] = _finish_graph(job, graph, spec, protos[graph], tmp / f"{graph}.onnx", external_data_threshold, quantized, data)
         if tokenizer_path is not None:
             shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
             tok_info["sha256"] = sha256_file(tmp / TOKENIZER_FILE)
@@ -148,6 +171,18 @@ def export_checkpoint(
     seconds = time.perf_counter() - start
     progress(f"wrote {out_dir} in {seconds:.1f} s")
     return ExportResult(out_dir, manifest, seconds)
+
+
+INLINE_LIMIT = 1_800_000_000  # bytes: a protobuf message (an inline graph file) cannot exceed 2 GiB
+SKELETON_REAL = 1 << 20  # tensors with fewer elements are read into the skeleton (vectors, a v6 time_state)
+
+
+def _skeleton(ckpt: Checkpoint) -> Checkpoint:
+    """The checkpoint with its matrices as meta tensors (shape and dtype, no data) and its small
+    tensors read: enough to trace the pieces and compute the initial state, without the weights."""
+    small = {k for k in ckpt.weights if math.prod(ckpt.shape(k)) < SKELETON_REAL}
+    meta = {k: torch.empty(ckpt.shape(k), dtype=ckpt.dtype(k), device="meta") for k in ckpt.weights if k not in small}
+    return Checkpoint(ckpt.config, {k: meta[k] if k in meta else ckpt.weights[k] for k in ckpt.weights}, ckpt.format, ckpt.path)
 
 
 def _check_options(dtype: str, wkv_form: str | None, opset: int | None, quantize: QuantSpec | None) -> None:
@@ -189,7 +224,14 @@ class _Job:
 
 
 def _finish_graph(
-    job: _Job, graph: str, spec: GraphSpec, proto: Any, path: Path, external_data_threshold: int, quantized: dict[str, Any]
+    job: _Job,
+    graph: str,
+    spec: GraphSpec,
+    proto: Any,
+    path: Path,
+    external_data_threshold: int,
+    quantized: dict[str, Any],
+    shared: dict[str, str],
 ) -> Graph:
     """Quantize (if asked), attach the WKV function, stamp the metadata, check and save `proto` as `path`; its manifest entry."""
     cfg, quantize = job.cfg, job.quantize
@@ -211,13 +253,14 @@ def _finish_graph(
         "tokenizer": job.tokenizer_kind,
     })  # fmt: skip
     job.progress(f"checking and saving {path.name} ({n_wkv} rwkv::{job.op} nodes)")
-    files = save_checked(proto, path, external_data_threshold)
+    # a graph whose weights are already in the shared file keeps only small constants inline
+    files = save_checked(proto, path, INLINE_LIMIT if shared else external_data_threshold)
     return Graph(
         file=path.name,
         opset=default_opset(proto),
         wkv_nodes=n_wkv,
-        external_data=tuple(f.name for f in files[1:]),
-        sha256={f.name: sha256_file(f) for f in files},
+        external_data=(*shared, *(f.name for f in files[1:])),
+        sha256={f.name: sha256_file(f) for f in files} | shared,
         inputs=spec.inputs,
         outputs=spec.outputs,
     )

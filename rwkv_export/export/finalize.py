@@ -21,7 +21,10 @@ from rwkv_export.errors import RwkvExportError, first_line
 from rwkv_export.ops.onnx_function import wkv_function
 from rwkv_export.ops.registry import DOMAIN, DOMAIN_VERSION
 
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of initializers; protobuf refuses messages over 2 GiB
+# Bytes of weights above which they go to one shared weights.data rather than into each graph (a
+# protobuf message cannot exceed 2 GiB; below this, self-contained files are simpler to move around,
+# and the two inline copies cost little).
+EXTERNAL_DATA_THRESHOLD = 256 << 20
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -61,13 +64,13 @@ def initializer_bytes(model: onnx.ModelProto) -> int:
 
 
 def save_checked(model: onnx.ModelProto, path: Path, external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> list[Path]:
-    """Check and save `model` at `path` (a fresh directory's file); return the files written."""
-    external = initializer_bytes(model) > external_data_threshold
-    if not external:
-        try:
-            onnx.checker.check_model(model, full_check=True)
-        except onnx.checker.ValidationError as exc:
-            raise RwkvExportError(f"{path.name} failed onnx.checker: {first_line(exc, 1000)}") from exc
+    """Check and save `model` at `path` (a fresh directory's file); return the files written. Weights
+    already placed in a file beside it (weights.py) stay there; others move to `<file>.data` above
+    the threshold."""
+    placed = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    external = not placed and initializer_bytes(model) > external_data_threshold
+    if not external and not placed:
+        _check(model, path)
     tmp = path.with_name(path.name + ".tmp")
     files = [path]
     if external:
@@ -77,9 +80,13 @@ def save_checked(model: onnx.ModelProto, path: Path, external_data_threshold: in
     else:
         onnx.save_model(model, tmp)
     os.replace(tmp, path)
-    if external:
-        try:
-            onnx.checker.check_model(str(path), full_check=True)
-        except onnx.checker.ValidationError as exc:
-            raise RwkvExportError(f"{path.name} failed onnx.checker: {first_line(exc, 1000)}") from exc
+    if external or placed:  # the checker reads external data relative to the saved file
+        _check(str(path), path)
     return files
+
+
+def _check(model: onnx.ModelProto | str, path: Path) -> None:
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise RwkvExportError(f"{path.name} failed onnx.checker: {first_line(exc, 1000)}") from exc

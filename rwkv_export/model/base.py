@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,17 +32,22 @@ WKVFn = Callable[..., tuple[torch.Tensor, ...]]  # the op's signature: (inputs .
 WKVState = tuple[torch.Tensor, ...]  # one layer's slice of the op's state tensors
 
 
+TOP_KEYS = ("emb.weight", "blocks.0.ln0.weight", "blocks.0.ln0.bias", "ln_out.weight", "ln_out.bias", "head.weight")
+
+
+def buffer_name(key: str) -> str:
+    """A block tensor's buffer name: its key after `blocks.<i>.`, '.' -> '_' (blocks.3.att.key.weight -> att_key_weight)."""
+    return key.split(".", 2)[2].replace(".", "_")
+
+
 class Block(nn.Module):
     """One layer's weights as buffers named after the checkpoint keys ('.' -> '_'), cast by role."""
 
     def __init__(self, weights: Mapping[str, torch.Tensor], prefix: str, model: RWKVModel, layer: int) -> None:
         super().__init__()
-        for key, tensor in weights.items():
-            if not key.startswith(prefix):
-                continue
-            name = key[len(prefix) :].replace(".", "_")
-            t = model.prepare(name, tensor.to(torch.float64), layer)
-            self.register_buffer(name, t.contiguous(), persistent=True)
+        for key in weights:
+            if key.startswith(prefix):
+                self.register_buffer(buffer_name(key), model.buffer(key, weights[key], layer), persistent=True)
 
 
 class RWKVModel(nn.Module):
@@ -82,10 +88,16 @@ class RWKVModel(nn.Module):
         self.state_type = state_type(config.version)
         self.wkv: WKVFn = type(self).WKV  # swappable: the exporter replaces it with a custom-op emitter
         self.blocks = nn.ModuleList(Block(weights, f"blocks.{i}.", self, i) for i in range(config.n_layer))
-        for name in ("emb.weight", "blocks.0.ln0.weight", "blocks.0.ln0.bias", "ln_out.weight", "ln_out.bias", "head.weight"):
-            self.register_buffer(name.replace(".", "_"), weights[name].to(self.dtype).contiguous())
+        for key in TOP_KEYS:
+            self.register_buffer(key.replace(".", "_"), self.buffer(key, weights[key], None))
 
     # --- weights and state -----------------------------------------------------------------------
+
+    def buffer(self, key: str, tensor: torch.Tensor, layer: int | None) -> torch.Tensor:
+        """The buffer a checkpoint tensor becomes: of block `layer` (prepare), or top-level (layer None)."""
+        if layer is None:
+            return tensor.to(self.dtype).contiguous()
+        return self.prepare(buffer_name(key), tensor.to(torch.float64), layer).contiguous()
 
     def prepare(self, name: str, t: torch.Tensor, layer: int) -> torch.Tensor:
         """Cast one block tensor (float64 in) for its role; versions add derived buffers here."""
@@ -136,26 +148,48 @@ class RWKVModel(nn.Module):
 
     def forward_sequence(self, tokens: torch.Tensor, state: ModelState, all_logits: bool = False) -> tuple[torch.Tensor, ModelState]:
         """tokens [B, T] int64 -> logits [B, V] (last position) or [B, T, V], new state."""
-        x = self._ln(F.embedding(tokens, self.emb_weight), self.blocks_0_ln0_weight, self.blocks_0_ln0_bias)  # [B, T, C]
+        x = self.embed(tokens)  # [B, T, C]
         new: list[list[torch.Tensor]] = [[] for _ in state]  # x_att, the op's state tensors, x_ffn
         ctx: dict[str, torch.Tensor] = {}  # per-call values shared across layers (v7's v_first)
         for i, b in enumerate(self.blocks):
-            xx = self._ln(x, b.ln1_weight, b.ln1_bias)
-            out, wkv = self._time_mix(i, b, xx, shifted(xx, state[0][i]), tuple(s[i] for s in state[1:-1]), ctx)
-            x = x + out
-            new[0].append(xx[:, -1].to(self.state_dtype))
-            for slot, s in zip(new[1:-1], wkv):
+            x, layer_state = self.layer(i, b, x, tuple(s[i] for s in state), ctx)
+            for slot, s in zip(new, layer_state):
                 slot.append(s)
-
-            xx = self._ln(x, b.ln2_weight, b.ln2_bias)
-            x = x + self._channel_mix(b, xx, shifted(xx, state[-1][i]))
-            new[-1].append(xx[:, -1].to(self.state_dtype))
-            if self.rescale_every and (i + 1) % self.rescale_every == 0:
+            if self.halves_after(i):
                 x = x / 2
+        return self.logits(x, all_logits), self.state_type(*(torch.stack(s) for s in new))  # type: ignore[arg-type]
+
+    # The three pieces of forward_sequence. The exporter traces each once (layer: once for layer 0 and
+    # once for a later layer) and stamps the layer per block, so a layer may branch on `i == 0` only.
+
+    def embed(self, tokens: torch.Tensor, w: Any = None) -> torch.Tensor:
+        """tokens [B, T] -> the residual stream [B, T, C] (embedding, then block 0's ln0). w: an object
+        with the weights as attributes in place of the model's buffers (the exporter's traced inputs)."""
+        w = self if w is None else w
+        return self._ln(F.embedding(tokens, w.emb_weight), w.blocks_0_ln0_weight, w.blocks_0_ln0_bias)
+
+    def layer(
+        self, i: int, b: Block, x: torch.Tensor, state: tuple[torch.Tensor, ...], ctx: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Block i on x [B, T, C] from its slice of the state (x_att, the op's state, x_ffn) -> (x, new slice)."""
+        xx = self._ln(x, b.ln1_weight, b.ln1_bias)
+        out, wkv = self._time_mix(i, b, xx, shifted(xx, state[0]), state[1:-1], ctx)
+        x = x + out
+        x_att = xx[:, -1].to(self.state_dtype)
+        xx = self._ln(x, b.ln2_weight, b.ln2_bias)
+        x = x + self._channel_mix(b, xx, shifted(xx, state[-1]))
+        return x, (x_att, *wkv, xx[:, -1].to(self.state_dtype))
+
+    def halves_after(self, i: int) -> bool:
+        """Whether the float16 rescale halves the residual stream after block i."""
+        return bool(self.rescale_every) and (i + 1) % self.rescale_every == 0
+
+    def logits(self, x: torch.Tensor, all_logits: bool = False, w: Any = None) -> torch.Tensor:
+        """The residual stream [B, T, C] -> logits [B, V] of the last position (or [B, T, V]), in the state dtype."""
+        w = self if w is None else w
         if not all_logits:
             x = x[:, -1]
-        logits = self._ln(x, self.ln_out_weight, self.ln_out_bias) @ self.head_weight.t()
-        return logits.to(self.state_dtype), self.state_type(*(torch.stack(s) for s in new))  # type: ignore[arg-type]
+        return (self._ln(x, w.ln_out_weight, w.ln_out_bias) @ w.head_weight.t()).to(self.state_dtype)
 
     def forward_step(self, tokens: torch.Tensor, state: ModelState) -> tuple[torch.Tensor, ModelState]:
         """tokens [B] int64 -> logits [B, V], new state: the sequence form at T = 1 (same WKV op, T symbolic)."""

@@ -43,15 +43,51 @@ def resolve_providers(provider: str) -> list[str]:
     return [p for p in PROVIDERS[provider] if p in available]
 
 
-class SessionFromOnnx:
-    """An ONNX Runtime session for one .onnx file. threads=0 lets ORT pick (all cores)."""
+class SharedWeights:
+    """An export's shared weight file (weights.data), mapped once read-only; every session made with it
+    is handed its tensors as user initializers (SessionOptions.add_initializer), so the prefill and
+    step sessions read one copy instead of each loading its own. Keep it alive as long as the sessions."""
 
-    def __init__(self, path: str | Path, provider: str = "cpu", threads: int = 0) -> None:
+    def __init__(self, path: Path) -> None:
+        import numpy as np
+
+        self.path = path
+        self.map = np.memmap(path, dtype=np.uint8, mode="r")
+        self.values: dict[str, Any] = {}  # initializer name -> OrtValue over the map
+
+    def add_to(self, options: Any, model_path: Path) -> None:
+        """Give `options` every initializer of `model_path` that lives in this file."""
+        import numpy as np
+        import onnx
+        import onnxruntime as ort
+        from onnx.helper import tensor_dtype_to_np_dtype
+
+        model = onnx.load(str(model_path), load_external_data=False)  # the graph only: a few MB
+        for t in model.graph.initializer:
+            where = {e.key: e.value for e in t.external_data}
+            if t.data_location != onnx.TensorProto.EXTERNAL or where.get("location") != self.path.name:
+                continue
+            if t.name not in self.values:
+                dtype = np.dtype(tensor_dtype_to_np_dtype(t.data_type))
+                offset, length = int(where.get("offset", 0)), int(where["length"])
+                if offset + length > self.map.size:
+                    raise RwkvExportError(f"{model_path}: '{t.name}' lies past the end of {self.path.name} (truncated?)")
+                array = self.map[offset : offset + length].view(dtype).reshape(tuple(t.dims))
+                self.values[t.name] = ort.OrtValue.ortvalue_from_numpy(array)
+            options.add_initializer(t.name, self.values[t.name])
+
+
+class SessionFromOnnx:
+    """An ONNX Runtime session for one .onnx file. threads=0 lets ORT pick (all cores). shared: the
+    export's SharedWeights, whose tensors the session then reads rather than loading its own copy."""
+
+    def __init__(self, path: str | Path, provider: str = "cpu", threads: int = 0, shared: SharedWeights | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise RwkvExportError(f"ONNX file '{self.path}' does not exist")
         self.providers = resolve_providers(provider)
         self.threads = threads
+        self.shared = shared
 
     def __call__(self) -> Any:
         import onnxruntime as ort
@@ -60,6 +96,8 @@ class SessionFromOnnx:
         options.intra_op_num_threads = self.threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        if self.shared is not None:
+            self.shared.add_to(options, self.path)
         try:
             return ort.InferenceSession(str(self.path), options, providers=self.providers)
         except Exception as exc:  # ORT raises its own exception types with long messages

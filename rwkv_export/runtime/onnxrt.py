@@ -41,6 +41,7 @@ class OrtRunner(Runner):
         loader = source if isinstance(source, SessionFromOnnx) else SessionFromOnnx(source, provider, threads)
         self.path, self.providers = loader.path, loader.providers
         self.session = loader()
+        self.shared = loader.shared  # the mapped weights the session reads: alive as long as the session
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if graph is not None:
             _match(self.path, "inputs", inputs, graph.inputs)

@@ -24,7 +24,7 @@ import numpy as np
 from rwkv_export.errors import RwkvExportError, check_token_ids
 from rwkv_export.manifest import Manifest, StateSpec
 from rwkv_export.runtime.base import Runner, state_to_host
-from rwkv_export.runtime.loaders import engines_unavailable
+from rwkv_export.runtime.loaders import SessionFromOnnx, SharedWeights, engines_unavailable, resolve_providers
 from rwkv_export.runtime.onnxrt import OrtRunner
 
 StateDict = dict[str, np.ndarray]
@@ -148,15 +148,29 @@ class ExportedModel(ModelSession):
             from rwkv_export.runtime.tensorrt_runner import TensorRTRunner
 
             return {graph: TensorRTRunner(self.directory, graph, manifest=m) for graph in m.graphs}
+        shared = self._shared_weights(provider)
         try:
             return {
-                graph: OrtRunner(m.path(info.file, f"graphs.{graph}.file"), provider, threads, graph=info, vocab_size=m.model.vocab_size)
+                graph: OrtRunner(
+                    SessionFromOnnx(m.path(info.file, f"graphs.{graph}.file"), provider, threads, shared),
+                    graph=info,
+                    vocab_size=m.model.vocab_size,
+                )
                 for graph, info in m.graphs.items()
             }
         except RwkvExportError as exc:
             if provider != "tensorrt":
                 raise
             raise RwkvExportError(f"{exc}; or build TensorRT engines: rwkv-export build {self.directory}") from None
+
+    def _shared_weights(self, provider: str) -> SharedWeights | None:
+        """The weight file every graph reads (an export's weights.data), for the CPU sessions to share;
+        None when the graphs are self-contained or run on a GPU (each session copies to the device)."""
+        files = {f for info in self.manifest.graphs.values() for f in info.external_data}
+        common = set.intersection(*(set(info.external_data) for info in self.manifest.graphs.values()))
+        if provider not in ("cpu", "auto") or len(files) != 1 or not common or resolve_providers(provider)[0] != "CPUExecutionProvider":
+            return None
+        return SharedWeights(self.manifest.path(files.pop(), "graphs.external_data"))
 
     def save_state(self, path: str | Path, state: dict[str, Any], rows: list[int] | None = None, note: str = "") -> None:
         """Write `state` (or only `rows` of it) as a state file bound to this export (rwkv_export/serving/state_file.py)."""

@@ -124,7 +124,7 @@ def drop_carry(path: Path, name: str) -> None:
 @pytest.mark.parametrize("graph, where", [("step", "step 1"), ("prefill", "prefill")])
 def test_verify_fails_on_a_corrupted_weight(verified: tuple[Result, Path, Path], tmp_path: Path, graph: str, where: str) -> None:
     broken = _broken_copy(verified, tmp_path)
-    perturb_weight(broken / f"{graph}.onnx", "model.blocks.1.att_time_mix_v", 0.5)
+    perturb_weight(broken / f"{graph}.onnx", "blocks.1.att.time_mix_v", 0.5)
     result = invoke("verify", broken, "--backends", "ort-cpu", "--seq", 8, "--steps", 3, "-q")
     assert result.exit_code == 1, result.output
     assert f"first diverges at {where}: state 'aa' layer 1" in result.stdout, result.stdout

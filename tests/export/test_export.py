@@ -186,11 +186,12 @@ def test_tiny_trained_v4_exported(tmp_path: Path, precision: str, dtype: str) ->
 
 
 def test_external_data(tmp_path: Path, random_ckpt: Path) -> None:
-    """Models over 2 GB keep weights in external data; forced here with a zero threshold."""
+    """Larger models keep their weights once, in weights.data, for both graphs; forced here with a zero threshold."""
     out = export_checkpoint(random_ckpt, tmp_path / "ext", external_data_threshold=0).directory
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["graphs"]["step"]["external_data"] == ["step.onnx.data"]
-    assert (out / "step.onnx.data").stat().st_size > (out / "step.onnx").stat().st_size
+    assert manifest["graphs"]["step"]["external_data"] == manifest["graphs"]["prefill"]["external_data"] == ["weights.data"]
+    assert sorted(p.name for p in out.iterdir() if "onnx" in p.name or p.suffix == ".data") == ["prefill.onnx", "step.onnx", "weights.data"]
+    assert (out / "weights.data").stat().st_size > 10 * (out / "step.onnx").stat().st_size
     logits, _ = _run(_session(out, "step"), np.array([1]), initial_state(CFG, 1))
     model = build_model(load_checkpoint(random_ckpt), "float64")
     ref, _ = model.forward_step(torch.tensor([1]), initial_state(CFG, 1, torch.float64))

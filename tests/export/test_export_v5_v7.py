@@ -333,12 +333,12 @@ def test_tensorrt_build_front_per_op() -> None:
 
 
 def test_external_data_and_derived_step(tmp_path: Path) -> None:
-    """Weights in external data (forced with a zero threshold) for both graphs; the step graph (the
-    prefill graph at T = 1, trace.py) takes tokens [batch] and returns logits [batch, vocab]."""
+    """One weight file (forced with a zero threshold) for both graphs; the step graph (the prefill
+    graph at T = 1, step.py) takes tokens [batch] and returns logits [batch, vocab]."""
     ckpt = _checkpoint(tmp_path, "7", seed=9)
     directory = export_checkpoint(ckpt, tmp_path / "ext", all_logits=True, external_data_threshold=0).directory
     manifest = json.loads((directory / "manifest.json").read_text())
-    assert [manifest["graphs"][g]["external_data"] for g in ("prefill", "step")] == [["prefill.onnx.data"], ["step.onnx.data"]]
+    assert [manifest["graphs"][g]["external_data"] for g in ("prefill", "step")] == [["weights.data"], ["weights.data"]]
     step = onnx.load(directory / "step.onnx", load_external_data=False)
     dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*step.graph.input, *step.graph.output]}
     assert dims["tokens"] == ["batch"] and dims["logits"] == ["batch", 61] and dims["wkv_out"] == [2, "batch", 4, 8, 8]
