@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from rwkv_export.checkpoint import hf, rwkvcpp, validate
-from rwkv_export.checkpoint.lazy import SHARD_INDEX, TensorStore, open_tensor_file
 from rwkv_export.checkpoint.config import ModelConfig
+from rwkv_export.checkpoint.lazy import SHARD_INDEX, TensorStore, open_tensor_file
 from rwkv_export.checkpoint.versions import detect_version, infer_config
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.fileio import atomic_output_path, atomic_write_json

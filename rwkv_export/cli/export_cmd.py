@@ -19,11 +19,11 @@ from rwkv_export.cli.options import (
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.export import ALL_FORMS
 from rwkv_export.export.finalize import EXTERNAL_DATA_THRESHOLD
+from rwkv_export.export.quantize import DEFAULT_ACCURACY_LEVEL, DEFAULT_BLOCK_SIZE, PRECISIONS, QUANT_FORMATS, ROLES, QuantSpec
+from rwkv_export.ops.registry import op_spec
 
 # --weights -> export_checkpoint's external_data_threshold (bytes of weights above which they are shared)
 WEIGHT_LAYOUTS = {"auto": EXTERNAL_DATA_THRESHOLD, "shared": 0, "inline": 1 << 62}
-from rwkv_export.export.quantize import DEFAULT_ACCURACY_LEVEL, DEFAULT_BLOCK_SIZE, PRECISIONS, QUANT_FORMATS, ROLES, QuantSpec
-from rwkv_export.ops.registry import op_spec
 
 
 def _policy_text(scheme: str) -> str:

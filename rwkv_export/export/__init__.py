@@ -36,6 +36,7 @@ from rwkv_export import __version__
 from rwkv_export.checkpoint import Checkpoint, ModelConfig, open_checkpoint
 from rwkv_export.checkpoint.versions import require_supported
 from rwkv_export.errors import RwkvExportError
+from rwkv_export.export.assemble import assemble_prefill
 from rwkv_export.export.finalize import (
     EXTERNAL_DATA_THRESHOLD,
     attach_wkv_function,
@@ -44,10 +45,9 @@ from rwkv_export.export.finalize import (
     set_metadata,
     wkv_function_sha256,
 )
+from rwkv_export.export.pieces import trace_pieces
 from rwkv_export.export.quantize import QuantSpec, quantization_manifest, quantize_graph
 from rwkv_export.export.spec import GRAPHS, GraphSpec, graph_spec
-from rwkv_export.export.assemble import assemble_prefill
-from rwkv_export.export.pieces import trace_pieces
 from rwkv_export.export.step import step_from_prefill
 from rwkv_export.export.weights import WEIGHTS_FILE, WeightSource, write_weights
 from rwkv_export.fileio import atomic_directory, sha256_file
