@@ -2,11 +2,12 @@
 
 For each RWKV-7 shape (random bfloat16 weights, vocab 65536, written streamed by make-checkpoint):
   copy_s      time to copy the checkpoint file on the same disk (the floor a streamed export is held to)
-  export_s    `rwkv-export export --dtype float16` wall time, and export_rss_gb its peak RSS
+  export_s    `rwkv-export export --dtype float16` (or --dtype float32) wall time, and export_rss_gb its peak RSS
               (/usr/bin/time -v, every process of the command)
-  load_s      ONNX Runtime creating the prefill and step sessions together, and load_rss_gb the RSS
-              after both (VmRSS; weights_gb is weights.data's size, the floor)
-  step_s      one step at batch 1 (after one warm-up), so s/token and the bandwidth floor it implies
+  load_s      ExportedModel (ONNX Runtime, CPU) opening the prefill and step sessions together, and
+              load_rss_gb the RSS after a 4-token prefill and two steps (VmRSS; weights_gb is
+              weights.data's size, the floor: both sessions read one mapping of it)
+  step_s      one step at batch 1 (after one warm-up): s/token; weights_gb / step_s is the bandwidth it reads at
 Each step runs in its own process, one after the other, so peaks do not mix. Prints a table and,
 with --json, writes the figures; --plot draws RSS against model bytes (matplotlib, the bench extra).
 
@@ -37,22 +38,17 @@ CLI = [sys.executable, "-c", "from rwkv_export.cli import main; main()"]
 _LOAD = """
 import json, sys, time
 import numpy as np
-import onnxruntime as ort
-d = sys.argv[1]
-def rss():
-    return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1]) * 1024
-opts = ort.SessionOptions(); opts.intra_op_num_threads = 2
+from rwkv_export.runtime import ExportedModel
+def status(key):
+    return int(next(l for l in open('/proc/self/status') if l.startswith(key)).split()[1]) * 1024
 t = time.perf_counter()
-pre = ort.InferenceSession(d + '/prefill.onnx', opts, providers=['CPUExecutionProvider'])
-step = ort.InferenceSession(d + '/step.onnx', opts, providers=['CPUExecutionProvider'])
-load = time.perf_counter() - t
-after = rss()
-m = json.load(open(d + '/manifest.json'))
-feed = {s['name']: np.full([s['shape'][0], 1, *s['shape'][2:]], s['initial'], np.float32) for s in m['state']}
-feed['tokens'] = np.array([1], np.int64)
-step.run(None, feed)
-t = time.perf_counter(); step.run(None, feed); one = time.perf_counter() - t
-print(json.dumps({'load_s': load, 'load_rss': after, 'step_s': one, 'peak_rss': int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) * 1024}))
+with ExportedModel(sys.argv[1], provider='cpu', threads=2) as m:
+    load = time.perf_counter() - t
+    state = m.initial_state(1)
+    logits, state = m.prefill(np.array([[1, 2, 3, 4]]), state)
+    m.step(np.array([5]), state)
+    t = time.perf_counter(); m.step(np.array([5]), state); one = time.perf_counter() - t
+    print(json.dumps({'load_s': load, 'load_rss': status('VmRSS'), 'step_s': one, 'peak_rss': status('VmHWM')}))
 """
 
 
@@ -67,7 +63,7 @@ def timed(cmd: list[str]) -> tuple[float, float]:
     return wall, kb * 1024
 
 
-def measure(size: str, work: Path, run_ort: bool) -> dict[str, object]:
+def measure(size: str, work: Path, run_ort: bool, dtype: str) -> dict[str, object]:
     layers, width = SHAPES[size]
     ckpt = work / f"rwkv7-{size}.safetensors"
     if not ckpt.exists():
@@ -79,10 +75,10 @@ def measure(size: str, work: Path, run_ort: bool) -> dict[str, object]:
     os.sync()
     copy_s = time.perf_counter() - start
     (work / "copy.tmp").unlink()
-    out = work / f"export-{size}"
-    export_s, export_rss = timed([*CLI, "export", str(ckpt), "-o", str(out), "--dtype", "float16", "--force", "-q"])
+    out = work / f"export-{size}-{dtype}"
+    export_s, export_rss = timed([*CLI, "export", str(ckpt), "-o", str(out), "--dtype", dtype, "--force", "-q"])
     row: dict[str, object] = {
-        "size": size, "layers": layers, "width": width, "checkpoint_gb": ckpt.stat().st_size / 1e9,
+        "size": size, "dtype": dtype, "layers": layers, "width": width, "checkpoint_gb": ckpt.stat().st_size / 1e9,
         "copy_s": copy_s, "export_s": export_s, "export_rss_gb": export_rss / 1e9,
         "weights_gb": (out / "weights.data").stat().st_size / 1e9 if (out / "weights.data").exists() else None,
     }  # fmt: skip
@@ -101,6 +97,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="0.1B,0.4B,1.5B,3B")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/rwkv-export-scale"))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="The export's dtype.")
     parser.add_argument("--no-ort", action="store_true", help="Export only (skip the ONNX Runtime load).")
     parser.add_argument("--keep", action="store_true", help="Keep the exports (default: remove each after measuring).")
     parser.add_argument("--plot", type=Path, help="Write a PNG of peak RSS against model bytes.")
@@ -108,12 +105,12 @@ def main() -> None:
     args.dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for size in args.sizes.split(","):
-        row = measure(size, args.dir, not args.no_ort)
+        row = measure(size, args.dir, not args.no_ort, args.dtype)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
         if not args.keep:
-            shutil.rmtree(args.dir / f"export-{size}", ignore_errors=True)
-    cols = ["size", "checkpoint_gb", "copy_s", "export_s", "export_rss_gb", "weights_gb", "load_s", "load_rss_gb", "step_s"]
+            shutil.rmtree(args.dir / f"export-{size}-{args.dtype}", ignore_errors=True)
+    cols = ["size", "dtype", "checkpoint_gb", "copy_s", "export_s", "export_rss_gb", "weights_gb", "load_s", "load_rss_gb", "step_s"]
     print(" | ".join(cols))
     print(" | ".join("---" for _ in cols))
     for row in rows:

@@ -63,6 +63,19 @@ class TensorStore(Mapping[str, torch.Tensor]):
             validate.check_finite({key: tensor}, self._where)
         return tensor
 
+    def rows(self, key: str, start: int, stop: int) -> torch.Tensor:
+        """Rows start:stop of a tensor (its first axis), read alone."""
+        if key in self._mapped:
+            tensor = _copy_out(self._mapped[key][start:stop])
+        else:
+            entry = self._entries[key]
+            row = entry.length // max(1, entry.shape[0])
+            part = _Entry(entry.file, entry.offset + start * row, (stop - start) * row, entry.dtype, (stop - start, *entry.shape[1:]))
+            tensor = _read_entry(part)
+        if self._where is not None:
+            validate.check_finite({key: tensor}, self._where)
+        return tensor
+
     def checked(self, where: str) -> TensorStore:
         """The same store, refusing NaN / Inf in every tensor it reads (the error names `where`)."""
         return TensorStore(self._entries, self._mapped, where)

@@ -19,7 +19,6 @@ quantizer (quantize.py), then save as before.
 
 from __future__ import annotations
 
-import math
 import platform
 import shutil
 import time
@@ -34,7 +33,7 @@ import torch
 
 from rwkv_export import __version__
 from rwkv_export.checkpoint import Checkpoint, ModelConfig, open_checkpoint
-from rwkv_export.checkpoint.versions import require_supported
+from rwkv_export.checkpoint.versions import expected_shapes, require_supported
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.export.assemble import assemble_prefill
 from rwkv_export.export.finalize import (
@@ -174,14 +173,13 @@ def export_checkpoint(
 
 
 INLINE_LIMIT = 1_800_000_000  # bytes: a protobuf message (an inline graph file) cannot exceed 2 GiB
-SKELETON_REAL = 1 << 20  # tensors with fewer elements are read into the skeleton (vectors, a v6 time_state)
 
 
 def _skeleton(ckpt: Checkpoint) -> Checkpoint:
-    """The checkpoint with its matrices as meta tensors (shape and dtype, no data) and its small
-    tensors read: enough to trace the pieces and compute the initial state, without the weights."""
-    small = {k for k in ckpt.weights if math.prod(ckpt.shape(k)) < SKELETON_REAL}
-    meta = {k: torch.empty(ckpt.shape(k), dtype=ckpt.dtype(k), device="meta") for k in ckpt.weights if k not in small}
+    """The checkpoint as meta tensors (shape and dtype, no data): enough to trace the pieces. The
+    version's optional tensors (a v6 `time_state`: the initial state, not a graph weight) are read."""
+    _, optional = expected_shapes(ckpt.config)
+    meta = {k: torch.empty(ckpt.shape(k), dtype=ckpt.dtype(k), device="meta") for k in ckpt.weights if k not in optional}
     return Checkpoint(ckpt.config, {k: meta[k] if k in meta else ckpt.weights[k] for k in ckpt.weights}, ckpt.format, ckpt.path)
 
 

@@ -35,6 +35,7 @@ class Recipe:
     inputs: tuple[str, ...]  # the piece's weight inputs it reads (buffer names)
     model: onnx.ModelProto | None  # None: the value *is* inputs[0]
     ops: tuple[str, ...]  # op types of its nodes, in order (for the initializer's name)
+    blockwise: bool = False  # only Casts and a 2-D Transpose (perm [1, 0]): weights.py may run it on blocks
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,11 @@ def _recipe(piece: Piece, value: str, folded: dict[str, int], inputs: set[str], 
         initializer=[consts[n] for n in sorted(needed)],
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=list(src.opset_import), ir_version=src.ir_version)
-    return Recipe(piece.name, value, order, model, tuple(n.op_type.lower() for n in nodes))
+    perms = [list(a.ints) for n in nodes for a in n.attribute if a.name == "perm"]
+    rank = len(types[order[0]].type.tensor_type.shape.dim) if len(order) == 1 else 0
+    kinds = [n.op_type for n in nodes]
+    blockwise = rank == 2 and set(kinds) <= {"Transpose", "Cast"} and kinds.count("Transpose") <= 1 and perms in ([], [[1, 0]])
+    return Recipe(piece.name, value, order, model, tuple(k.lower() for k in kinds), blockwise)
 
 
 def _has_subgraph(node: onnx.NodeProto) -> bool:

@@ -17,7 +17,9 @@ Two layouts:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import itertools
+import math
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import nullcontext
 from pathlib import Path
 from typing import IO, Any
@@ -27,6 +29,7 @@ import onnx
 import torch
 from onnx.reference import ReferenceEvaluator
 
+from rwkv_export.checkpoint import TensorStore
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.export.assemble import Recipe, WeightEntry
 from rwkv_export.model import RWKVModel
@@ -35,6 +38,8 @@ WEIGHTS_FILE = "weights.data"
 ALIGN = 64
 PAGE_ALIGN = 1 << 16
 PAGE_ALIGN_FROM = 1 << 20  # tensors at least this large start on a PAGE_ALIGN boundary
+CHUNK_BYTES = 16 << 20  # bytes (at 8 per element) of a block converted or copied at a time
+BLOCKED_FROM = 64 << 20  # a matrix above this many bytes at 8 per element is converted block by block
 
 
 class WeightSource:
@@ -53,7 +58,20 @@ class WeightSource:
         buf = getattr(owner, entry.buffers[0])
         return int(buf.numel() * buf.element_size())
 
+    def blocks(self, entry: WeightEntry) -> tuple[tuple[int, ...], np.dtype, Iterator[np.ndarray]]:
+        """(shape, dtype, C-ordered row blocks) of the entry. A large matrix used as it is or transposed
+        is converted a block at a time (its rows, or for a transpose its columns of the source read
+        once), so no float64 or converted copy of the whole matrix is ever held."""
+        key = self.key(entry, entry.buffers[0])
+        shape = self._shape(key)
+        big = len(shape) == 2 and math.prod(shape) * 8 > BLOCKED_FROM
+        if len(entry.buffers) == 1 and big and (entry.recipe.model is None or entry.recipe.blockwise):
+            return self._blocked(entry, key, shape)
+        array = self.produce(entry)
+        return array.shape, array.dtype, _row_blocks(array)
+
     def produce(self, entry: WeightEntry) -> np.ndarray:
+        """The entry's whole array (possibly a transposed view)."""
         arrays = {}
         for buffer in entry.buffers:
             key = self.key(entry, buffer)
@@ -64,6 +82,45 @@ class WeightSource:
             return arrays[recipe.inputs[0]]
         (value,) = self._evaluator(recipe).run(None, arrays)
         return np.asarray(value)
+
+    def _blocked(self, entry: WeightEntry, key: str, shape: tuple[int, ...]) -> tuple[tuple[int, ...], np.dtype, Iterator[np.ndarray]]:
+        """A matrix converted a block at a time: rows of the source, or (when the recipe transposes)
+        columns of the source read once, each block run through the buffer rule and the recipe."""
+        recipe, rows, cols = entry.recipe, shape[0], shape[1]
+        transpose = "transpose" in recipe.ops
+
+        def finish(block: torch.Tensor, expected: tuple[int, int]) -> np.ndarray:
+            prepared = self.model.buffer(key, block, entry.layer)
+            assert tuple(prepared.shape) == expected, f"{key}: its buffer rule is not elementwise"
+            if recipe.model is None:
+                return prepared.numpy()
+            (value,) = self._evaluator(recipe).run(None, {recipe.inputs[0]: prepared.numpy()})
+            return np.asarray(value)
+
+        def by_rows() -> Iterator[np.ndarray]:
+            step = max(1, CHUNK_BYTES // (cols * 8))
+            for r in range(0, rows, step):
+                stop = min(rows, r + step)
+                yield finish(self._rows(key, r, stop), (stop - r, cols))
+
+        def by_columns() -> Iterator[np.ndarray]:
+            source = self.weights[key]  # once, in its stored dtype
+            step = max(1, CHUNK_BYTES // (rows * 8))
+            for c in range(0, cols, step):
+                stop = min(cols, c + step)
+                yield from _row_blocks(finish(source[:, c:stop], (rows, stop - c)))
+
+        blocks = by_columns() if transpose else by_rows()
+        first = next(blocks)  # its dtype is the tensor's
+        return ((cols, rows) if transpose else shape), first.dtype, itertools.chain([first], blocks)
+
+    def _shape(self, key: str) -> tuple[int, ...]:
+        weights = self.weights
+        return weights.shape(key) if isinstance(weights, TensorStore) else tuple(weights[key].shape)
+
+    def _rows(self, key: str, start: int, stop: int) -> torch.Tensor:
+        weights = self.weights
+        return weights.rows(key, start, stop) if isinstance(weights, TensorStore) else weights[key][start:stop]
 
     def _evaluator(self, recipe: Recipe) -> ReferenceEvaluator:
         key = (recipe.piece, recipe.value)
@@ -92,38 +149,57 @@ def write_weights(
     ):
         offset = 0
         for entry in entries:
-            array = np.ascontiguousarray(source.produce(entry))
+            shape, dtype, blocks = source.blocks(entry)
+            nbytes = math.prod(shape) * dtype.itemsize
             if f is not None:
-                offset = _append(f, array, offset, digest, data_path)
+                offset = _append(f, blocks, nbytes, offset, digest, data_path)
+                location: tuple[str, int] | bytes = (data_path.name, offset - nbytes)  # type: ignore[union-attr]
+            else:
+                location = b"".join(block.tobytes() for block in blocks)
             for t in targets[entry.name]:
-                _describe(t, array, None if f is None else (data_path.name, offset - array.nbytes))  # type: ignore[union-attr]
-            progress.update(array.nbytes)
+                _describe(t, shape, dtype, location)
+            progress.update(nbytes)
     return digest.hexdigest() if data_path is not None else None
 
 
-def _append(f: IO[bytes], array: np.ndarray, offset: int, digest: Any, path: Path | None) -> int:
-    """Pad to the tensor's alignment, write it; the offset after it."""
-    align = PAGE_ALIGN if array.nbytes >= PAGE_ALIGN_FROM else ALIGN
+def _row_blocks(array: np.ndarray) -> Iterator[np.ndarray]:
+    """A whole array as C-ordered blocks of rows (a transposed view is copied a block at a time)."""
+    rows = array.reshape(-1, array.shape[-1]) if array.ndim > 1 else array.reshape(1, -1)
+    step = max(1, CHUNK_BYTES // max(1, rows[:1].nbytes))
+    for r in range(0, len(rows), step):
+        block = rows[r : r + step]
+        if not block.flags.c_contiguous:  # torch's blocked copy: 2-4x numpy's on a transposed float16 view
+            block = torch.from_numpy(block).contiguous().numpy()
+        yield block
+
+
+def _append(f: IO[bytes], blocks: Iterable[np.ndarray], nbytes: int, offset: int, digest: Any, path: Path | None) -> int:
+    """Pad to the tensor's alignment, write its blocks; the offset after it."""
+    align = PAGE_ALIGN if nbytes >= PAGE_ALIGN_FROM else ALIGN
     pad = -offset % align
-    data = memoryview(array.reshape(-1).view(np.uint8))
+    written = 0
     try:
         f.write(b"\0" * pad)
-        f.write(data)
+        digest.update(b"\0" * pad)
+        for block in blocks:
+            data = memoryview(np.ascontiguousarray(block).reshape(-1).view(np.uint8))
+            f.write(data)
+            digest.update(data)
+            written += len(data)
     except OSError as exc:  # ENOSPC, EIO: one line; the atomic directory removes the partial export
-        raise RwkvExportError(f"cannot write {path}: {exc.strerror or exc} (at byte {offset + pad:,})") from None
-    digest.update(b"\0" * pad)
-    digest.update(data)
-    return offset + pad + array.nbytes
+        raise RwkvExportError(f"cannot write {path}: {exc.strerror or exc} (at byte {offset + pad + written:,})") from None
+    assert written == nbytes, f"wrote {written} bytes of a {nbytes}-byte tensor"
+    return offset + pad + nbytes
 
 
-def _describe(t: onnx.TensorProto, array: np.ndarray, location: tuple[str, int] | None) -> None:
-    t.dims[:] = array.shape
-    t.data_type = onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
-    if location is None:
-        t.raw_data = array.tobytes()
+def _describe(t: onnx.TensorProto, shape: tuple[int, ...], dtype: np.dtype, location: tuple[str, int] | bytes) -> None:
+    t.dims[:] = shape
+    t.data_type = onnx.helper.np_dtype_to_tensor_dtype(dtype)
+    if isinstance(location, bytes):
+        t.raw_data = location
         return
     name, offset = location
     t.data_location = onnx.TensorProto.EXTERNAL
     del t.external_data[:]
-    for k, v in (("location", name), ("offset", str(offset)), ("length", str(array.nbytes))):
+    for k, v in (("location", name), ("offset", str(offset)), ("length", str(math.prod(shape) * dtype.itemsize))):
         t.external_data.add(key=k, value=v)
