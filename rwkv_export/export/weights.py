@@ -19,10 +19,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import queue
+import threading
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import nullcontext
 from pathlib import Path
-from typing import IO, Any
 
 import numpy as np
 import onnx
@@ -141,25 +141,84 @@ def write_weights(
             if t.name in targets:
                 targets[t.name].append(t)
     total = sum(source.estimate(e) for e in entries)
-    digest = hashlib.sha256()
-    opened: Any = open(data_path, "wb") if data_path is not None else nullcontext()
-    with (
-        opened as f,
-        tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="weights", disable=not bar, leave=False) as progress,
-    ):
-        offset = 0
-        for entry in entries:
-            shape, dtype, blocks = source.blocks(entry)
-            nbytes = math.prod(shape) * dtype.itemsize
-            if f is not None:
-                offset = _append(f, blocks, nbytes, offset, digest, data_path)
-                location: tuple[str, int] | bytes = (data_path.name, offset - nbytes)  # type: ignore[union-attr]
-            else:
-                location = b"".join(block.tobytes() for block in blocks)
-            for t in targets[entry.name]:
-                _describe(t, shape, dtype, location)
-            progress.update(nbytes)
-    return digest.hexdigest() if data_path is not None else None
+    writer = _Writer(data_path) if data_path is not None else None
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="weights", disable=not bar, leave=False) as progress:
+        try:
+            for entry in entries:
+                shape, dtype, blocks = source.blocks(entry)
+                nbytes = math.prod(shape) * dtype.itemsize
+                if writer is not None:
+                    location: tuple[str, int] | bytes = (writer.path.name, writer.append(blocks, nbytes))
+                else:
+                    location = b"".join(block.tobytes() for block in blocks)
+                for t in targets[entry.name]:
+                    _describe(t, shape, dtype, location)
+                progress.update(nbytes)
+        except BaseException:
+            if writer is not None:
+                writer.close(check=False)
+            raise
+    return writer.close() if writer is not None else None
+
+
+class _Writer:
+    """Appends tensors to the shared file; a thread writes and hashes while the caller converts the
+    next block (both release the GIL: on 2 cores, I/O and sha256 overlap the conversions). At most
+    QUEUE blocks wait, so memory stays a few blocks."""
+
+    QUEUE = 4
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset = path, 0
+        self.file = open(path, "wb")
+        self.digest = hashlib.sha256()
+        self.queue: queue.Queue[bytes | memoryview | None] = queue.Queue(self.QUEUE)
+        self.error: OSError | None = None
+        self.thread = threading.Thread(target=self._run, name="weights-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (data := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.file.write(data)
+                    self.digest.update(data)
+                except OSError as exc:  # ENOSPC, EIO: reported by the caller's next append or close
+                    self.error = exc
+
+    def _put(self, data: bytes | memoryview) -> None:
+        if self.error is not None:
+            self._raise()
+        self.queue.put(data)
+
+    def _raise(self) -> None:
+        exc = self.error
+        assert exc is not None
+        raise RwkvExportError(f"cannot write {self.path}: {exc.strerror or exc} (near byte {self.offset:,})") from None
+
+    def append(self, blocks: Iterable[np.ndarray], nbytes: int) -> int:
+        """Pad to the tensor's alignment and queue its blocks; the tensor's offset."""
+        align = PAGE_ALIGN if nbytes >= PAGE_ALIGN_FROM else ALIGN
+        pad = -self.offset % align
+        if pad:
+            self._put(b"\0" * pad)
+        start, written = self.offset + pad, 0
+        for block in blocks:
+            data = memoryview(np.ascontiguousarray(block).reshape(-1).view(np.uint8))
+            self._put(data)
+            written += len(data)
+        assert written == nbytes, f"wrote {written} bytes of a {nbytes}-byte tensor"
+        self.offset = start + nbytes
+        return start
+
+    def close(self, check: bool = True) -> str:
+        """Wait for the queued writes; the file's sha256 (check: a write's error raised as RwkvExportError)."""
+        self.queue.put(None)
+        self.thread.join()
+        self.file.close()
+        if check and self.error is not None:
+            self._raise()
+        return self.digest.hexdigest()
 
 
 def _row_blocks(array: np.ndarray) -> Iterator[np.ndarray]:
@@ -171,25 +230,6 @@ def _row_blocks(array: np.ndarray) -> Iterator[np.ndarray]:
         if not block.flags.c_contiguous:  # torch's blocked copy: 2-4x numpy's on a transposed float16 view
             block = torch.from_numpy(block).contiguous().numpy()
         yield block
-
-
-def _append(f: IO[bytes], blocks: Iterable[np.ndarray], nbytes: int, offset: int, digest: Any, path: Path | None) -> int:
-    """Pad to the tensor's alignment, write its blocks; the offset after it."""
-    align = PAGE_ALIGN if nbytes >= PAGE_ALIGN_FROM else ALIGN
-    pad = -offset % align
-    written = 0
-    try:
-        f.write(b"\0" * pad)
-        digest.update(b"\0" * pad)
-        for block in blocks:
-            data = memoryview(np.ascontiguousarray(block).reshape(-1).view(np.uint8))
-            f.write(data)
-            digest.update(data)
-            written += len(data)
-    except OSError as exc:  # ENOSPC, EIO: one line; the atomic directory removes the partial export
-        raise RwkvExportError(f"cannot write {path}: {exc.strerror or exc} (at byte {offset + pad + written:,})") from None
-    assert written == nbytes, f"wrote {written} bytes of a {nbytes}-byte tensor"
-    return offset + pad + nbytes
 
 
 def _describe(t: onnx.TensorProto, shape: tuple[int, ...], dtype: np.dtype, location: tuple[str, int] | bytes) -> None:
