@@ -9,11 +9,12 @@ the option, before any tensor is drawn.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
 from rwkv_export.checkpoint.config import ModelConfig
-from rwkv_export.checkpoint.random import iter_random_weights, random_weights
+from rwkv_export.checkpoint.random import iter_random_weights
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.versions import version_info
 
@@ -23,20 +24,11 @@ DEFAULT_HEAD_SIZE = 64  # every released RWKV-5/6/7 model
 DEFAULT_LORA = 32
 
 
-def random_checkpoint(
-    version: str,
-    n_layer: int,
-    n_embd: int,
-    vocab_size: int,
-    ffn_size: int | None = None,
-    head_size: int | None = None,
-    lora: int | None = None,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(config, weights) of a random RWKV-`version`; head_size / lora None: the defaults above."""
-    head_size, lora = check_sizes(version, n_embd, head_size, lora)
-    return random_weights(version, n_layer, n_embd, vocab_size, ffn_size, head_size or DEFAULT_HEAD_SIZE, lora or DEFAULT_LORA, seed, dtype)
+def random_checkpoint(*args: Any, **kwargs: Any) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """(config, weights) of a random RWKV-`version` (random_checkpoint_stream's arguments; head_size /
+    lora None: the defaults above)."""
+    config, tensors = random_checkpoint_stream(*args, **kwargs)
+    return config, dict(tensors)
 
 
 def random_checkpoint_stream(

@@ -70,23 +70,15 @@ def _random_config(
     return ModelConfig(version, n_layer, n_embd, vocab_size, ffn, str(dtype).replace("torch.", ""), **fields)
 
 
-def random_weights(
-    version: str,
-    n_layer: int,
-    n_embd: int,
-    vocab_size: int,
-    ffn_size: int | None = None,
-    head_size: int = 8,
-    lora: int = 16,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def random_weights(*args: Any, **kwargs: Any) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """A random RWKV-`version` checkpoint ("4", "5.1", "5.2", "6" or "7") in BlinkDL form.
 
     head_size N divides n_embd (n_head = n_embd / N); `lora` is every LoRA rank (v6 mix and decay,
     v7 w/a/v/g); RWKV-4 has neither. v7 omits block 0's unused v0/v1/v2, as rwkv.cpp files do.
+    Arguments as iter_random_weights (version, n_layer, n_embd, vocab_size, ffn_size, head_size=8,
+    lora=16, seed=0, dtype=float32), which draws the same tensors one at a time.
     """
-    config, tensors = iter_random_weights(version, n_layer, n_embd, vocab_size, ffn_size, head_size, lora, seed, dtype)
+    config, tensors = iter_random_weights(*args, **kwargs)
     return config, dict(tensors)
 
 
