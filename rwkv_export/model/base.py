@@ -97,7 +97,12 @@ class RWKVModel(nn.Module):
         """The buffer a checkpoint tensor becomes: of block `layer` (prepare), or top-level (layer None)."""
         if layer is None:
             return tensor.to(self.dtype).contiguous()
-        return self.prepare(buffer_name(key), tensor.to(torch.float64), layer).contiguous()
+        # A linear layer's matrix (`*.weight`, 2-D) only gets a cast and a power-of-two rescale here:
+        # exact in float32 as in float64 (one rounding either way) at half the bytes, which is most of
+        # a large export's conversion work. Every other tensor goes through float64.
+        matrix = tensor.dim() == 2 and key.endswith(".weight") and self.dtype != torch.float64
+        wide = torch.float32 if matrix else torch.float64
+        return self.prepare(buffer_name(key), tensor.to(wide), layer).contiguous()
 
     def prepare(self, name: str, t: torch.Tensor, layer: int) -> torch.Tensor:
         """Cast one block tensor (float64 in) for its role; versions add derived buffers here."""

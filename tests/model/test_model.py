@@ -8,11 +8,13 @@ float16 2e-2 (with rescale), bfloat16 8e-2; RWKV-5.1 3e-2 and 0.15 in half preci
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from rwkv_export.checkpoint import load_checkpoint
+from rwkv_export.checkpoint import Checkpoint, load_checkpoint
 from rwkv_export.checkpoint.random import random_weights
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.model import ChannelState, RWKVModel, build_model, check_tokens, initial_state, model_class, random_state
@@ -177,3 +179,27 @@ def test_tiny_trained_v4_matches_rwkvcpp_expected(precision: str, sum_tol: float
         if precision == "FP32":
             assert np.abs(diff).max() < 1e-5, f"{dtype}: max abs {np.abs(diff).max():.2e}"
         assert logits.argmax() == expected.argmax()
+
+
+@pytest.mark.parametrize("version", ["4", "5.1", "5.2", "6", "7"])
+@pytest.mark.parametrize("source", [torch.float32, torch.bfloat16, torch.float16])
+def test_matrix_buffers_through_float32_equal_float64(version: str, source: torch.dtype) -> None:
+    """RWKVModel.buffer converts a linear layer's matrix through float32 (the exporter streams large
+    ones): bit for bit what the float64 route gives, float16 rescale included (every block halved
+    at least once: rescale_every 1), and float32."""
+    from rwkv_export.model import build_model
+    from rwkv_export.model.base import buffer_name
+
+    config, weights = random_weights(version, 3, 32, 40, seed=7, dtype=source)
+    ckpt = Checkpoint(config, weights, "random", Path("random.pth"))
+    checked = 0
+    for dtype, rescale in (("float16", 1), ("float32", None)):
+        model = build_model(ckpt, dtype, rescale_every=rescale)
+        for key, tensor in weights.items():
+            if key.startswith("blocks.") and key.endswith(".weight") and tensor.dim() == 2:
+                layer = int(key.split(".")[1])
+                wide = model.prepare(buffer_name(key), tensor.to(torch.float64), layer).contiguous()
+                got = model.buffer(key, tensor, layer)
+                assert got.dtype == wide.dtype and torch.equal(got, wide), (dtype, key)
+                checked += 1
+    assert checked >= 2 * 3 * 4
