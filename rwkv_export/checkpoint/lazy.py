@@ -63,8 +63,9 @@ class TensorStore(Mapping[str, torch.Tensor]):
             validate.check_finite({key: tensor}, self._where)
         return tensor
 
-    def rows(self, key: str, start: int, stop: int) -> torch.Tensor:
-        """Rows start:stop of a tensor (its first axis), read alone."""
+    def rows(self, key: str, start: int, stop: int, check: bool = True) -> torch.Tensor:
+        """Rows start:stop of a tensor (its first axis), read alone (check False: no NaN / Inf check,
+        for a caller reading the same rows again)."""
         if key in self._mapped:
             tensor = _copy_out(self._mapped[key][start:stop])
         else:
@@ -72,7 +73,7 @@ class TensorStore(Mapping[str, torch.Tensor]):
             row = entry.length // max(1, entry.shape[0])
             part = _Entry(entry.file, entry.offset + start * row, (stop - start) * row, entry.dtype, (stop - start, *entry.shape[1:]))
             tensor = _read_entry(part)
-        if self._where is not None:
+        if check and self._where is not None:
             validate.check_finite({key: tensor}, self._where)
         return tensor
 

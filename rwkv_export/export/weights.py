@@ -40,6 +40,7 @@ PAGE_ALIGN = 1 << 16
 PAGE_ALIGN_FROM = 1 << 20  # tensors at least this large start on a PAGE_ALIGN boundary
 CHUNK_BYTES = 16 << 20  # bytes (at 8 per element) of a block converted or copied at a time
 BLOCKED_FROM = 64 << 20  # a matrix above this many bytes at 8 per element is converted block by block
+COLUMN_BLOCK_BYTES = 64 << 20  # a transposed matrix's block of columns (at 8 bytes per element): one pass each
 
 
 class WeightSource:
@@ -104,11 +105,15 @@ class WeightSource:
                 yield finish(self._rows(key, r, stop), (stop - r, cols))
 
         def by_columns() -> Iterator[np.ndarray]:
-            source = self.weights[key]  # once, in its stored dtype
-            step = max(1, CHUNK_BYTES // (rows * 8))
+            # Each block of columns is gathered from a pass over the source's rows (the page cache
+            # serves the passes after the first; NaN / Inf are checked on the first), so memory is
+            # one block, not the source.
+            step = max(1, COLUMN_BLOCK_BYTES // (rows * 8))
+            run = max(1, CHUNK_BYTES // (cols * 8))
             for c in range(0, cols, step):
                 stop = min(cols, c + step)
-                yield from _row_blocks(finish(source[:, c:stop], (rows, stop - c)))
+                parts = [self._rows(key, r, min(rows, r + run), check=c == 0)[:, c:stop].clone() for r in range(0, rows, run)]
+                yield from _row_blocks(finish(torch.cat(parts), (rows, stop - c)))
 
         blocks = by_columns() if transpose else by_rows()
         first = next(blocks)  # its dtype is the tensor's
@@ -118,9 +123,9 @@ class WeightSource:
         weights = self.weights
         return weights.shape(key) if isinstance(weights, TensorStore) else tuple(weights[key].shape)
 
-    def _rows(self, key: str, start: int, stop: int) -> torch.Tensor:
+    def _rows(self, key: str, start: int, stop: int, check: bool = True) -> torch.Tensor:
         weights = self.weights
-        return weights.rows(key, start, stop) if isinstance(weights, TensorStore) else weights[key][start:stop]
+        return weights.rows(key, start, stop, check) if isinstance(weights, TensorStore) else weights[key][start:stop]
 
     def _evaluator(self, recipe: Recipe) -> ReferenceEvaluator:
         key = (recipe.piece, recipe.value)
