@@ -74,7 +74,7 @@ class TensorStore(Mapping[str, torch.Tensor]):
             part = _Entry(entry.file, entry.offset + start * row, (stop - start) * row, entry.dtype, (stop - start, *entry.shape[1:]))
             tensor = _read_entry(part)
         if check and self._where is not None:
-            validate.check_finite({key: tensor}, self._where)
+            validate.check_finite({key: tensor}, f"{self._where} (rows {start}:{stop})")
         return tensor
 
     def checked(self, where: str) -> TensorStore:

@@ -3,8 +3,9 @@
 The prefill graph is embed, then for block i: Gather(state, i) of every state tensor, one copy of
 the layer piece (block 0's for i = 0, block 1's for the rest) whose names carry the prefix
 `blocks.<i>/`, the float16 rescale's halving where the model does it; then the logits piece, and
-every state output stacked back (Unsqueeze + Concat) as `<name>_out`. That is the graph the old
-whole-model trace made, node for node up to names and the order of independent nodes.
+every state output stacked back (Unsqueeze + Concat) as `<name>_out`. That computes what the
+whole-model trace did, op for op; only each block's own shape computations (a Shape and a Concat
+the whole-graph trace shared between blocks) are repeated.
 
 A piece's weight inputs become initializers named after the checkpoint key they come from. Nodes that
 read only weights and constants (the transpose of a linear layer's matrix, a cast, a reshape) are

@@ -61,8 +61,8 @@ class WeightSource:
 
     def blocks(self, entry: WeightEntry) -> tuple[tuple[int, ...], np.dtype, Iterator[np.ndarray]]:
         """(shape, dtype, C-ordered row blocks) of the entry. A large matrix used as it is or transposed
-        is converted a block at a time (its rows, or for a transpose its columns of the source read
-        once), so no float64 or converted copy of the whole matrix is ever held."""
+        is converted a block at a time (its rows, or for a transpose blocks of its columns gathered by
+        passes over its rows), so neither the source nor a converted copy is ever held whole."""
         key = self.key(entry, entry.buffers[0])
         shape = self._shape(key)
         big = len(shape) == 2 and math.prod(shape) * 8 > BLOCKED_FROM
@@ -86,7 +86,7 @@ class WeightSource:
 
     def _blocked(self, entry: WeightEntry, key: str, shape: tuple[int, ...]) -> tuple[tuple[int, ...], np.dtype, Iterator[np.ndarray]]:
         """A matrix converted a block at a time: rows of the source, or (when the recipe transposes)
-        columns of the source read once, each block run through the buffer rule and the recipe."""
+        blocks of its columns, each block run through the buffer rule and the recipe."""
         recipe, rows, cols = entry.recipe, shape[0], shape[1]
         transpose = "transpose" in recipe.ops
 
