@@ -28,7 +28,7 @@ import torch
 
 from rwkv_export.checkpoint import hf, rwkvcpp, validate
 from rwkv_export.checkpoint.config import ModelConfig
-from rwkv_export.checkpoint.lazy import SHARD_INDEX, TensorStore, open_tensor_file
+from rwkv_export.checkpoint.lazy import SHARD_INDEX, TensorStore, open_tensor_file, safetensors_header_length
 from rwkv_export.checkpoint.versions import detect_version, infer_config
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.fileio import atomic_output_path, atomic_write_json
@@ -101,11 +101,7 @@ def _read_safetensors(path: Path, size: int) -> dict[str, torch.Tensor]:
     """safetensors checks every offset against the file; the header length is checked here first."""
     from safetensors.torch import load_file
 
-    with open(path, "rb") as f:
-        head = f.read(8)
-    header_len = int.from_bytes(head, "little") if len(head) == 8 else -1
-    if not 0 < header_len <= size - 8:
-        raise RwkvExportError(f"{path}: not a readable safetensors file (header length {header_len} does not fit its {size} bytes)")
+    safetensors_header_length(path, size)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -126,7 +122,7 @@ def load_checkpoint(path: str | os.PathLike[str], allow_nonfinite: bool = False)
     path = Path(path)
     if not path.exists():
         raise RwkvExportError(f"checkpoint '{path}' does not exist")
-    if path.name.endswith(".index.json") or path.is_dir() and not hf.is_hf_dir(path) and (path / SHARD_INDEX).is_file():
+    if path.name.endswith(".index.json") or _shard_index(path) is not None:
         ckpt = open_checkpoint(path, allow_nonfinite)
         return Checkpoint(ckpt.config, {k: ckpt.weights[k] for k in ckpt.weights}, ckpt.format, ckpt.path)
     if path.is_dir():
@@ -157,9 +153,7 @@ def open_checkpoint(path: str | os.PathLike[str], allow_nonfinite: bool = False)
     """Like load_checkpoint, reading headers only: .safetensors, a shard index (or a directory holding
     one and no config.json) and .pth give a TensorStore, whose reads refuse NaN / Inf unless
     `allow_nonfinite`; rwkv.cpp files and Hugging Face directories are read whole (as load_checkpoint)."""
-    path = Path(path)
-    if path.is_dir() and not hf.is_hf_dir(path) and (path / SHARD_INDEX).is_file():
-        path = path / SHARD_INDEX
+    path = _shard_index(Path(path)) or Path(path)
     if not path.exists() or path.is_dir() or rwkvcpp.is_rwkvcpp(path):
         return load_checkpoint(path, allow_nonfinite)
     store = open_tensor_file(path)
@@ -167,6 +161,12 @@ def open_checkpoint(path: str | os.PathLike[str], allow_nonfinite: bool = False)
         store = store.checked(str(path))
     fmt = "pth" if path.suffix not in (".safetensors", ".json") else "safetensors"
     return Checkpoint(infer_config(store.meta(), str(path), fmt), store, fmt, path)
+
+
+def _shard_index(path: Path) -> Path | None:
+    """A directory's transformers shard index (a Hugging Face directory, with config.json, is read as one)."""
+    index = path / SHARD_INDEX
+    return index if path.is_dir() and not hf.is_hf_dir(path) and index.is_file() else None
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike[str], fmt: str | None = None) -> str:

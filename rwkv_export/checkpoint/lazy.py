@@ -98,15 +98,6 @@ class TensorStore(Mapping[str, torch.Tensor]):
         """Every tensor as a meta tensor (shape and dtype, no data): for config inference and checks."""
         return {k: torch.empty(self.shape(k), dtype=self.dtype(k), device="meta") for k in self}
 
-    @property
-    def nbytes(self) -> int:
-        return sum(math.prod(self.shape(k)) * self.dtype(k).itemsize for k in self)
-
-    def renamed(self, rename: Mapping[str, str]) -> TensorStore:
-        """The same tensors under new keys (every key must be in `rename`)."""
-        entries = {rename[k]: e for k, e in self._entries.items()}
-        return TensorStore(entries, {rename[k]: t for k, t in self._mapped.items()}, self._where)
-
 
 def open_tensor_file(path: Path) -> TensorStore:
     """A TensorStore over a .safetensors file, a sharded index, or a .pth/.pt archive."""
@@ -118,13 +109,21 @@ def open_tensor_file(path: Path) -> TensorStore:
     return _open_pth(path, size)
 
 
-def safetensors_header(path: Path, size: int) -> tuple[int, dict[str, object]]:
-    """(start of the data, the JSON header) of a safetensors file, its length checked against the file."""
+def safetensors_header_length(path: Path, size: int) -> int:
+    """The JSON header's length a safetensors file declares, refused unless it fits the file."""
     with open(path, "rb") as f:
         head = f.read(8)
-        n = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if not 0 < n <= min(size - 8, MAX_HEADER_BYTES):
-            raise RwkvExportError(f"{path}: not a readable safetensors file (header length {n} does not fit its {size} bytes)")
+    n = int.from_bytes(head, "little") if len(head) == 8 else -1
+    if not 0 < n <= min(size - 8, MAX_HEADER_BYTES):
+        raise RwkvExportError(f"{path}: not a readable safetensors file (header length {n} does not fit its {size} bytes)")
+    return n
+
+
+def _safetensors_header(path: Path, size: int) -> tuple[int, dict[str, object]]:
+    """(start of the data, the JSON header) of a safetensors file."""
+    n = safetensors_header_length(path, size)
+    with open(path, "rb") as f:
+        f.seek(8)
         text = f.read(n)
     try:
         header = json.loads(text)
@@ -137,7 +136,7 @@ def safetensors_header(path: Path, size: int) -> tuple[int, dict[str, object]]:
 
 def _safetensors_entries(path: Path, size: int, whole: bool = True) -> dict[str, _Entry]:
     """The tensors of one file (whole: it is the checkpoint, so its keys must name every block)."""
-    start, header = safetensors_header(path, size)
+    start, header = _safetensors_header(path, size)
     entries = {}
     for key, info in header.items():
         if key == "__metadata__":

@@ -150,7 +150,7 @@ def export_checkpoint(
         spec = graph_spec("prefill", cfg, all_logits, job.initial_files)
         prefill, entries = assemble_prefill(pieces, spec, cfg.n_layer, halves, keys, top, np.dtype(str(model.dtype).replace("torch.", "")))
         protos = {"prefill": prefill, "step": step_from_prefill(prefill)}  # the step graph: prefill at T = 1 (step.py)
-        source = WeightSource(model, ckpt.weights, keys, top)
+        source = WeightSource(model, ckpt, keys, top)
         total = sum(source.estimate(e) for e in entries)
         shared = quantize is None and total > external_data_threshold
         if not shared and quantize is None and total > INLINE_LIMIT:

@@ -21,7 +21,7 @@ import itertools
 import math
 import queue
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ import onnx
 import torch
 from onnx.reference import ReferenceEvaluator
 
-from rwkv_export.checkpoint import TensorStore
+from rwkv_export.checkpoint import Checkpoint, TensorStore
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.export.assemble import Recipe, WeightEntry
 from rwkv_export.model import RWKVModel
@@ -46,8 +46,8 @@ COLUMN_BLOCK_BYTES = 64 << 20  # a transposed matrix's block of columns (at 8 by
 class WeightSource:
     """Produces each entry's array from the checkpoint's tensors and the model's buffer rules."""
 
-    def __init__(self, model: RWKVModel, weights: Mapping[str, torch.Tensor], keys: list[dict[str, str]], top: dict[str, str]) -> None:
-        self.model, self.weights, self.keys, self.top = model, weights, keys, top
+    def __init__(self, model: RWKVModel, ckpt: Checkpoint, keys: list[dict[str, str]], top: dict[str, str]) -> None:
+        self.model, self.ckpt, self.weights, self.keys, self.top = model, ckpt, ckpt.weights, keys, top
         self._evaluators: dict[tuple[str, str], ReferenceEvaluator] = {}
 
     def key(self, entry: WeightEntry, buffer: str) -> str:
@@ -64,7 +64,7 @@ class WeightSource:
         is converted a block at a time (its rows, or for a transpose blocks of its columns gathered by
         passes over its rows), so neither the source nor a converted copy is ever held whole."""
         key = self.key(entry, entry.buffers[0])
-        shape = self._shape(key)
+        shape = self.ckpt.shape(key)
         big = len(shape) == 2 and math.prod(shape) * 8 > BLOCKED_FROM
         if len(entry.buffers) == 1 and big and (entry.recipe.model is None or entry.recipe.blockwise):
             return self._blocked(entry, key, shape)
@@ -118,10 +118,6 @@ class WeightSource:
         blocks = by_columns() if transpose else by_rows()
         first = next(blocks)  # its dtype is the tensor's
         return ((cols, rows) if transpose else shape), first.dtype, itertools.chain([first], blocks)
-
-    def _shape(self, key: str) -> tuple[int, ...]:
-        weights = self.weights
-        return weights.shape(key) if isinstance(weights, TensorStore) else tuple(weights[key].shape)
 
     def _rows(self, key: str, start: int, stop: int, check: bool = True) -> torch.Tensor:
         weights = self.weights
