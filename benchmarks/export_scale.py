@@ -2,11 +2,11 @@
 
 For each RWKV-7 shape (random bfloat16 weights, vocab 65536, written streamed by make-checkpoint):
   copy_s      time to copy the checkpoint file on the same disk (the floor a streamed export is held to)
-  export_s    `rwkv-export export --dtype float16` (or --dtype float32) wall time, and export_rss_gb its peak RSS
+  export_s    `rwkv-export export --dtype float16` (or float32, or int8/int4: --quantize) wall time, and export_rss_gb its peak RSS
               (/usr/bin/time -v, every process of the command)
   load_s      ExportedModel (ONNX Runtime, CPU) opening the prefill and step sessions together, and
               load_rss_gb the RSS after a 4-token prefill and two steps (VmRSS; weights_gb is
-              weights.data's size, the floor: both sessions read one mapping of it)
+              weights.data's size (an inline export's: step.onnx's), the floor: both sessions read one mapping of it)
   step_s      one step at batch 1 (after one warm-up): s/token; weights_gb / step_s is the bandwidth it reads at
 Each step runs in its own process, one after the other, so peaks do not mix. Prints a table and,
 with --json, writes the figures; --plot draws RSS against model bytes (matplotlib, the bench extra).
@@ -33,6 +33,7 @@ SHAPES = {  # RWKV-7 World's released shapes (layers x width); vocab 65536
     "3B": (32, 2560),
     "7.2B": (32, 4096),
 }
+QUANTIZED = ("int8", "int4")  # exported as --dtype float32 --quantize <it> (MatMulNBits)
 CLI = [sys.executable, "-c", "from rwkv_export.cli import main; main()"]
 
 _LOAD = """
@@ -76,11 +77,12 @@ def measure(size: str, work: Path, run_ort: bool, dtype: str) -> dict[str, objec
     copy_s = time.perf_counter() - start
     (work / "copy.tmp").unlink()
     out = work / f"export-{size}-{dtype}"
-    export_s, export_rss = timed([*CLI, "export", str(ckpt), "-o", str(out), "--dtype", dtype, "--force", "-q"])
+    how = ["--dtype", "float32", "--quantize", dtype] if dtype in QUANTIZED else ["--dtype", dtype]
+    export_s, export_rss = timed([*CLI, "export", str(ckpt), "-o", str(out), *how, "--force", "-q"])
     row: dict[str, object] = {
         "size": size, "dtype": dtype, "layers": layers, "width": width, "checkpoint_gb": ckpt.stat().st_size / 1e9,
         "copy_s": copy_s, "export_s": export_s, "export_rss_gb": export_rss / 1e9,
-        "weights_gb": (out / "weights.data").stat().st_size / 1e9 if (out / "weights.data").exists() else None,
+        "weights_gb": next(f for f in (out / "weights.data", out / "step.onnx") if f.exists()).stat().st_size / 1e9,
     }  # fmt: skip
     if run_ort:
         proc = subprocess.run([sys.executable, "-c", _LOAD, str(out)], capture_output=True, text=True)
@@ -97,7 +99,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="0.1B,0.4B,1.5B,3B")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/rwkv-export-scale"))
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="The export's dtype.")
+    parser.add_argument(
+        "--dtype", default="float16", choices=["float16", "float32", *QUANTIZED], help="The export's dtype (int8/int4: float32 activations, --quantize)."
+    )
     parser.add_argument("--no-ort", action="store_true", help="Export only (skip the ONNX Runtime load).")
     parser.add_argument("--keep", action="store_true", help="Keep the exports (default: remove each after measuring).")
     parser.add_argument("--plot", type=Path, help="Write a PNG of peak RSS against model bytes.")

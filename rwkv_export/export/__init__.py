@@ -13,8 +13,9 @@ rwkv::WKV7) and metadata (finalize.py), and the export is described in manifest.
 (rwkv_export.manifest, the typed contract every later stage reads). A state whose initial value is
 not a constant (a v6 checkpoint's `time_state`) is written as DIR/initial_<name>.npy and named by
 the manifest (spec.py). The directory is assembled in a temporary sibling and renamed into place
-only when everything succeeded. Quantized exports (--quantize) keep the weights in memory for the
-quantizer (quantize.py), then save as before.
+only when everything succeeded. A quantized export (--quantize) rewrites the prefill graph's matrices
+before the step graph is derived from it, knowing only their shapes (quantize.py), and quantizes each
+matrix a slab at a time as it is read (qblocks.py): the same memory as a float export.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from rwkv_export import __version__
 from rwkv_export.checkpoint import Checkpoint, ModelConfig, open_checkpoint
 from rwkv_export.checkpoint.versions import expected_shapes, require_supported
 from rwkv_export.errors import RwkvExportError
-from rwkv_export.export.assemble import assemble_prefill
+from rwkv_export.export.assemble import WeightEntry, assemble_prefill
 from rwkv_export.export.finalize import (
     EXTERNAL_DATA_THRESHOLD,
     attach_wkv_function,
@@ -45,7 +46,8 @@ from rwkv_export.export.finalize import (
     wkv_function_sha256,
 )
 from rwkv_export.export.pieces import trace_pieces
-from rwkv_export.export.quantize import QuantSpec, quantization_manifest, quantize_graph
+from rwkv_export.export.qblocks import QuantizedWeight
+from rwkv_export.export.quantize import QuantSpec, drop_unused_initializers, plan_quantization, quantization_manifest, quantization_summary
 from rwkv_export.export.spec import GRAPHS, GraphSpec, graph_spec
 from rwkv_export.export.step import step_from_prefill
 from rwkv_export.export.weights import WEIGHTS_FILE, WeightSource, write_weights
@@ -149,18 +151,21 @@ def export_checkpoint(
         halves = [model.halves_after(i) for i in range(cfg.n_layer)]
         spec = graph_spec("prefill", cfg, all_logits, job.initial_files)
         prefill, entries = assemble_prefill(pieces, spec, cfg.n_layer, halves, keys, top, np.dtype(str(model.dtype).replace("torch.", "")))
-        protos = {"prefill": prefill, "step": step_from_prefill(prefill)}  # the step graph: prefill at T = 1 (step.py)
         source = WeightSource(model, ckpt, keys, top)
-        total = sum(source.estimate(e) for e in entries)
-        shared = quantize is None and total > external_data_threshold
-        if not shared and quantize is None and total > INLINE_LIMIT:
+        plans, counts = _plan(prefill, entries, source, quantize, cfg.n_embd)
+        protos = {"prefill": prefill, "step": step_from_prefill(prefill)}  # the step graph: prefill at T = 1 (step.py)
+        total = sum(plans[e.name].nbytes if e.name in plans else source.estimate(e) for e in entries)
+        shared = total > external_data_threshold
+        if not shared and total > INLINE_LIMIT:
             raise RwkvExportError(f"{total / 1e9:.1f} GB of weights cannot be inline (a graph file holds at most 2 GB): use shared weights")
-        progress(f"writing {len(entries)} weight tensors {'to ' + WEIGHTS_FILE if shared else 'into both graphs'} ({dtype})")
-        digest = write_weights(entries, source, list(protos.values()), tmp / WEIGHTS_FILE if shared else None, progress_bar)
+        progress(f"writing {len(entries)} weight tensors {'to ' + WEIGHTS_FILE if shared else 'into both graphs'} ({_weights_kind(dtype, quantize)})")
+        digest = write_weights(entries, source, list(protos.values()), tmp / WEIGHTS_FILE if shared else None, progress_bar, plans)
         data = {WEIGHTS_FILE: digest} if digest is not None else {}
+        if quantize is not None:
+            quantized = {graph: quantization_summary(proto, plans, counts) for graph, proto in protos.items()}
         for graph in GRAPHS:
             spec = graph_spec(graph, cfg, all_logits and graph == "prefill", job.initial_files)
-            graphs[graph] = _finish_graph(job, graph, spec, protos[graph], tmp / f"{graph}.onnx", external_data_threshold, quantized, data)
+            graphs[graph] = _finish_graph(job, graph, spec, protos[graph], tmp / f"{graph}.onnx", external_data_threshold, data)
         if tokenizer_path is not None:
             shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
             tok_info["sha256"] = sha256_file(tmp / TOKENIZER_FILE)
@@ -173,6 +178,25 @@ def export_checkpoint(
 
 
 INLINE_LIMIT = 1_800_000_000  # bytes: a protobuf message (an inline graph file) cannot exceed 2 GiB
+
+
+def _plan(
+    prefill: Any, entries: list[WeightEntry], source: WeightSource, quantize: QuantSpec | None, n_embd: int
+) -> tuple[dict[str, QuantizedWeight], dict[str, dict[str, int]]]:
+    """Rewrite the prefill graph's quantized matrices (before the step graph is derived from it) and
+    drop the float initializers nothing reads now: the weights' shapes are enough (quantize.py)."""
+    if quantize is None:
+        return {}, {}
+    shapes = {e.name: shape for e in entries if (shape := source.shape(e)) is not None}
+    plans, counts = plan_quantization(prefill, quantize, n_embd, shapes)
+    drop_unused_initializers(prefill.graph)
+    used = {t.name for t in prefill.graph.initializer}
+    entries[:] = [e for e in entries if e.name in used or e.name in plans]
+    return plans, counts
+
+
+def _weights_kind(dtype: str, quantize: QuantSpec | None) -> str:
+    return dtype if quantize is None else f"{dtype}, matrices {quantize.scheme} in blocks of {quantize.block_size}, {quantize.format}"
 
 
 def _skeleton(ckpt: Checkpoint) -> Checkpoint:
@@ -228,14 +252,10 @@ def _finish_graph(
     proto: Any,
     path: Path,
     external_data_threshold: int,
-    quantized: dict[str, Any],
     shared: dict[str, str],
 ) -> Graph:
-    """Quantize (if asked), attach the WKV function, stamp the metadata, check and save `proto` as `path`; its manifest entry."""
+    """Attach the WKV function, stamp the metadata, check and save `proto` as `path`; its manifest entry."""
     cfg, quantize = job.cfg, job.quantize
-    if quantize is not None:  # before the function: a qdq export raises the opset the function is written for
-        job.progress(f"quantizing {graph} weights ({quantize.scheme}, blocks of {quantize.block_size}, {quantize.format})")
-        quantized[graph] = quantize_graph(proto, quantize, cfg.n_embd)
     n_wkv = attach_wkv_function(proto, job.wkv_form, job.op)
     set_metadata(proto, {
         "rwkv_export.format": FORMAT, "rwkv_export.graph": graph, "rwkv.version": cfg.version,

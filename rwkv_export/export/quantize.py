@@ -1,18 +1,20 @@
-"""Weight-only block quantization of an exported graph's matrices (an export-stage post-pass).
+"""Weight-only block quantization of an export's matrices: which weights, in which format.
 
-`quantize_graph(proto, spec, n_embd)` rewrites every MatMul (and RWKV-4's Gemm, turned into a MatMul
-first) whose weight is a constant `[K, N]` initializer, one node and one tensor at a time, so the pass
-works the same on a streamed export. Formats:
+`plan_quantization(proto, spec, n_embd, shapes)` rewrites every MatMul whose B is a constant `[K, N]`
+initializer (and the embedding's Gather) to read quantized tensors, knowing only the weights' shapes;
+the tensors themselves are made a slab at a time (qblocks.py), so the streamed export quantizes each
+weight as it reads it from the checkpoint and never holds a float model (export/weights.py).
+`quantize_graph` does the same to a graph held in memory (requantize.py). Formats:
 
 - `matmulnbits`: ONNX Runtime's `com.microsoft::MatMulNBits` (4 or 8 bits, blocks of `block_size`
-  along K), made by ONNX Runtime's own quantizer (`onnxruntime.quantization.matmul_nbits_quantizer`),
-  used as a library;
+  along K), quantized by ONNX Runtime's own kernels (what `onnxruntime.quantization`'s
+  MatMulNBitsQuantizer calls), used as a library;
 - `qdq`: standard `DequantizeLinear` (blocked along K, opset 21) feeding a plain `MatMul`, which
-  TensorRT builds as weight-only quantization. int4 comes from the same ORT quantizer; ORT's tool has
-  no 8-bit QDQ, so int8 blocks are written here with the same rounding rules (numpy).
+  TensorRT builds as weight-only quantization. int4 by ONNX Runtime's QDQ kernel; ORT's tool has no
+  8-bit QDQ, so int8 blocks are written here with the same rounding rules (numpy).
 
-The embedding Gather becomes `com.microsoft::GatherBlockQuantized` (blocks along n_embd; ORT's tool
-at 4 bits, written here at 8); the qdq format keeps it float.
+The embedding Gather becomes `com.microsoft::GatherBlockQuantized` (asymmetric blocks along n_embd;
+ORT's quantizer's routine at 4 bits, written here at 8); the qdq format keeps it float.
 
 Each role gets a precision (float, int8, int4) from a policy (`DEFAULT_POLICY`, decided by measurement
 with `rwkv-export eval` on the tiny trained models, README; `--policy` overrides it): `head` is the
@@ -23,8 +25,7 @@ Norms, time-mix vectors, decays and every other 1-D tensor stay float.
 
 from __future__ import annotations
 
-import functools
-import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,7 @@ import onnx
 from onnx import numpy_helper
 
 from rwkv_export.errors import RwkvExportError
+from rwkv_export.export.qblocks import MS_DOMAIN, QuantizedWeight, describe
 
 QUANT_SCHEMES = {"int8": 8, "int4": 4}
 QUANT_FORMATS = ("matmulnbits", "qdq")
@@ -48,7 +50,6 @@ DEFAULT_POLICY: dict[str, tuple[tuple[str, str], ...]] = {"int8": (), "int4": ()
 # on ORT 1.32's CPU kernels (768 x 3072, batch 1, 2 threads): float32 MatMul 1.86 ms; int8 weights 25.5 ms at
 # level 0 (dequantizes) vs 0.55 ms at level 4; int4 1.08 vs 0.43 ms. Its accuracy cost: README (eval).
 DEFAULT_ACCURACY_LEVEL = 4
-MS_DOMAIN = "com.microsoft"  # MatMulNBits' and GatherBlockQuantized's domain
 QDQ_OPSET = 21  # blocked DequantizeLinear and the INT4/UINT4 types
 
 
@@ -110,23 +111,37 @@ class QuantSpec:
         }
 
 
-def quantize_graph(model: onnx.ModelProto, spec: QuantSpec, n_embd: int) -> dict[str, object]:
-    """Quantize `model`'s constant-weight matrices (and embedding) in place, one tensor at a time, by the
-    spec's policy; return counts per role and the stored weight bytes."""
+Shapes = Mapping[str, tuple[tuple[int, ...], int]]  # initializer name -> (dims, onnx data type)
+
+
+def plan_quantization(
+    model: onnx.ModelProto, spec: QuantSpec, n_embd: int, shapes: Shapes
+) -> tuple[dict[str, QuantizedWeight], dict[str, dict[str, int]]]:
+    """Rewrite `model`'s nodes that read a constant matrix the policy quantizes (MatMul B, the
+    embedding's Gather) to read its quantized tensors, which are added as empty initializers (data:
+    `QuantizedWeight.quantize`, slab by slab). Needs only the weights' shapes, not their data; the float
+    initializers stay until `drop_unused_initializers`. Returns (float name -> how it is stored, the
+    count of nodes per role and precision)."""
     graph = model.graph
-    _gemms_to_matmuls(graph)
-    inits = {t.name: t for t in graph.initializer}
-    roles = {**classify_matmuls(graph, inits, n_embd), **_embedding_nodes(graph, inits)}
+    roles = {**classify_matmuls(graph, shapes, n_embd), **_embedding_nodes(graph, shapes)}
     chosen = {name: spec.precision(role) for name, role in roles.items() if spec.precision(role) != "float"}
+    plans: dict[str, QuantizedWeight] = {}
     for node in graph.node:
         if node.name in chosen:
-            weight = inits[node.input[0] if node.op_type == "Gather" else node.input[1]]
-            k = weight.dims[1] if node.op_type == "Gather" else weight.dims[0]
+            gather = node.op_type == "Gather"
+            weight = node.input[0] if gather else node.input[1]
+            dims, data_type = shapes[weight]
+            k = dims[1] if gather else dims[0]
             if k % spec.block_size:
                 raise RwkvExportError(
-                    f"--block-size {spec.block_size} does not divide the dimension {k} of {weight.name} "
-                    f"(shape {list(weight.dims)}) that its blocks run along; pick a divisor of every such size"
+                    f"--block-size {spec.block_size} does not divide the dimension {k} of {weight} "
+                    f"(shape {list(dims)}) that its blocks run along; pick a divisor of every such size"
                 )
+            op = "gather" if gather else "dq" if spec.format == "qdq" else "matmulnbits"
+            symmetric = spec.symmetric and not gather
+            plan = QuantizedWeight(weight, op, QUANT_SCHEMES[chosen[node.name]], spec.block_size, symmetric, (dims[0], dims[1]), data_type)
+            if plans.setdefault(weight, plan) != plan:
+                raise RwkvExportError(f"{weight} is read by two nodes the policy quantizes differently")
     if spec.format == "qdq":
         _raise_opset(model, QDQ_OPSET)
     elif chosen and not any(o.domain == MS_DOMAIN for o in model.opset_import):
@@ -137,54 +152,72 @@ def quantize_graph(model: onnx.ModelProto, spec: QuantSpec, n_embd: int) -> dict
         role, precision = roles.get(node.name), chosen.get(node.name, "float")
         if role is not None:
             summary[role][precision] += 1
-        new_nodes += [node] if precision == "float" else _quantize_node(node, graph, inits, spec, precision)
+        weight = node.input[0] if node.op_type == "Gather" else node.input[1] if len(node.input) > 1 else ""
+        new_nodes += [node] if precision == "float" else plans[weight].node(node, spec.accuracy_level)
     del graph.node[:]
     graph.node.extend(new_nodes)
-    _drop_unused_initializers(graph)
-    sizes = {t.name: _tensor_bytes(t) for t in graph.initializer}
-    table_outputs = {n.output[0] for n in graph.node if roles.get(n.name) == "embedding"} | {
-        n.output[0] for n in new_nodes if n.op_type == "GatherBlockQuantized"
-    }
-    table_bytes = sum(sizes.get(i, 0) for n in graph.node if n.output and n.output[0] in table_outputs for i in n.input)
+    graph.initializer.extend(onnx.TensorProto(name=o.name) for plan in plans.values() for o in plan.outputs)
+    return plans, summary
+
+
+def quantize_graph(model: onnx.ModelProto, spec: QuantSpec, n_embd: int) -> dict[str, object]:
+    """Quantize `model`'s constant-weight matrices (and embedding), held in memory, in place by the
+    spec's policy (RWKV-4's Gemm turned into a MatMul first); return `quantization_summary`."""
+    graph = model.graph
+    _gemms_to_matmuls(graph)
+    inits = {t.name: t for t in graph.initializer}
+    plans, counts = plan_quantization(model, spec, n_embd, {n: (tuple(t.dims), t.data_type) for n, t in inits.items()})
+    placeholders = {t.name: t for t in graph.initializer}
+    for plan in plans.values():
+        for output, part in zip(plan.outputs, plan.quantize(numpy_helper.to_array(inits[plan.source])), strict=True):
+            describe(placeholders[output.name], output, np.ascontiguousarray(part).tobytes())
+    drop_unused_initializers(graph)
+    return quantization_summary(model, plans, counts)
+
+
+def quantization_summary(model: onnx.ModelProto, plans: dict[str, QuantizedWeight], counts: dict[str, dict[str, int]]) -> dict[str, object]:
+    """What a quantized graph holds: nodes per role and precision, stored weight bytes, and the
+    embedding table's bytes (quantized or not; the bandwidth floor reads one row of it per token)."""
+    sizes = {t.name: stored_bytes(t) for t in model.graph.initializer}
+    tables = {o.name for p in plans.values() if p.op == "gather" for o in p.outputs}
+    if not tables:  # the table stayed float
+        shapes = {t.name: (tuple(t.dims), t.data_type) for t in model.graph.initializer}
+        tables = {model.graph.node[i].input[0] for i, n in enumerate(model.graph.node) if n.name in _embedding_nodes(model.graph, shapes)}
     return {
-        "roles": {r: {p: n for p, n in c.items() if n} for r, c in summary.items()},
+        "roles": {r: {p: n for p, n in c.items() if n} for r, c in counts.items()},
         "weight_bytes": sum(sizes.values()),
-        "embedding_bytes": table_bytes,
+        "embedding_bytes": sum(sizes.get(name, 0) for name in tables),
     }
 
 
-def _quantize_node(
-    node: onnx.NodeProto, graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], spec: QuantSpec, precision: str
-) -> list[onnx.NodeProto]:
-    bits = QUANT_SCHEMES[precision]
-    if node.op_type == "Gather":
-        return _int8_gather(node, graph, inits, spec) if bits == 8 else _ort_quantizer(spec, 4).quantize_gather(node, [graph])
-    if spec.format == "qdq" and bits == 8:
-        return _int8_qdq(node, graph, inits, spec)
-    return _ort_quantizer(spec, bits).quantize_matmul(node, [graph])
+def stored_bytes(tensor: onnx.TensorProto) -> int:
+    """A tensor's stored bytes: inline, or its external data's length."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return int({e.key: e.value for e in tensor.external_data}["length"])
+    return len(tensor.raw_data) if tensor.raw_data else numpy_helper.to_array(tensor).nbytes
 
 
-def _embedding_nodes(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto]) -> dict[str, str]:
-    """node name -> "embedding" for each Gather of rows (axis 0) from a 2-D float initializer."""
+def _embedding_nodes(graph: onnx.GraphProto, shapes: Shapes) -> dict[str, str]:
+    """node name -> "embedding" for each Gather of rows (axis 0) from a 2-D float32 initializer."""
     out = {}
     for node in graph.node:
-        table = inits.get(node.input[0]) if node.op_type == "Gather" else None
+        table = shapes.get(node.input[0]) if node.op_type == "Gather" else None
         axis = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
-        if table is not None and len(table.dims) == 2 and axis == 0 and table.data_type == onnx.TensorProto.FLOAT and node.name:
+        if table is not None and len(table[0]) == 2 and axis == 0 and table[1] == onnx.TensorProto.FLOAT and node.name:
             out[node.name] = "embedding"
     return out
 
 
-def classify_matmuls(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], n_embd: int) -> dict[str, str]:
+def classify_matmuls(graph: onnx.GraphProto, shapes: Shapes, n_embd: int) -> dict[str, str]:
     """node name -> role for every MatMul whose weight is a 2-D constant initializer."""
     out = {}
     for node in graph.node:
-        weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) > 1 else None
-        if weight is None or len(weight.dims) != 2 or weight.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+        weight = shapes.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) > 1 else None
+        if weight is None or len(weight[0]) != 2 or weight[1] not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
             continue
         if not node.name:
             raise RwkvExportError("a MatMul node without a name cannot be quantized (the exporter names every node)")
-        out[node.name] = "lora" if min(weight.dims) < n_embd else "matrix"
+        out[node.name] = "lora" if min(weight[0]) < n_embd else "matrix"
     head = _head_node(graph)
     if head in out:
         out[head] = "head"
@@ -208,7 +241,7 @@ def _head_node(graph: onnx.GraphProto) -> str | None:
 
 
 def _gemms_to_matmuls(graph: onnx.GraphProto) -> None:
-    """Gemm(A, W, transB=1) with a constant W and no C (RWKV-4's linears) -> MatMul(A, W^T)."""
+    """Gemm(A, W, transB=1) with a constant W and no C (RWKV-4's linears in older exports) -> MatMul(A, W^T)."""
     inits = {t.name: t for t in graph.initializer}
     for node in graph.node:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -222,85 +255,7 @@ def _gemms_to_matmuls(graph: onnx.GraphProto) -> None:
         graph.initializer.append(numpy_helper.from_array(weight, name))
         node.op_type, node.input[1] = "MatMul", name
         del node.attribute[:]
-    _drop_unused_initializers(graph)
-
-
-@functools.lru_cache(maxsize=8)
-def _ort_quantizer(spec: QuantSpec, bits: int):  # type: ignore[no-untyped-def]
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    from onnxruntime.quantization.matmul_nbits_quantizer import (  # type: ignore[import-untyped]
-        DefaultWeightOnlyQuantConfig,
-        DefaultWeightOnlyQuantizer,
-    )
-    from onnxruntime.quantization.quant_utils import QuantFormat  # type: ignore[import-untyped]
-
-    root.handlers[:], root.level = handlers, level  # the module calls logging.basicConfig(level=INFO) on import
-    fmt = QuantFormat.QDQ if spec.format == "qdq" else QuantFormat.QOperator
-    config = DefaultWeightOnlyQuantConfig(
-        block_size=spec.block_size, is_symmetric=spec.symmetric, quant_format=fmt, bits=bits, accuracy_level=spec.accuracy_level or None
-    )
-    return DefaultWeightOnlyQuantizer(config)
-
-
-def _int8_gather(node: onnx.NodeProto, graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], spec: QuantSpec) -> list[onnx.NodeProto]:
-    """Gather(table [V, C]) -> com.microsoft::GatherBlockQuantized with 8-bit blocks along C (ORT's tool
-    quantizes a Gather at 4 bits only); always with zero points (the op's uint8 data needs them)."""
-    table = numpy_helper.to_array(inits[node.input[0]])
-    q, scale, zero = block_quantize_int8(table.T, spec.block_size, symmetric=False)
-    assert zero is not None  # asymmetric blocks always have zero points
-    base = node.input[0] + "_Q8"
-    tensors = [
-        numpy_helper.from_array(np.ascontiguousarray(q.T), base),
-        numpy_helper.from_array(np.ascontiguousarray(scale.T), base + "_scales"),
-        numpy_helper.from_array(np.ascontiguousarray(zero.T), base + "_zero_points"),
-    ]
-    graph.initializer.extend(tensors)
-    return [
-        onnx.helper.make_node(
-            "GatherBlockQuantized",
-            [base, node.input[1], base + "_scales", base + "_zero_points"],
-            list(node.output),
-            name=node.name + "_Q8",
-            domain=MS_DOMAIN,
-            bits=8,
-            block_size=spec.block_size,
-            gather_axis=0,
-            quantize_axis=1,
-        )
-    ]
-
-
-def block_quantize_int8(weight: np.ndarray, block_size: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """[K, N] float -> (q [K, N] int8|uint8, scales [K/bs, N], zero points [K/bs, N] uint8 or None),
-    blocks along K; ORT's rounding rules (symmetric: scale = absmax/127; asymmetric: range incl. 0 / 255)."""
-    k, n = weight.shape
-    blocks = weight.astype(np.float32).reshape(k // block_size, block_size, n)
-    if symmetric:
-        scale = np.abs(blocks).max(axis=1) / 127.0
-        q = np.clip(np.rint(blocks / np.where(scale == 0, 1, scale)[:, None, :]), -127, 127).astype(np.int8)
-        return q.reshape(k, n), scale.astype(weight.dtype), None
-    lo, hi = np.minimum(blocks.min(axis=1), 0), np.maximum(blocks.max(axis=1), 0)
-    scale = (hi - lo) / 255.0
-    safe = np.where(scale == 0, 1, scale)
-    zero = np.clip(np.rint(-lo / safe), 0, 255)
-    q = np.clip(np.rint(blocks / safe[:, None, :] + zero[:, None, :]), 0, 255).astype(np.uint8)
-    return q.reshape(k, n), scale.astype(weight.dtype), zero.astype(np.uint8)
-
-
-def _int8_qdq(node: onnx.NodeProto, graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], spec: QuantSpec) -> list[onnx.NodeProto]:
-    weight = numpy_helper.to_array(inits[node.input[1]])
-    q, scale, zero = block_quantize_int8(weight, spec.block_size, spec.symmetric)
-    base = node.input[1] + "_DQ_Q8"
-    tensors = [numpy_helper.from_array(q, base), numpy_helper.from_array(scale, base + "_scales")]
-    if zero is not None:
-        tensors.append(numpy_helper.from_array(zero, base + "_zero_points"))
-    graph.initializer.extend(tensors)
-    dq = onnx.helper.make_node(
-        "DequantizeLinear", [t.name for t in tensors], [base + "_output"], name=node.name + "_DQ_Q8", axis=0, block_size=spec.block_size
-    )
-    matmul = onnx.helper.make_node("MatMul", [node.input[0], base + "_output"], list(node.output), name=node.name + "_matmul_Q8")
-    return [dq, matmul]
+    drop_unused_initializers(graph)
 
 
 def _raise_opset(model: onnx.ModelProto, version: int) -> None:
@@ -309,7 +264,7 @@ def _raise_opset(model: onnx.ModelProto, version: int) -> None:
             opset.version = version
 
 
-def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+def drop_unused_initializers(graph: onnx.GraphProto) -> None:
     used = _used_names(graph)
     keep = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
@@ -325,10 +280,6 @@ def _used_names(graph: onnx.GraphProto) -> set[str]:
             for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
                 used |= _used_names(sub)
     return used
-
-
-def _tensor_bytes(tensor: onnx.TensorProto) -> int:
-    return len(tensor.raw_data) if tensor.raw_data else numpy_helper.to_array(tensor).nbytes
 
 
 def quantization_manifest(spec: QuantSpec, per_graph: dict[str, dict[str, object]]) -> dict[str, object]:

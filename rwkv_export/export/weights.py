@@ -21,7 +21,7 @@ import itertools
 import math
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ from onnx.reference import ReferenceEvaluator
 from rwkv_export.checkpoint import Checkpoint, TensorStore
 from rwkv_export.errors import RwkvExportError
 from rwkv_export.export.assemble import Recipe, WeightEntry
+from rwkv_export.export.qblocks import QuantizedWeight, describe, set_location
 from rwkv_export.model import RWKVModel
 
 WEIGHTS_FILE = "weights.data"
@@ -49,6 +50,7 @@ class WeightSource:
     def __init__(self, model: RWKVModel, ckpt: Checkpoint, keys: list[dict[str, str]], top: dict[str, str]) -> None:
         self.model, self.ckpt, self.weights, self.keys, self.top = model, ckpt, ckpt.weights, keys, top
         self._evaluators: dict[tuple[str, str], ReferenceEvaluator] = {}
+        self._shapes: dict[tuple[str, str], tuple[tuple[int, ...], int] | None] = {}
 
     def key(self, entry: WeightEntry, buffer: str) -> str:
         return self.top[buffer] if entry.layer is None else self.keys[entry.layer][buffer]
@@ -58,6 +60,44 @@ class WeightSource:
         owner = self.model if entry.layer is None else self.model.blocks[entry.layer]
         buf = getattr(owner, entry.buffers[0])
         return int(buf.numel() * buf.element_size())
+
+    def shape(self, entry: WeightEntry) -> tuple[tuple[int, ...], int] | None:
+        """The entry's (dims, onnx data type) as the graph reads it (after its recipe), from the meta
+        model and shape inference on the recipe; None when inference cannot tell."""
+        owner = self.model if entry.layer is None else self.model.blocks[entry.layer]
+        buf = getattr(owner, entry.buffers[0])
+        recipe = entry.recipe
+        if recipe.model is None:
+            return tuple(buf.shape), onnx.helper.np_dtype_to_tensor_dtype(np.dtype(str(buf.dtype).replace("torch.", "")))
+        key = (recipe.piece, recipe.value)
+        if key not in self._shapes:
+            inferred = onnx.shape_inference.infer_shapes(recipe.model).graph
+            known = {v.name: v.type.tensor_type for v in (*inferred.output, *inferred.value_info)}
+            tensor = known.get(recipe.value)
+            dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim) if tensor is not None else (-1,)
+            self._shapes[key] = (dims, tensor.elem_type) if tensor is not None and min(dims, default=0) >= 0 else None
+        return self._shapes[key]
+
+    def slabs(self, entry: WeightEntry, plan: QuantizedWeight) -> Iterator[np.ndarray]:
+        """The entry's matrix, as the graph reads it ([K, N]), in the slabs `plan` quantizes: blocks of
+        columns ([K, n]; a transposed source is read a block of its rows at a time), or of rows (a
+        multiple of `plan.granularity` each)."""
+        if not plan.columns:
+            yield from _regroup(self.blocks(entry)[2], plan.granularity)
+            return
+        key = self.key(entry, entry.buffers[0])
+        recipe, (rows, cols) = entry.recipe, self.ckpt.shape(key)
+        step = max(1, CHUNK_BYTES // (cols * 8))
+        if len(entry.buffers) == 1 and recipe.blockwise and "transpose" in recipe.ops:
+            for r in range(0, rows, step):  # rows r..stop of the source: columns r..stop of the graph's matrix
+                stop = min(rows, r + step)
+                prepared = self.model.buffer(key, self._rows(key, r, stop), entry.layer).numpy()
+                (value,) = self._evaluator(recipe).run(None, {recipe.inputs[0]: prepared})
+                yield np.ascontiguousarray(value)
+            return
+        whole = self.produce(entry)
+        for c in range(0, whole.shape[1], step):
+            yield np.ascontiguousarray(whole[:, c : c + step])
 
     def blocks(self, entry: WeightEntry) -> tuple[tuple[int, ...], np.dtype, Iterator[np.ndarray]]:
         """(shape, dtype, C-ordered row blocks) of the entry. A large matrix used as it is or transposed
@@ -131,35 +171,69 @@ class WeightSource:
 
 
 def write_weights(
-    entries: list[WeightEntry], source: WeightSource, graphs: list[onnx.ModelProto], data_path: Path | None, bar: bool = False
+    entries: list[WeightEntry],
+    source: WeightSource,
+    graphs: list[onnx.ModelProto],
+    data_path: Path | None,
+    bar: bool = False,
+    plans: dict[str, QuantizedWeight] | None = None,
 ) -> str | None:
-    """Fill every graph's initializer of each entry (shared file at data_path, or inline); the file's sha256."""
+    """Fill every graph's initializer of each entry (shared file at data_path, or inline); the file's
+    sha256. An entry with a plan (quantize.py) is written as its quantized tensors, slab by slab."""
     from tqdm import tqdm
 
-    targets: dict[str, list[onnx.TensorProto]] = {e.name: [] for e in entries}
+    plans = plans or {}
+    names = [o.name for e in entries for o in (plans[e.name].outputs if e.name in plans else [e])]
+    targets: dict[str, list[onnx.TensorProto]] = {name: [] for name in names}
     for model in graphs:
         for t in model.graph.initializer:
             if t.name in targets:
                 targets[t.name].append(t)
     total = sum(source.estimate(e) for e in entries)
     writer = _Writer(data_path) if data_path is not None else None
+
+    def place(blocks: Iterable[np.ndarray], nbytes: int) -> tuple[str, int] | bytes:
+        if writer is not None:
+            return writer.path.name, writer.append(blocks, nbytes)
+        return b"".join(np.ascontiguousarray(block).tobytes() for block in blocks)
+
     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="weights", disable=not bar, leave=False) as progress:
         try:
             for entry in entries:
-                shape, dtype, blocks = source.blocks(entry)
-                nbytes = math.prod(shape) * dtype.itemsize
-                if writer is not None:
-                    location: tuple[str, int] | bytes = (writer.path.name, writer.append(blocks, nbytes))
+                plan = plans.get(entry.name)
+                if plan is None:
+                    shape, dtype, blocks = source.blocks(entry)
+                    nbytes = math.prod(shape) * dtype.itemsize
+                    location = place(blocks, nbytes)
+                    for t in targets[entry.name]:
+                        t.dims[:], t.data_type = shape, onnx.helper.np_dtype_to_tensor_dtype(dtype)
+                        set_location(t, location, nbytes)
                 else:
-                    location = b"".join(block.tobytes() for block in blocks)
-                for t in targets[entry.name]:
-                    _describe(t, shape, dtype, location)
-                progress.update(nbytes)
+                    _write_quantized(entry, plan, source, place, targets)
+                progress.update(source.estimate(entry))
         except BaseException:
             if writer is not None:
                 writer.close(check=False)
             raise
     return writer.close() if writer is not None else None
+
+
+def _write_quantized(entry: WeightEntry, plan: QuantizedWeight, source: WeightSource, place: Callable[[Iterable[np.ndarray], int], tuple[str, int] | bytes], targets: dict[str, list[onnx.TensorProto]]) -> None:
+    """The plan's first tensor (the quantized data) streamed slab by slab; its scales and zero points,
+    a small fraction of it, gathered meanwhile and written after it."""
+    rest: list[list[np.ndarray]] = [[] for _ in plan.outputs[1:]]
+
+    def data() -> Iterator[np.ndarray]:
+        for slab in source.slabs(entry, plan):
+            first, *others = plan.quantize(slab)
+            for parts, part in zip(rest, others, strict=True):
+                parts.append(part)
+            yield first
+
+    for output, blocks in zip(plan.outputs, [data(), *rest], strict=True):
+        location = place(blocks, output.nbytes)
+        for t in targets[output.name]:
+            describe(t, output, location)
 
 
 class _Writer:
@@ -222,6 +296,22 @@ class _Writer:
         return self.digest.hexdigest()
 
 
+def _regroup(blocks: Iterable[np.ndarray], multiple: int) -> Iterator[np.ndarray]:
+    """Row blocks re-cut so each but the last holds a multiple of `multiple` rows."""
+    pending: list[np.ndarray] = []
+    count = 0
+    for block in blocks:
+        pending.append(block)
+        count += len(block)
+        if count >= multiple:
+            joined = np.concatenate(pending) if len(pending) > 1 else pending[0]
+            cut = count - count % multiple
+            yield joined[:cut]
+            pending, count = ([joined[cut:]], count - cut) if cut < count else ([], 0)
+    if count:
+        yield np.concatenate(pending) if len(pending) > 1 else pending[0]
+
+
 def _row_blocks(array: np.ndarray) -> Iterator[np.ndarray]:
     """A whole array as C-ordered blocks of rows (a transposed view is copied a block at a time)."""
     rows = array.reshape(-1, array.shape[-1]) if array.ndim > 1 else array.reshape(1, -1)
@@ -231,16 +321,3 @@ def _row_blocks(array: np.ndarray) -> Iterator[np.ndarray]:
         if not block.flags.c_contiguous:  # torch's blocked copy: 2-4x numpy's on a transposed float16 view
             block = torch.from_numpy(block).contiguous().numpy()
         yield block
-
-
-def _describe(t: onnx.TensorProto, shape: tuple[int, ...], dtype: np.dtype, location: tuple[str, int] | bytes) -> None:
-    t.dims[:] = shape
-    t.data_type = onnx.helper.np_dtype_to_tensor_dtype(dtype)
-    if isinstance(location, bytes):
-        t.raw_data = location
-        return
-    name, offset = location
-    t.data_location = onnx.TensorProto.EXTERNAL
-    del t.external_data[:]
-    for k, v in (("location", name), ("offset", str(offset)), ("length", str(math.prod(shape) * dtype.itemsize))):
-        t.external_data.add(key=k, value=v)

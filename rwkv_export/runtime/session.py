@@ -165,7 +165,11 @@ class ExportedModel(ModelSession):
 
     def _shared_weights(self, provider: str) -> SharedWeights | None:
         """The weight file every graph reads (an export's weights.data), for the CPU sessions to share;
-        None when the graphs are self-contained or run on a GPU (each session copies to the device)."""
+        None when the graphs are self-contained or run on a GPU (each session copies to the device), and
+        for a quantized export: MatMulNBits runs from the layout prepacking makes (measured on a 0.44B
+        RWKV-7 int4 export, ORT 1.32 CPU, 2 threads: step 21 ms prepacked, 697 ms without)."""
+        if self.manifest.export.quantization is not None:
+            return None
         files = {f for info in self.manifest.graphs.values() for f in info.external_data}
         common = set.intersection(*(set(info.external_data) for info in self.manifest.graphs.values()))
         if provider not in ("cpu", "auto") or len(files) != 1 or not common or resolve_providers(provider)[0] != "CPUExecutionProvider":

@@ -164,8 +164,8 @@ def test_quantized_graph_is_dequantize_then_matmul(scheme: str, fmt: str, symmet
 
 def test_policy_roles_and_keep_float() -> None:
     model = _graph(_weights())
-    inits = {t.name: t for t in model.graph.initializer}
-    assert classify_matmuls(model.graph, inits, N_EMBD) == {"lin": "matrix", "lora_a": "lora", "lora_b": "lora", "head": "head"}
+    shapes = {t.name: (tuple(t.dims), t.data_type) for t in model.graph.initializer}
+    assert classify_matmuls(model.graph, shapes, N_EMBD) == {"lin": "matrix", "lora_a": "lora", "lora_b": "lora", "head": "head"}
     info = quantize_graph(model, QuantSpec("int4", 16, False, "matmulnbits", (("lora", "float"), ("head", "int8"))), N_EMBD)
     assert info["roles"] == {"matrix": {"int4": 1}, "lora": {"float": 2}, "head": {"int8": 1}, "embedding": {}}
     bits = {

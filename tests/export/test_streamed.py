@@ -248,9 +248,10 @@ print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split(
 """
 
 
-def _export_peak(checkpoint: Path, out: Path) -> int:
-    """Peak RSS (bytes) of one `export --dtype float16` process, from its own VmHWM."""
-    cmd = [sys.executable, "-c", _PEAK, "export", str(checkpoint), "-o", str(out), "--dtype", "float16", "-q", "--weights", "shared"]
+def _export_peak(checkpoint: Path, out: Path, *how: str) -> int:
+    """Peak RSS (bytes) of one `export` process (`how`: its dtype options), from its own VmHWM."""
+    how = how or ("--dtype", "float16")
+    cmd = [sys.executable, "-c", _PEAK, "export", str(checkpoint), "-o", str(out), *how, "-q", "--weights", "shared"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return int(proc.stderr.strip().splitlines()[-1]) * 1024
@@ -260,7 +261,7 @@ def test_export_memory_does_not_grow_with_the_weights(tmp_path: Path) -> None:
     """An 8 x 1024 RWKV-7 (0.1B parameters in its blocks, bfloat16 safetensors made streamed): its
     export's peak RSS exceeds a 2-layer 64-wide model's by less than half its weight bytes
     (the whole-model export held ~7x them: issue 13); one tensor at a time costs a few of its largest
-    (a 4096 x 1024 FFN matrix)."""
+    (a 4096 x 1024 FFN matrix). Straight to int4 (--quantize, slab by slab) within the same bound."""
     big = tmp_path / "big.safetensors"
     code, output = _cli(
         "make-checkpoint", "--version", "7", "--layers", "8", "--embd", "1024", "--vocab", "4096", "--dtype", "bfloat16", "-o", big
@@ -274,6 +275,9 @@ def test_export_memory_does_not_grow_with_the_weights(tmp_path: Path) -> None:
     assert peak - base < weights / 2, (
         f"export peak {peak / 1e9:.2f} GB vs {base / 1e9:.2f} GB for a tiny model; weights {weights / 1e9:.2f} GB"
     )
+    int4 = _export_peak(big, tmp_path / "int4", "--dtype", "float32", "--quantize", "int4")
+    assert (tmp_path / "int4" / WEIGHTS_FILE).stat().st_size < 0.3 * weights
+    assert int4 - base < weights / 2, f"int4 export peak {int4 / 1e9:.2f} GB vs {base / 1e9:.2f} GB; float16 weights {weights / 1e9:.2f} GB"
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
