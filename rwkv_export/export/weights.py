@@ -3,7 +3,9 @@
 Each `WeightEntry` (assemble.py) is produced when it is written: its checkpoint tensor read (a
 TensorStore reads it from disk now), prepared as the reference model prepares its buffer
 (`RWKVModel.buffer`: dtype, float16 rescale, per-head expansion), its recipe folded in (a transpose,
-cast or reshape), then written and dropped. Peak memory is one tensor's, whatever the model's size.
+cast or reshape), then written and dropped. Peak memory is one tensor's, whatever the model's size. A quantized entry (a
+`QuantizedWeight` from quantize.py) is read in slabs (`WeightSource.slabs`) and written as its
+quantized tensors: the data streamed slab by slab, its scales and zero points after it.
 
 Two layouts:
 - shared (`data_path` given): one file, `weights.data`, holds every tensor once; both graphs'

@@ -84,6 +84,22 @@ class OrtRunner(Runner):
         return {name: (v if name in keep_on_device else v.numpy()) for name, v in zip(self.output_names, values)}
 
 
+class StepThroughPrefill(Runner):
+    """The step graph run as the prefill graph at T = 1, in the prefill's session (which the step graph
+    is, op for op: export/step.py): tokens [B] -> [B, 1]; an all-logits prefill's [B, 1, V] -> [B, V].
+    For a quantized export on the CPU, where each session holds its own prepacked copy of the weights
+    (MatMulNBits runs from it), one session instead of two halves the memory."""
+
+    def __init__(self, prefill: OrtRunner, step: Graph, vocab_size: int | None = None) -> None:
+        super().__init__(step.inputs, step.outputs, vocab_size)
+        self.prefill, self.name, self.device = prefill, prefill.name, prefill.device
+
+    def _infer(self, feeds: Mapping[str, Any], **options: Any) -> dict[str, Any]:
+        outputs = self.prefill.infer({**feeds, "tokens": np.asarray(feeds["tokens"])[:, None]})
+        logits = outputs["logits"]
+        return {**outputs, "logits": logits[:, -1] if logits.ndim == 3 else logits}
+
+
 def _match(path: Path, kind: str, got: Any, specs: tuple[TensorSpec, ...]) -> None:
     """The session's inputs/outputs are the manifest's: same names, dtypes and static dims."""
     session = {t.name: t for t in got}

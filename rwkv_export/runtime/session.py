@@ -25,7 +25,7 @@ from rwkv_export.errors import RwkvExportError, check_token_ids
 from rwkv_export.manifest import Manifest, StateSpec
 from rwkv_export.runtime.base import Runner, state_to_host
 from rwkv_export.runtime.loaders import SessionFromOnnx, SharedWeights, engines_unavailable, resolve_providers
-from rwkv_export.runtime.onnxrt import OrtRunner
+from rwkv_export.runtime.onnxrt import OrtRunner, StepThroughPrefill
 
 StateDict = dict[str, np.ndarray]
 
@@ -149,15 +149,21 @@ class ExportedModel(ModelSession):
 
             return {graph: TensorRTRunner(self.directory, graph, manifest=m) for graph in m.graphs}
         shared = self._shared_weights(provider)
+        one_session = m.export.quantization is not None and resolve_providers(provider)[0] == "CPUExecutionProvider"
         try:
-            return {
+            ort_runners = {
                 graph: OrtRunner(
                     SessionFromOnnx(m.path(info.file, f"graphs.{graph}.file"), provider, threads, shared),
                     graph=info,
                     vocab_size=m.model.vocab_size,
                 )
                 for graph, info in m.graphs.items()
+                if not (one_session and graph == "step")
             }
+            runners: dict[str, Runner] = dict(ort_runners)
+            if one_session:  # the prepacked weights once, not per session
+                runners["step"] = StepThroughPrefill(ort_runners["prefill"], m.graph("step"), m.model.vocab_size)
+            return runners
         except RwkvExportError as exc:
             if provider != "tensorrt":
                 raise

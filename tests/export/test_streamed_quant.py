@@ -119,3 +119,26 @@ def test_streamed_int4_logits_follow_the_reference(tmp_path: Path) -> None:
     got = outs[0].reshape(expected.shape)
     cos = float(np.sum(got * expected) / np.linalg.norm(got) / np.linalg.norm(expected))
     assert cos > 0.95, cos
+
+
+def test_quantized_cpu_steps_run_in_the_prefill_session(tmp_path: Path) -> None:
+    """A quantized export on the CPU opens one session (each holds its own prepacked weights): steps
+    run the prefill graph at T = 1, with the step graph's logits and state to the bit."""
+    from rwkv_export.manifest import Manifest
+    from rwkv_export.runtime.loaders import SessionFromOnnx
+    from rwkv_export.runtime.onnxrt import OrtRunner, StepThroughPrefill
+
+    path = _save(tmp_path, "5.2", layers=2, embd=64, vocab=256)
+    for all_logits in (False, True):
+        out = export_checkpoint(path, tmp_path / f"q{all_logits}", quantize=QuantSpec("int8", 16), all_logits=all_logits).directory
+        manifest = Manifest.read(out)
+        two = {g: OrtRunner(SessionFromOnnx(out / i.file, "cpu", 1), graph=i, vocab_size=256) for g, i in manifest.graphs.items()}
+        with ExportedModel(out, threads=1) as one, ExportedModel(out, runners=two) as both:
+            assert isinstance(one.runners["step"], StepThroughPrefill) and isinstance(both.runners["step"], OrtRunner)
+            states = [m.prefill(np.array([[7, 8, 9], [1, 2, 3]]))[1] for m in (one, both)]
+            for token in (5, 250, 0):
+                (a, states[0]), (b, states[1]) = one.step(np.array([token, 3]), states[0]), both.step(np.array([token, 3]), states[1])
+                assert a.shape == (2, 256)
+                np.testing.assert_array_equal(a, b)
+                for name in states[0]:
+                    np.testing.assert_array_equal(states[0][name], states[1][name])
