@@ -1,9 +1,10 @@
 """Quantize an existing float32 export directory into a new one, without tracing again.
 
-The same post-pass `export --quantize` runs in memory (quantize.py), applied to DIR's saved graphs one
-graph at a time: the WKV function is attached again (a qdq export raises the opset), files are checked
-and hashed, and the manifest gains `export.quantization`. The benchmark derives its int8/int4
-workspaces from the float32 one this way; a streamed exporter can do the same per tensor.
+The quantization `export --quantize` does slab by slab from a checkpoint (quantize.py, qblocks.py),
+applied here in memory to DIR's saved graphs one graph at a time (`quantize_graph`): the WKV function
+is attached again (a qdq export raises the opset), files are checked and hashed, and the manifest
+gains `export.quantization`. The benchmark derives its int8/int4 workspaces from the float32 one this
+way; for a model whose float weights do not fit in memory, export with --quantize instead.
 """
 
 from __future__ import annotations
