@@ -100,7 +100,10 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path("/tmp/rwkv-export-scale"))
     parser.add_argument("--json", type=Path)
     parser.add_argument(
-        "--dtype", default="float16", choices=["float16", "float32", *QUANTIZED], help="The export's dtype (int8/int4: float32 activations, --quantize)."
+        "--dtype",
+        default="float16",
+        choices=["float16", "float32", *QUANTIZED],
+        help="The export's dtype (int8/int4: float32 activations, --quantize).",
     )
     parser.add_argument("--no-ort", action="store_true", help="Export only (skip the ONNX Runtime load).")
     parser.add_argument("--keep", action="store_true", help="Keep the exports (default: remove each after measuring).")

@@ -158,7 +158,9 @@ def export_checkpoint(
         shared = total > external_data_threshold
         if not shared and total > INLINE_LIMIT:
             raise RwkvExportError(f"{total / 1e9:.1f} GB of weights cannot be inline (a graph file holds at most 2 GB): use shared weights")
-        progress(f"writing {len(entries)} weight tensors {'to ' + WEIGHTS_FILE if shared else 'into both graphs'} ({_weights_kind(dtype, quantize)})")
+        progress(
+            f"writing {len(entries)} weight tensors {'to ' + WEIGHTS_FILE if shared else 'into both graphs'} ({_weights_kind(dtype, quantize)})"
+        )
         digest = write_weights(entries, source, list(protos.values()), tmp / WEIGHTS_FILE if shared else None, progress_bar, plans)
         data = {WEIGHTS_FILE: digest} if digest is not None else {}
         if quantize is not None:

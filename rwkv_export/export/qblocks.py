@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -89,10 +90,18 @@ class QuantizedWeight:
             qtype = _qtype(bits, self.symmetric)
             scales = (rows // bs, cols)
             zero = Output(f"{self.source}_DQ_zero_points", scales, qtype)
-            return (Output(self.prefix, self.shape, qtype), Output(f"{self.source}_DQ_scales", scales, ft), *(() if self.symmetric else (zero,)))
+            return (
+                Output(self.prefix, self.shape, qtype),
+                Output(f"{self.source}_DQ_scales", scales, ft),
+                *(() if self.symmetric else (zero,)),
+            )
         scales = (rows, cols // bs)  # gather: blocks along C; always with zero points (uint8 data needs them)
         qtype = _qtype(bits, False)
-        return (Output(self.prefix, self.shape, qtype), Output(f"{self.source}_scales", scales, ft), Output(f"{self.source}_zero_points", scales, qtype))
+        return (
+            Output(self.prefix, self.shape, qtype),
+            Output(f"{self.source}_scales", scales, ft),
+            Output(f"{self.source}_zero_points", scales, qtype),
+        )
 
     @property
     def nbytes(self) -> int:
@@ -117,7 +126,7 @@ class QuantizedWeight:
         """The nodes that replace `matmul` (a MatMul reading `source` as B, or the table's Gather)."""
         names = [o.name for o in self.outputs]
         if self.op == "gather":
-            attrs = {"bits": 8} if self.bits == 8 else {}
+            attrs: dict[str, Any] = {"bits": 8} if self.bits == 8 else {}
             return [
                 onnx.helper.make_node(
                     "GatherBlockQuantized", [names[0], matmul.input[1], *names[1:]], list(matmul.output),
@@ -126,15 +135,19 @@ class QuantizedWeight:
             ]  # fmt: skip
         if self.op == "matmulnbits":
             k, n = self.shape
-            level = {"accuracy_level": accuracy_level} if accuracy_level else {}
+            level: dict[str, Any] = {"accuracy_level": accuracy_level} if accuracy_level else {}
             return [
                 onnx.helper.make_node(
                     "MatMulNBits", [matmul.input[0], *names], list(matmul.output), name=f"{matmul.name}_Q{self.bits}",
                     domain=MS_DOMAIN, K=k, N=n, bits=self.bits, block_size=self.block_size, **level,
                 )
             ]  # fmt: skip
-        dq = onnx.helper.make_node("DequantizeLinear", names, [self.prefix + "_output"], name=f"{matmul.name}_DQ_Q{self.bits}", axis=0, block_size=self.block_size)
-        mm = onnx.helper.make_node("MatMul", [matmul.input[0], self.prefix + "_output"], list(matmul.output), name=f"{matmul.name}_matmul_Q{self.bits}")
+        dq = onnx.helper.make_node(
+            "DequantizeLinear", names, [self.prefix + "_output"], name=f"{matmul.name}_DQ_Q{self.bits}", axis=0, block_size=self.block_size
+        )
+        mm = onnx.helper.make_node(
+            "MatMul", [matmul.input[0], self.prefix + "_output"], list(matmul.output), name=f"{matmul.name}_matmul_Q{self.bits}"
+        )
         return [dq, mm]
 
 
@@ -148,7 +161,7 @@ def _qtype(bits: int, symmetric: bool) -> int:
 
 
 def _matmulnbits(slab: np.ndarray, bits: int, block_size: int, symmetric: bool) -> list[np.ndarray]:
-    from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits  # type: ignore[import-untyped]
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
 
     k, n = slab.shape
     blocks = k // block_size
@@ -175,7 +188,7 @@ def _table_int4(slab: np.ndarray, block_size: int) -> list[np.ndarray]:
     """ONNX Runtime's quantizer's own numpy routine for a Gather's table (blocks along axis 1, asymmetric)."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantizer  # type: ignore[import-untyped]
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantizer
 
     root.handlers[:], root.level = handlers, level  # the module calls logging.basicConfig(level=INFO) on import
     packed, scales, zero = DefaultWeightOnlyQuantizer.quantize_ndarray(slab, 1, block_size, False)

@@ -220,7 +220,13 @@ def write_weights(
     return writer.close() if writer is not None else None
 
 
-def _write_quantized(entry: WeightEntry, plan: QuantizedWeight, source: WeightSource, place: Callable[[Iterable[np.ndarray], int], tuple[str, int] | bytes], targets: dict[str, list[onnx.TensorProto]]) -> None:
+def _write_quantized(
+    entry: WeightEntry,
+    plan: QuantizedWeight,
+    source: WeightSource,
+    place: Callable[[Iterable[np.ndarray], int], tuple[str, int] | bytes],
+    targets: dict[str, list[onnx.TensorProto]],
+) -> None:
     """The plan's first tensor (the quantized data) streamed slab by slab; its scales and zero points,
     a small fraction of it, gathered meanwhile and written after it."""
     rest: list[list[np.ndarray]] = [[] for _ in plan.outputs[1:]]

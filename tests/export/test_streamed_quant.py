@@ -39,7 +39,12 @@ def _ort_tool(model: onnx.ModelProto, bits: int, symmetric: bool) -> onnx.ModelP
     root.handlers[:], root.level = handlers, level
     ops = ("MatMul", "Gather") if bits == 4 else ("MatMul",)
     config = DefaultWeightOnlyQuantConfig(
-        block_size=16, is_symmetric=symmetric, accuracy_level=4, bits=bits, op_types_to_quantize=ops, quant_axes=(("MatMul", 0), ("Gather", 1))
+        block_size=16,
+        is_symmetric=symmetric,
+        accuracy_level=4,
+        bits=bits,
+        op_types_to_quantize=ops,
+        quant_axes=(("MatMul", 0), ("Gather", 1)),
     )
     tool = MatMulNBitsQuantizer(model, algo_config=config)
     tool.process()
@@ -61,7 +66,9 @@ def _tensors(directory: Path, model: onnx.ModelProto) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize(("version", "bits", "symmetric"), [("7", 4, False), ("6", 8, False), ("4", 4, True)])
-def test_streamed_quantization_is_onnxruntimes_quantizer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str, bits: int, symmetric: bool) -> None:
+def test_streamed_quantization_is_onnxruntimes_quantizer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str, bits: int, symmetric: bool
+) -> None:
     """Slabs of 4 kB (hundreds per matrix) into a shared weights.data: every MatMulNBits and
     GatherBlockQuantized node, attribute and tensor byte equals ONNX Runtime's tool's on the float
     export (which quantizes each whole matrix in memory)."""
