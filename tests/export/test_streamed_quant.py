@@ -102,6 +102,31 @@ def test_streamed_quantization_is_onnxruntimes_quantizer(
                 assert a[tensor] == b[tensor], f"{graph}: {tensor}"
 
 
+@pytest.mark.parametrize(("scheme", "dtype"), [("int4", "float16"), ("int8", "float32")])
+def test_streamed_qdq_equals_the_in_memory_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scheme: str, dtype: str) -> None:
+    """The qdq format (blocked DequantizeLinear, slabs of rows: a multiple of the block, of two blocks
+    at 4 bits) streamed in 4 kB slabs equals `quantize_graph` on the whole float export, byte for byte."""
+    from rwkv_export.export import weights
+    from rwkv_export.export.quantize import quantize_graph
+
+    path = _save(tmp_path, "6")
+    float_dir = export_checkpoint(path, tmp_path / "float", dtype=dtype).directory
+    monkeypatch.setattr(weights, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(weights, "BLOCKED_FROM", 0)
+    spec = QuantSpec(scheme, 16, True, "qdq")
+    ours_dir = export_checkpoint(path, tmp_path / "q", dtype=dtype, quantize=spec, external_data_threshold=0).directory
+    for graph in ("prefill", "step"):
+        ours = onnx.load(str(ours_dir / f"{graph}.onnx"), load_external_data=False)
+        theirs = onnx.load(str(float_dir / f"{graph}.onnx"))
+        quantize_graph(theirs, spec, 64)
+        dq = [n for n in ours.graph.node if n.op_type == "DequantizeLinear"]
+        assert len(dq) >= 3 * 4 and [n.name for n in dq] == [n.name for n in theirs.graph.node if n.op_type == "DequantizeLinear"]
+        a, b = _tensors(ours_dir, ours), _tensors(float_dir, theirs)
+        for node in dq:
+            for tensor in node.input:
+                assert a[tensor] == b[tensor], f"{graph}: {tensor}"
+
+
 def test_streamed_int4_logits_follow_the_reference(tmp_path: Path) -> None:
     """A shared-file int4 export and an inline one give the same logits, and those follow the float64
     reference's top token (random weights: a sanity bound, the accuracy cost is eval's on trained models)."""
