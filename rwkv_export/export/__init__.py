@@ -152,7 +152,7 @@ def export_checkpoint(
         spec = graph_spec("prefill", cfg, all_logits, job.initial_files)
         prefill, entries = assemble_prefill(pieces, spec, cfg.n_layer, halves, keys, top, np.dtype(str(model.dtype).replace("torch.", "")))
         source = WeightSource(model, ckpt, keys, top)
-        plans, counts = _plan(prefill, entries, source, quantize, cfg.n_embd)
+        entries, plans, counts = _plan(prefill, entries, source, quantize, cfg.n_embd)
         protos = {"prefill": prefill, "step": step_from_prefill(prefill)}  # the step graph: prefill at T = 1 (step.py)
         total = sum(plans[e.name].nbytes if e.name in plans else source.estimate(e) for e in entries)
         shared = total > external_data_threshold
@@ -184,17 +184,17 @@ INLINE_LIMIT = 1_800_000_000  # bytes: a protobuf message (an inline graph file)
 
 def _plan(
     prefill: Any, entries: list[WeightEntry], source: WeightSource, quantize: QuantSpec | None, n_embd: int
-) -> tuple[dict[str, QuantizedWeight], dict[str, dict[str, int]]]:
+) -> tuple[list[WeightEntry], dict[str, QuantizedWeight], dict[str, dict[str, int]]]:
     """Rewrite the prefill graph's quantized matrices (before the step graph is derived from it) and
-    drop the float initializers nothing reads now: the weights' shapes are enough (quantize.py)."""
+    drop the float initializers nothing reads now: the weights' shapes are enough (quantize.py).
+    Returns the entries still to write, how each quantized one is stored, and the counts per role."""
     if quantize is None:
-        return {}, {}
+        return entries, {}, {}
     shapes = {e.name: shape for e in entries if (shape := source.shape(e)) is not None}
     plans, counts = plan_quantization(prefill, quantize, n_embd, shapes)
     drop_unused_initializers(prefill.graph)
     used = {t.name for t in prefill.graph.initializer}
-    entries[:] = [e for e in entries if e.name in used or e.name in plans]
-    return plans, counts
+    return [e for e in entries if e.name in used or e.name in plans], plans, counts
 
 
 def _weights_kind(dtype: str, quantize: QuantSpec | None) -> str:

@@ -182,7 +182,8 @@ def quantization_summary(model: onnx.ModelProto, plans: dict[str, QuantizedWeigh
     tables = {o.name for p in plans.values() if p.op == "gather" for o in p.outputs}
     if not tables:  # the table stayed float
         shapes = {t.name: (tuple(t.dims), t.data_type) for t in model.graph.initializer}
-        tables = {model.graph.node[i].input[0] for i, n in enumerate(model.graph.node) if n.name in _embedding_nodes(model.graph, shapes)}
+        embedding = _embedding_nodes(model.graph, shapes)
+        tables = {n.input[0] for n in model.graph.node if n.name in embedding}
     return {
         "roles": {r: {p: n for p, n in c.items() if n} for r, c in counts.items()},
         "weight_bytes": sum(sizes.values()),
